@@ -1,1 +1,31 @@
-pub mod placeholder {}
+//! A Croquet/Multisynq-compatible reflector.
+//!
+//! The reflector keeps no application state. It gives every event of a session a session
+//! time and a sequence number, sends the same ordered stream to every client of the
+//! session with idle ticks in between, announces joins and leaves, tallies votes,
+//! tracks the latest snapshot so that late joiners start from it, and keeps a journal so
+//! that sessions survive a restart. Payloads are end-to-end encrypted by the clients and
+//! never looked at.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use synq_reflector::{Reflector, ReflectorConfig, serve};
+//! let reflector = Reflector::new(ReflectorConfig::new("./synq-data"))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve(listener, reflector.router()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod connection;
+mod files;
+mod island;
+pub mod journal;
+pub mod metrics;
+mod registry;
+mod server;
+pub mod store;
+
+pub use config::{Durability, ReflectorConfig};
+pub use registry::valid_session_id;
+pub use server::{Reflector, ReflectorError, serve};

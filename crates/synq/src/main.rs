@@ -1,1 +1,115 @@
-fn main() {}
+//! `synq`: the command-line entry point. `synq serve` runs everything in one process.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use synq_reflector::{Durability, Reflector, ReflectorConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "synq",
+    version,
+    about = "Replicated computation and a multi-user AI chat"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the reflector (WebSocket at /reflector/<session>), the file store (/files/…),
+    /// /healthz and /metrics.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Journal every message (one write per batch) before broadcasting it: survives a
+    /// crash or kill -9 of the process.
+    Write,
+    /// Also fdatasync each batch before broadcasting: survives power loss.
+    Fsync,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SYNQ_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where session journals and stored files are kept [default: <user data dir>/synq-data, or ./synq-data].
+    #[arg(long, env = "SYNQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// How broadcast messages are made durable.
+    #[arg(long, env = "SYNQ_DURABILITY", value_enum, default_value = "write")]
+    durability: DurabilityArg,
+    /// Retained messages at which clients are asked for a snapshot.
+    #[arg(long, default_value_t = 60_000)]
+    snapshot_request_at: usize,
+    /// Retained messages past which a session refuses messages until it gets a snapshot.
+    #[arg(long, default_value_t = 100_000)]
+    max_messages: usize,
+    /// Largest WebSocket message accepted from a client, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_frame_bytes: usize,
+    /// Messages per second a client may send (0 = unlimited).
+    #[arg(long, default_value_t = 100)]
+    client_rate_limit: u32,
+    /// Frames a client may fall behind before it is disconnected.
+    #[arg(long, default_value_t = 4096)]
+    client_backlog: usize,
+    /// Largest file accepted by the file store, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_file_bytes: usize,
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("synq-data"))
+        .unwrap_or_else(|| PathBuf::from("./synq-data"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let mut config = ReflectorConfig::new(&data_dir);
+    config.durability = match args.durability {
+        DurabilityArg::Write => Durability::Write,
+        DurabilityArg::Fsync => Durability::Fsync,
+    };
+    config.snapshot_request_at = args.snapshot_request_at.max(1);
+    config.max_messages = args.max_messages.max(config.snapshot_request_at);
+    config.max_frame_bytes = args.max_frame_bytes;
+    config.client_rate_limit = args.client_rate_limit;
+    config.client_burst = args.client_rate_limit.saturating_mul(2);
+    config.client_backlog = args.client_backlog.max(16);
+    config.max_file_bytes = args.max_file_bytes;
+    let reflector = Reflector::new(config).context("cannot start the reflector")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(data_dir = %data_dir.display(), "synq serving on http://{addr}/ (reflector: ws://{addr}/reflector/<session>, files: http://{addr}/files/)");
+    // One machine-readable line on stdout, for scripts and tests that start on port 0.
+    println!("synq: listening on http://{addr}");
+    std::io::stdout().flush()?;
+    synq_reflector::serve(listener, reflector.router()).await?;
+    Ok(())
+}

@@ -1,0 +1,505 @@
+//! One WebSocket connection: a reader task that parses and checks what the client sends,
+//! and a writer task that sends what the session produces, coalescing every frame that is
+//! ready into one socket write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use synq_protocol::client::{
+    ArgsError, JoinArgs, SaveArgs, SendArgs, SendTags, SnapArgs, TickConfig, TuttiArgs,
+};
+use synq_protocol::{Action, ClientEnvelope, CloseCode, frames};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::island::Command;
+use crate::metrics::Metrics;
+use crate::registry::{Ctx, SessionHandle};
+
+pub(crate) type ConnId = u64;
+
+/// A frame of the session's broadcast stream.
+#[derive(Clone, Debug)]
+pub(crate) enum Shared {
+    /// RECV (or REQU): every active client gets it.
+    Msg(Utf8Bytes),
+    /// TICK: skipped by a client that still has frames queued (it is behind anyway).
+    Tick(Utf8Bytes),
+}
+
+/// A frame for one connection only.
+#[derive(Debug)]
+pub(crate) enum Direct {
+    Frame(Utf8Bytes),
+    /// The SYNC, and the broadcast stream positioned right after it (active clients only).
+    Sync {
+        frame: Utf8Bytes,
+        stream: Option<broadcast::Receiver<Shared>>,
+    },
+    Close(CloseCode),
+}
+
+/// How a session reaches a connection.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnHandle {
+    pub id: ConnId,
+    direct: mpsc::Sender<Direct>,
+    /// Cancelled when the connection must end now (e.g. its direct queue overflowed).
+    kill: CancellationToken,
+}
+
+impl ConnHandle {
+    pub(crate) fn send(&self, d: Direct) {
+        if self.direct.try_send(d).is_err() {
+            // A client that lets even its direct queue overflow is not reading.
+            self.kill.cancel();
+        }
+    }
+
+    pub(crate) fn close(&self, code: CloseCode) {
+        self.send(Direct::Close(code));
+    }
+}
+
+/// Run a connection to completion. `session_id` is `None` when the URL named none.
+pub(crate) async fn run(socket: WebSocket, session_id: Option<String>, ctx: Arc<Ctx>) {
+    let conn_id = ctx.next_conn_id();
+    Metrics::add_i(&ctx.metrics.clients, 1);
+    let (sink, stream) = socket.split();
+    let (direct_tx, direct_rx) = mpsc::channel(256);
+    let kill = CancellationToken::new();
+    let handle = ConnHandle {
+        id: conn_id,
+        direct: direct_tx,
+        kill: kill.clone(),
+    };
+    // `stop`: the reader is done, the writer ends quietly. `writer_done`: the writer ended
+    // (e.g. it closed a slow client), so the reader stops too.
+    let stop = CancellationToken::new();
+    let writer_done = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        direct_rx,
+        Tokens {
+            kill: kill.clone(),
+            stop: stop.clone(),
+            done: writer_done.clone(),
+        },
+        Arc::clone(&ctx),
+        conn_id,
+    ));
+
+    let (reason, session) = match &session_id {
+        None => (Some(CloseCode::OutdatedProtocol), None),
+        Some(id) => {
+            let mut reader = Reader {
+                ctx: Arc::clone(&ctx),
+                handle: handle.clone(),
+                session_id: id.clone(),
+                session: None,
+                limiter: RateLimiter::new(ctx.config.client_rate_limit, ctx.config.client_burst),
+            };
+            let reason = reader.read_loop(stream, &writer_done).await;
+            (reason, reader.session)
+        }
+    };
+    match reason {
+        Some(code) => {
+            Metrics::add(&ctx.metrics.clients_rejected, 1);
+            handle.close(code);
+        }
+        None => stop.cancel(),
+    }
+    drop(handle);
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    if let Some(s) = session {
+        s.send(Command::Closed { conn: conn_id });
+    }
+    Metrics::add_i(&ctx.metrics.clients, -1);
+}
+
+struct Reader {
+    ctx: Arc<Ctx>,
+    handle: ConnHandle,
+    session_id: String,
+    session: Option<SessionHandle>,
+    limiter: RateLimiter,
+}
+
+impl Reader {
+    /// Read until the client leaves (`None`) or must be closed (`Some(code)`).
+    async fn read_loop(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        writer_done: &CancellationToken,
+    ) -> Option<CloseCode> {
+        let connected = Instant::now();
+        let mut last_activity = connected;
+        loop {
+            let deadline = if self.session.is_some() {
+                last_activity + self.ctx.config.inactivity_timeout
+            } else {
+                connected + self.ctx.config.join_timeout
+            };
+            let next = tokio::select! {
+                () = writer_done.cancelled() => return None,
+                r = tokio::time::timeout_at(deadline, stream.next()) => r,
+            };
+            let msg = match next {
+                Err(_) if self.session.is_some() => {
+                    tracing::info!(conn = self.handle.id, session = %self.session_id, "closing inactive client (nothing received for {:?})", self.ctx.config.inactivity_timeout);
+                    return Some(CloseCode::ClientInactive);
+                }
+                Err(_) => {
+                    tracing::info!(conn = self.handle.id, session = %self.session_id, "closing client that never sent JOIN");
+                    return Some(CloseCode::NeverJoined);
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => return self.transport_error(e),
+                Ok(Some(Ok(m))) => m,
+            };
+            last_activity = Instant::now();
+            match msg {
+                Message::Text(text) => {
+                    Metrics::add(&self.ctx.metrics.frames_in, 1);
+                    Metrics::add(&self.ctx.metrics.bytes_in, text.len() as u64);
+                    if !self.limiter.allow(last_activity) {
+                        tracing::warn!(conn = self.handle.id, session = %self.session_id, limit = self.ctx.config.client_rate_limit, "closing client: more than {} messages/s", self.ctx.config.client_rate_limit);
+                        return Some(CloseCode::RateLimited);
+                    }
+                    if let Some(code) = self.on_text(text.as_str()) {
+                        return Some(code);
+                    }
+                }
+                Message::Binary(_) => {
+                    tracing::warn!(conn = self.handle.id, session = %self.session_id, "closing client: binary frame (the protocol is JSON text)");
+                    return Some(CloseCode::MalformedMessage);
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Close(_) => return None,
+            }
+        }
+    }
+
+    fn transport_error(&self, e: axum::Error) -> Option<CloseCode> {
+        let inner = e.into_inner();
+        if let Some(tungstenite::Error::Capacity(c)) = inner.downcast_ref::<tungstenite::Error>() {
+            tracing::warn!(conn = self.handle.id, session = %self.session_id, limit = self.ctx.config.max_frame_bytes, "closing client: {c}");
+            return Some(CloseCode::MessageTooLarge);
+        }
+        tracing::debug!(conn = self.handle.id, session = %self.session_id, error = %inner, "connection error");
+        None
+    }
+
+    fn malformed(&self, e: impl std::fmt::Display) -> Option<CloseCode> {
+        tracing::warn!(conn = self.handle.id, session = %self.session_id, "closing client: {e}");
+        Some(CloseCode::MalformedMessage)
+    }
+
+    /// Handle one text frame; `Some(code)` closes the connection.
+    fn on_text(&mut self, text: &str) -> Option<CloseCode> {
+        let env = match ClientEnvelope::parse(text) {
+            Ok(env) => env,
+            Err(e) => return self.malformed(e),
+        };
+        let conn = self.handle.id;
+        let cmd = match env.action {
+            Action::Join => {
+                if self.session.is_some() {
+                    tracing::warn!(conn, session = %self.session_id, "second JOIN on one connection ignored");
+                    return None;
+                }
+                return match JoinArgs::parse(env.args) {
+                    Ok(args) => {
+                        self.session =
+                            Some(self.ctx.join(&self.session_id, self.handle.clone(), args));
+                        None
+                    }
+                    Err(ArgsError::NoApiKey) => {
+                        tracing::warn!(conn, session = %self.session_id, "closing client: JOIN without apiKey");
+                        Some(CloseCode::BadApiKey)
+                    }
+                    Err(e) => {
+                        tracing::warn!(conn, session = %self.session_id, "closing client: {e} (outdated client?)");
+                        Some(CloseCode::OutdatedProtocol)
+                    }
+                };
+            }
+            Action::Send => {
+                if self.session.is_none() {
+                    tracing::debug!(conn, session = %self.session_id, "SEND before JOIN ignored");
+                    return None;
+                }
+                match SendArgs::parse(env.args) {
+                    Ok(args) => Command::Send {
+                        conn,
+                        args,
+                        tags: SendTags::parse(env.tags),
+                    },
+                    Err(e) => return self.malformed(e),
+                }
+            }
+            Action::Tutti => match TuttiArgs::parse(env.args) {
+                Ok(args) => Command::Tutti { conn, args },
+                Err(e) => return self.malformed(e),
+            },
+            Action::Snap => match SnapArgs::parse(env.args) {
+                Ok(args) => Command::Snap { conn, args },
+                Err(e) => return self.malformed(e),
+            },
+            Action::Save => match SaveArgs::parse(env.args) {
+                Ok(args) => Command::Save { conn, args },
+                Err(e) => return self.malformed(e),
+            },
+            Action::Ticks => Command::Ticks {
+                conn,
+                cfg: TickConfig::parse(env.args),
+            },
+            Action::Ping => {
+                self.handle
+                    .send(Direct::Frame(Utf8Bytes::from(frames::pong(env.args))));
+                return None;
+            }
+            Action::Pulse => return None,
+            Action::Log => {
+                let text = env.args.map(|a| a.get()).unwrap_or("");
+                let text = text.get(..text.floor_char_boundary(2000)).unwrap_or(text);
+                tracing::info!(conn, session = %self.session_id, "client log: {text}");
+                return None;
+            }
+            Action::Unknown(name) => {
+                tracing::warn!(conn, session = %self.session_id, action = %name, "unknown action ignored");
+                return None;
+            }
+        };
+        match &self.session {
+            Some(s) => {
+                s.send(cmd);
+                None
+            }
+            None => {
+                tracing::warn!(conn, session = %self.session_id, "closing client: session command before JOIN");
+                Some(CloseCode::UnknownSession)
+            }
+        }
+    }
+}
+
+/// Token bucket: `rate` messages per second sustained, `burst` at once.
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32, burst: u32) -> RateLimiter {
+        let burst = f64::from(burst.max(rate).max(1));
+        RateLimiter {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+enum Exit {
+    /// The reader is done (client left) or the session dropped us.
+    Done,
+    Close(CloseCode),
+}
+
+/// Frames fed but not yet flushed.
+#[derive(Default)]
+struct Batch {
+    frames: u64,
+    bytes: u64,
+}
+
+const MAX_BATCH_FRAMES: u64 = 1024;
+
+struct Tokens {
+    kill: CancellationToken,
+    stop: CancellationToken,
+    done: CancellationToken,
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut direct: mpsc::Receiver<Direct>,
+    tokens: Tokens,
+    ctx: Arc<Ctx>,
+    conn: ConnId,
+) {
+    let mut stream: Option<broadcast::Receiver<Shared>> = None;
+    let write_timeout = ctx.config.write_timeout;
+    let exit = loop {
+        let first = tokio::select! {
+            biased;
+            () = tokens.kill.cancelled() => {
+                tracing::warn!(conn, "closing client: its queue overflowed");
+                break Exit::Close(CloseCode::ClientUnresponsive);
+            }
+            () = tokens.stop.cancelled() => break Exit::Done,
+            d = direct.recv() => match d {
+                Some(d) => Item::Direct(d),
+                None => break Exit::Done,
+            },
+            r = recv_stream(&mut stream) => Item::Stream(r),
+        };
+        let mut batch = Batch::default();
+        let work = async {
+            let mut item = first;
+            loop {
+                if let Some(exit) = feed(&mut sink, item, &mut stream, &mut batch, conn).await {
+                    return Some(exit);
+                }
+                if batch.frames >= MAX_BATCH_FRAMES {
+                    break;
+                }
+                item = match direct.try_recv() {
+                    Ok(d) => Item::Direct(d),
+                    Err(_) => match stream.as_mut().map(broadcast::Receiver::try_recv) {
+                        Some(Ok(s)) => Item::Stream(Ok(s)),
+                        Some(Err(TryRecvError::Lagged(n))) => {
+                            Item::Stream(Err(RecvError::Lagged(n)))
+                        }
+                        Some(Err(TryRecvError::Closed)) => Item::Stream(Err(RecvError::Closed)),
+                        Some(Err(TryRecvError::Empty)) | None => break,
+                    },
+                };
+            }
+            sink.flush().await.err().map(|_| Exit::Done)
+        };
+        match tokio::time::timeout(write_timeout, work).await {
+            Ok(None) => {
+                Metrics::add(&ctx.metrics.frames_out, batch.frames);
+                Metrics::add(&ctx.metrics.bytes_out, batch.bytes);
+            }
+            Ok(Some(exit)) => break exit,
+            Err(_) => {
+                tracing::warn!(
+                    conn,
+                    "closing client: could not take a write for {write_timeout:?}"
+                );
+                break Exit::Close(CloseCode::ClientUnresponsive);
+            }
+        }
+    };
+    tokens.done.cancel();
+    if let Exit::Close(code) = exit {
+        let frame = CloseFrame {
+            code: code.code(),
+            reason: Utf8Bytes::from_static(code.reason()),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ = sink.close().await;
+        })
+        .await;
+    }
+}
+
+enum Item {
+    Direct(Direct),
+    Stream(Result<Shared, RecvError>),
+}
+
+async fn recv_stream(
+    stream: &mut Option<broadcast::Receiver<Shared>>,
+) -> Result<Shared, RecvError> {
+    match stream {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn feed_text(
+    sink: &mut SplitSink<WebSocket, Message>,
+    text: Utf8Bytes,
+    batch: &mut Batch,
+) -> Option<Exit> {
+    batch.frames += 1;
+    batch.bytes += text.len() as u64;
+    if text.len() > synq_protocol::CHUNK_SIZE {
+        for part in frames::chunk(text.as_str()) {
+            if sink
+                .feed(Message::Text(Utf8Bytes::from(part)))
+                .await
+                .is_err()
+            {
+                return Some(Exit::Done);
+            }
+        }
+        return None;
+    }
+    sink.feed(Message::Text(text))
+        .await
+        .err()
+        .map(|_| Exit::Done)
+}
+
+async fn feed(
+    sink: &mut SplitSink<WebSocket, Message>,
+    item: Item,
+    stream: &mut Option<broadcast::Receiver<Shared>>,
+    batch: &mut Batch,
+    conn: ConnId,
+) -> Option<Exit> {
+    match item {
+        Item::Direct(Direct::Frame(f)) => feed_text(sink, f, batch).await,
+        Item::Direct(Direct::Sync { frame, stream: s }) => {
+            *stream = s;
+            feed_text(sink, frame, batch).await
+        }
+        Item::Direct(Direct::Close(code)) => Some(Exit::Close(code)),
+        Item::Stream(Ok(Shared::Msg(f))) => feed_text(sink, f, batch).await,
+        Item::Stream(Ok(Shared::Tick(f))) => {
+            if stream.as_ref().is_some_and(|s| s.is_empty()) {
+                feed_text(sink, f, batch).await
+            } else {
+                None
+            }
+        }
+        Item::Stream(Err(RecvError::Lagged(n))) => {
+            tracing::warn!(
+                conn,
+                behind = n,
+                "closing client: fell {n} frames behind the session"
+            );
+            Some(Exit::Close(CloseCode::ClientUnresponsive))
+        }
+        Item::Stream(Err(RecvError::Closed)) => {
+            *stream = None;
+            None
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The per-session journal: an append-only file from which a session is rebuilt after a
+//! restart or when it was evicted from memory.
+//!
+//! Record = tag (1 byte) ‖ length (u32 LE) ‖ CRC-32 of the body (u32 LE) ‖ body. A torn
+//! tail (crash in the middle of a write, power loss) fails its length or CRC check and is
+//! cut off on load; everything before it is kept.
+//!
+//! Durability: the session task appends every message of a batch to an in-memory buffer
+//! and writes the whole buffer with one `write` *before* any of those messages is sent to
+//! a client (group commit). After `write` returns the bytes are in the kernel's page
+//! cache, so a crash or `kill -9` of the process cannot lose a broadcast message; with
+//! [`Durability::Fsync`] the batch is also `fdatasync`ed, which survives power loss.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Durability;
+
+const TAG_HEADER: u8 = b'H';
+const TAG_MESSAGE: u8 = b'M';
+const TAG_SNAPSHOT: u8 = b'S';
+const TAG_TIME: u8 = b'T';
+const RECORD_HEAD: usize = 9;
+const FILE_NAME: &str = "journal";
+
+/// The session fields fixed when the session was created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    pub timeline: String,
+    pub tove: Option<String>,
+    pub tick_ms: Option<f64>,
+    pub delay_ms: Option<f64>,
+    pub app_id: Option<String>,
+    pub persistent_id: Option<String>,
+    pub developer_id: Option<String>,
+}
+
+/// The latest accepted snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotPointer {
+    /// Time as the uploading client wrote it (may be fractional).
+    pub time_raw: String,
+    pub time: f64,
+    pub seq: u32,
+    pub url: String,
+}
+
+/// A retained message: its seq, time and `[time, seq, …]` text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub seq: u32,
+    pub time: u64,
+    pub args: String,
+}
+
+/// What a journal holds once replayed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovered {
+    pub header: Option<Header>,
+    pub snapshot: Option<SnapshotPointer>,
+    /// Messages after the snapshot, in order.
+    pub messages: Vec<StoredMessage>,
+    /// Last sequence number assigned (`None` if no message was ever sent).
+    pub last_seq: Option<u32>,
+    /// Latest session time known to the journal.
+    pub time: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Parse `[time,seq,` at the start of a message array without a full JSON parse.
+pub fn message_time_seq(args: &str) -> Option<(u64, u32)> {
+    let inner = args.strip_prefix('[')?;
+    let mut it = inner.splitn(3, ',');
+    let time = it.next()?.trim().parse::<u64>().ok()?;
+    let seq = it.next()?.trim().parse::<u32>().ok()?;
+    Some((time, seq))
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    file: Option<File>,
+    buf: Vec<u8>,
+    durability: Durability,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn push_record(buf: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    buf.push(tag);
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    buf.extend_from_slice(body);
+}
+
+impl Journal {
+    /// Open (creating if needed) the journal in `dir` and replay it.
+    pub fn open(dir: &Path, durability: Durability) -> Result<(Journal, Recovered), JournalError> {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let path = dir.join(FILE_NAME);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes).map_err(io_at(&path))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(&path)(e)),
+        }
+        let (recovered, good_len) = replay(&bytes);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        if good_len < bytes.len() {
+            tracing::warn!(
+                journal = %path.display(),
+                kept = good_len,
+                dropped = bytes.len() - good_len,
+                "journal has a torn tail (crash during a write); cutting it off"
+            );
+            file.set_len(good_len as u64).map_err(io_at(&path))?;
+        }
+        Ok((
+            Journal {
+                dir: dir.to_owned(),
+                file: Some(file),
+                buf: Vec::with_capacity(64 * 1024),
+                durability,
+            },
+            recovered,
+        ))
+    }
+
+    pub fn header(&mut self, h: &Header) {
+        if let Ok(body) = serde_json::to_vec(h) {
+            push_record(&mut self.buf, TAG_HEADER, &body);
+        }
+    }
+
+    pub fn message(&mut self, args: &str) {
+        push_record(&mut self.buf, TAG_MESSAGE, args.as_bytes());
+    }
+
+    pub fn time(&mut self, time: u64) {
+        push_record(&mut self.buf, TAG_TIME, time.to_string().as_bytes());
+    }
+
+    /// Whether records are waiting to be committed.
+    pub fn is_dirty(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Write buffered records (one `write`), and sync them if so configured.
+    pub fn commit(&mut self) -> Result<(), JournalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(FILE_NAME);
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => return Err(io_at(&path)(io::Error::other("journal is closed"))),
+        };
+        let result = file.write_all(&self.buf).and_then(|()| {
+            if self.durability == Durability::Fsync {
+                file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        self.buf.clear();
+        result.map_err(io_at(&path))
+    }
+
+    /// Replace the journal with a compact one holding only what a new client needs:
+    /// the header, the snapshot pointer and the messages after it.
+    pub fn rewrite<'a>(
+        &mut self,
+        header: &Header,
+        snapshot: &SnapshotPointer,
+        messages: impl Iterator<Item = &'a str>,
+        time: u64,
+    ) -> Result<(), JournalError> {
+        let mut out = Vec::with_capacity(64 * 1024);
+        if let Ok(body) = serde_json::to_vec(header) {
+            push_record(&mut out, TAG_HEADER, &body);
+        }
+        if let Ok(body) = serde_json::to_vec(snapshot) {
+            push_record(&mut out, TAG_SNAPSHOT, &body);
+        }
+        for m in messages {
+            push_record(&mut out, TAG_MESSAGE, m.as_bytes());
+        }
+        push_record(&mut out, TAG_TIME, time.to_string().as_bytes());
+        let path = self.dir.join(FILE_NAME);
+        let tmp = self.dir.join("journal.tmp");
+        let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
+        f.write_all(&out).map_err(io_at(&tmp))?;
+        if self.durability == Durability::Fsync {
+            f.sync_data().map_err(io_at(&tmp))?;
+        }
+        drop(f);
+        // Records buffered before the rewrite are contained in it.
+        self.buf.clear();
+        self.file = None;
+        std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
+        self.file = Some(
+            OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(io_at(&path))?,
+        );
+        Ok(())
+    }
+}
+
+/// Replay records; returns what they say and the length of the valid prefix.
+fn replay(bytes: &[u8]) -> (Recovered, usize) {
+    let mut r = Recovered::default();
+    let mut pos = 0;
+    while bytes.len() - pos >= RECORD_HEAD {
+        let tag = bytes[pos];
+        let len = u32::from_le_bytes([
+            bytes[pos + 1],
+            bytes[pos + 2],
+            bytes[pos + 3],
+            bytes[pos + 4],
+        ]) as usize;
+        let crc = u32::from_le_bytes([
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+            bytes[pos + 8],
+        ]);
+        let start = pos + RECORD_HEAD;
+        let Some(body) = bytes.get(start..start + len) else {
+            break;
+        };
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        apply(&mut r, tag, body);
+        pos = start + len;
+    }
+    (r, pos)
+}
+
+fn apply(r: &mut Recovered, tag: u8, body: &[u8]) {
+    match tag {
+        TAG_HEADER => r.header = serde_json::from_slice(body).ok(),
+        TAG_MESSAGE => {
+            let Ok(args) = std::str::from_utf8(body) else {
+                return;
+            };
+            let Some((time, seq)) = message_time_seq(args) else {
+                return;
+            };
+            r.time = r.time.max(time);
+            r.last_seq = Some(seq);
+            r.messages.push(StoredMessage {
+                seq,
+                time,
+                args: args.to_owned(),
+            });
+        }
+        TAG_SNAPSHOT => {
+            let Ok(s) = serde_json::from_slice::<SnapshotPointer>(body) else {
+                return;
+            };
+            let keep_from = r
+                .messages
+                .iter()
+                .position(|m| synq_protocol::seq::after(s.seq, m.seq))
+                .unwrap_or(r.messages.len());
+            r.messages.drain(..keep_from);
+            if r.last_seq.is_none() {
+                r.last_seq = Some(s.seq);
+            }
+            r.time = r.time.max(s.time.ceil() as u64);
+            r.snapshot = Some(s);
+        }
+        TAG_TIME => {
+            if let Some(t) = std::str::from_utf8(body)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                r.time = r.time.max(t);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            timeline: "tl".into(),
+            tove: Some("tove".into()),
+            tick_ms: Some(50.0),
+            delay_ms: None,
+            app_id: None,
+            persistent_id: None,
+            developer_id: None,
+        }
+    }
+
+    #[test]
+    fn replays_header_messages_and_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut j, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+            assert_eq!(r, Recovered::default());
+            j.header(&header());
+            j.message("[10,4294967281,\"a\",0]");
+            j.message("[20,4294967282,\"b\",0]");
+            j.commit().unwrap();
+        }
+        let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+        assert_eq!(r.header, Some(header()));
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(r.last_seq, Some(4294967282));
+        assert_eq!(r.time, 20);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut j, _) = Journal::open(dir.path(), Durability::Write).unwrap();
+            j.message("[10,4294967281,\"a\",0]");
+            j.message("[20,4294967282,\"b\",0]");
+            j.commit().unwrap();
+        }
+        let path = dir.path().join(FILE_NAME);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 3).unwrap();
+        drop(f);
+        let (mut j, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+        assert_eq!(r.messages.len(), 1);
+        j.message("[30,4294967282,\"c\",0]");
+        j.commit().unwrap();
+        let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+        assert_eq!(
+            r.messages.iter().map(|m| m.time).collect::<Vec<_>>(),
+            vec![10, 30]
+        );
+    }
+
+    #[test]
+    fn rewrite_keeps_only_messages_after_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = SnapshotPointer {
+            time_raw: "15".into(),
+            time: 15.0,
+            seq: 4294967281,
+            url: "u".into(),
+        };
+        {
+            let (mut j, _) = Journal::open(dir.path(), Durability::Fsync).unwrap();
+            j.message("[10,4294967281,\"a\",0]");
+            j.commit().unwrap();
+            j.rewrite(
+                &header(),
+                &snap,
+                ["[20,4294967282,\"b\",0]"].into_iter(),
+                25,
+            )
+            .unwrap();
+            j.message("[30,4294967283,\"c\",0]");
+            j.commit().unwrap();
+        }
+        let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+        assert_eq!(r.snapshot, Some(snap));
+        assert_eq!(
+            r.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![4294967282, 4294967283]
+        );
+        assert_eq!(r.time, 30);
+    }
+}

@@ -1,0 +1,128 @@
+//! Process-wide counters, rendered in the Prometheus text format at `/metrics`.
+//!
+//! Plain atomics rather than a metrics framework: the hot path only does relaxed
+//! increments, and the set of series is fixed (no labels with unbounded cardinality).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions: AtomicI64,
+    pub clients: AtomicI64,
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_broadcast: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub ticks: AtomicU64,
+    pub snapshot_requests: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub joins: AtomicU64,
+    pub clients_rejected: AtomicU64,
+    pub messages_refused: AtomicU64,
+    pub journal_errors: AtomicU64,
+    pub files_stored: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let gauges = [
+            ("synq_sessions", "Sessions held in memory.", &self.sessions),
+            (
+                "synq_clients",
+                "Connected WebSocket clients.",
+                &self.clients,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let counters = [
+            (
+                "synq_frames_in_total",
+                "Frames received from clients.",
+                &self.frames_in,
+            ),
+            (
+                "synq_bytes_in_total",
+                "Bytes received from clients.",
+                &self.bytes_in,
+            ),
+            (
+                "synq_messages_broadcast_total",
+                "Messages sequenced and broadcast.",
+                &self.messages_broadcast,
+            ),
+            (
+                "synq_frames_out_total",
+                "Frames sent to clients (deliveries, ticks, syncs).",
+                &self.frames_out,
+            ),
+            (
+                "synq_bytes_out_total",
+                "Bytes sent to clients.",
+                &self.bytes_out,
+            ),
+            ("synq_ticks_total", "Tick frames broadcast.", &self.ticks),
+            (
+                "synq_snapshot_requests_total",
+                "Snapshot requests (REQU) sent.",
+                &self.snapshot_requests,
+            ),
+            (
+                "synq_snapshots_total",
+                "Snapshots registered (SNAP accepted).",
+                &self.snapshots,
+            ),
+            (
+                "synq_joins_total",
+                "JOINs answered with a SYNC.",
+                &self.joins,
+            ),
+            (
+                "synq_clients_rejected_total",
+                "Connections closed for bad input or abuse.",
+                &self.clients_rejected,
+            ),
+            (
+                "synq_messages_refused_total",
+                "Messages refused because the session needs a snapshot.",
+                &self.messages_refused,
+            ),
+            (
+                "synq_journal_errors_total",
+                "Failed writes to session journals.",
+                &self.journal_errors,
+            ),
+            (
+                "synq_files_stored_total",
+                "Files stored by the file store.",
+                &self.files_stored,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+impl Metrics {
+    pub fn add_i(gauge: &AtomicI64, n: i64) {
+        gauge.fetch_add(n, Relaxed);
+    }
+}
