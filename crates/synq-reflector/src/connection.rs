@@ -109,10 +109,7 @@ pub(crate) async fn run(socket: WebSocket, session_id: Option<String>, ctx: Arc<
         }
     };
     match reason {
-        Some(code) => {
-            Metrics::add(&ctx.metrics.clients_rejected, 1);
-            handle.close(code);
-        }
+        Some(code) => handle.close(code),
         None => stop.cancel(),
     }
     drop(handle);
@@ -174,6 +171,10 @@ impl Reader {
                 Message::Text(text) => {
                     Metrics::add(&self.ctx.metrics.frames_in, 1);
                     Metrics::add(&self.ctx.metrics.bytes_in, text.len() as u64);
+                    if text.len() > self.ctx.config.max_frame_bytes {
+                        tracing::warn!(conn = self.handle.id, session = %self.session_id, bytes = text.len(), limit = self.ctx.config.max_frame_bytes, "closing client: message larger than the limit");
+                        return Some(CloseCode::MessageTooLarge);
+                    }
                     if !self.limiter.allow(last_activity) {
                         tracing::warn!(conn = self.handle.id, session = %self.session_id, limit = self.ctx.config.client_rate_limit, "closing client: more than {} messages/s", self.ctx.config.client_rate_limit);
                         return Some(CloseCode::RateLimited);
@@ -416,6 +417,7 @@ async fn write_loop(
     };
     tokens.done.cancel();
     if let Exit::Close(code) = exit {
+        Metrics::add(&ctx.metrics.clients_rejected, 1);
         let frame = CloseFrame {
             code: code.code(),
             reason: Utf8Bytes::from_static(code.reason()),

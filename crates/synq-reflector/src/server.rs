@@ -109,9 +109,12 @@ impl Reflector {
 }
 
 fn upgrade(ws: WebSocketUpgrade, ctx: Arc<Ctx>, session: Option<String>) -> Response {
-    let limit = ctx.config.max_frame_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
+    // The configured limit is enforced on whole messages by the reader, which closes with
+    // 4104 after reading the message (closing with unread input would reset the TCP
+    // connection and lose the close frame). The transport limit is only a backstop.
+    let hard_limit = ctx.config.max_frame_bytes.saturating_mul(4).max(1 << 20);
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
         .on_upgrade(move |socket| crate::connection::run(socket, session, ctx))
         .into_response()
 }
