@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of synq on a fresh machine: installs what the tests need, then runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The interop test drives the real Croquet 2.0.4 JavaScript client (Node build). Its optional
+# WebRTC dependency downloads a binary at install time, which is neither needed nor possible
+# offline, hence --ignore-scripts.
+if ! command -v node >/dev/null 2>&1; then
+  echo "scripts/test.sh: Node.js (>= 18) is required for the Croquet interop test" >&2
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq nodejs npm
+  else
+    exit 1
+  fi
+fi
+(cd interop/croquet && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+
+cargo test --workspace --locked
