@@ -29,7 +29,7 @@ use crate::registry::Ctx;
 pub(crate) enum Command {
     Join {
         conn: ConnHandle,
-        args: JoinArgs,
+        args: Box<JoinArgs>,
     },
     Send {
         conn: ConnId,
@@ -317,7 +317,7 @@ impl Island {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Join { conn, args } => self.join(conn, args),
+            Command::Join { conn, args } => self.join(conn, *args),
             Command::Send { conn, args, tags } => self.send(conn, args, tags),
             Command::Tutti { conn, args } => self.tutti(conn, args),
             Command::Snap { conn, args } => self.snap(conn, args),
@@ -420,26 +420,25 @@ impl Island {
     }
 
     fn user_joined(&mut self, user: PendingUser) {
-        if let Some(s) = &user.string {
-            if let Some(i) = self.left.iter().position(|p| p.string.as_ref() == Some(s)) {
-                self.left.remove(i);
-                return;
-            }
+        if let Some(s) = &user.string
+            && let Some(i) = self.left.iter().position(|p| p.string.as_ref() == Some(s))
+        {
+            self.left.remove(i);
+            return;
         }
         self.joined.push(user);
         self.arm_users();
     }
 
     fn user_left(&mut self, user: PendingUser) {
-        if let Some(s) = &user.string {
-            if let Some(i) = self
+        if let Some(s) = &user.string
+            && let Some(i) = self
                 .joined
                 .iter()
                 .position(|p| p.string.as_ref() == Some(s))
-            {
-                self.joined.remove(i);
-                return;
-            }
+        {
+            self.joined.remove(i);
+            return;
         }
         self.left.push(user);
         self.arm_users();
@@ -458,11 +457,11 @@ impl Island {
         }
         if let Some((msg_id, ms)) = tags.as_ref().and_then(SendTags::debounce) {
             let now = Instant::now();
-            if let Some(last) = self.debounce.get(msg_id) {
-                if now.duration_since(*last).as_secs_f64() * 1000.0 < ms {
-                    tracing::trace!(session = %self.id, msg_id, "debounced");
-                    return;
-                }
+            if let Some(last) = self.debounce.get(msg_id)
+                && now.duration_since(*last).as_secs_f64() * 1000.0 < ms
+            {
+                tracing::trace!(session = %self.id, msg_id, "debounced");
+                return;
             }
             self.debounce.insert(msg_id.to_owned(), now);
         }
@@ -653,11 +652,11 @@ impl Island {
         Metrics::add(&self.ctx.metrics.snapshots, 1);
         self.last_requ = None;
         let time = self.clock.now();
-        if let (Some(j), Some(h)) = (&mut self.journal, &self.header) {
-            if let Err(e) = j.rewrite(h, &snap, self.messages.iter().map(Retained::args), time) {
-                tracing::error!(session = %self.id, error = %e, "cannot compact the session journal");
-                Metrics::add(&self.ctx.metrics.journal_errors, 1);
-            }
+        if let (Some(j), Some(h)) = (&mut self.journal, &self.header)
+            && let Err(e) = j.rewrite(h, &snap, self.messages.iter().map(Retained::args), time)
+        {
+            tracing::error!(session = %self.id, error = %e, "cannot compact the session journal");
+            Metrics::add(&self.ctx.metrics.journal_errors, 1);
         }
         self.snapshot = Some(snap);
     }
@@ -690,10 +689,10 @@ impl Island {
         if !self.clients.contains_key(&conn) {
             return;
         }
-        if let (Some(d), Some(h)) = (cfg.delay, &mut self.header) {
-            if d > 0.0 {
-                h.delay_ms = Some(d);
-            }
+        if let (Some(d), Some(h)) = (cfg.delay, &mut self.header)
+            && d > 0.0
+        {
+            h.delay_ms = Some(d);
         }
         let scale = cfg
             .scale
@@ -742,13 +741,13 @@ impl Island {
         let Some(c) = self.clients.remove(&conn) else {
             return;
         };
-        if c.active {
-            if let Some(user) = c.user {
-                self.user_left(PendingUser {
-                    raw: user.get().to_owned(),
-                    string: c.user_string,
-                });
-            }
+        if c.active
+            && let Some(user) = c.user
+        {
+            self.user_left(PendingUser {
+                raw: user.get().to_owned(),
+                string: c.user_string,
+            });
         }
         if self.clients.is_empty() {
             self.idle_due = Some(Instant::now() + self.ctx.config.idle_grace);
@@ -799,11 +798,11 @@ impl Island {
     }
 
     fn commit_journal(&mut self) {
-        if let Some(j) = &mut self.journal {
-            if let Err(e) = j.commit() {
-                tracing::error!(session = %self.id, error = %e, "journal write failed; messages are still delivered but may not survive a restart");
-                Metrics::add(&self.ctx.metrics.journal_errors, 1);
-            }
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.commit()
+        {
+            tracing::error!(session = %self.id, error = %e, "journal write failed; messages are still delivered but may not survive a restart");
+            Metrics::add(&self.ctx.metrics.journal_errors, 1);
         }
     }
 

@@ -91,7 +91,10 @@ impl Ctx {
                 SessionHandle { tx }
             })
             .clone();
-        handle.send(Command::Join { conn, args });
+        handle.send(Command::Join {
+            conn,
+            args: Box::new(args),
+        });
         handle
     }
 

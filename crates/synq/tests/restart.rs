@@ -28,7 +28,9 @@ fn serve(data_dir: &Path) -> Serve {
         .expect("start synq serve");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read listening line");
     let addr = line
         .trim()
         .strip_prefix("synq: listening on http://")
@@ -37,12 +39,17 @@ fn serve(data_dir: &Path) -> Serve {
     Serve { child, addr }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn join(addr: SocketAddr, session: &str, user: &str) -> (Ws, Value) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/reflector/{session}")).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/reflector/{session}"))
+        .await
+        .expect("connect");
     let join = json!({"id": session, "action": "JOIN", "args": {"name": "t/s", "apiKey": "none", "appId": "t", "version": 1, "user": user, "ticks": {"tick": 50, "delay": 0}, "tove": "T"}});
-    ws.send(Message::Text(join.to_string().into())).await.expect("send");
+    ws.send(Message::Text(join.to_string().into()))
+        .await
+        .expect("send");
     loop {
         let f = next(&mut ws).await;
         if f["action"] == "SYNC" {
@@ -53,7 +60,10 @@ async fn join(addr: SocketAddr, session: &str, user: &str) -> (Ws, Value) {
 
 async fn next(ws: &mut Ws) -> Value {
     loop {
-        match tokio::time::timeout(PATIENCE, ws.next()).await.expect("frame in time") {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("frame in time")
+        {
             Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).expect("json"),
             Some(Ok(_)) => continue,
             other => panic!("connection ended: {other:?}"),
@@ -70,7 +80,9 @@ async fn no_broadcast_message_is_lost_by_kill_9_and_the_session_resumes_on_its_t
     const N: usize = 150; // under the default per-client burst
     for k in 0..N {
         let send = json!({"id": "durable", "action": "SEND", "args": [0, 0, format!("m{k}"), 0]});
-        ws.send(Message::Text(send.to_string().into())).await.expect("send");
+        ws.send(Message::Text(send.to_string().into()))
+            .await
+            .expect("send");
     }
     // Wait until the last one has been broadcast to us, then kill without warning.
     let mut last = (0.0, 0u64);
@@ -80,7 +92,10 @@ async fn no_broadcast_message_is_lost_by_kill_9_and_the_session_resumes_on_its_t
             last.0 = f["args"].as_f64().unwrap_or(last.0);
         }
         if f["action"] == "RECV" && f["args"][2] == format!("m{}", N - 1) {
-            last = (f["args"][0].as_f64().unwrap_or(0.0), f["args"][1].as_u64().unwrap_or(0));
+            last = (
+                f["args"][0].as_f64().unwrap_or(0.0),
+                f["args"][1].as_u64().unwrap_or(0),
+            );
             break;
         }
     }
@@ -96,18 +111,34 @@ async fn no_broadcast_message_is_lost_by_kill_9_and_the_session_resumes_on_its_t
         .filter_map(|m| m[2].as_str().map(str::to_owned))
         .collect();
     let expected: Vec<String> = (0..N).map(|k| format!("m{k}")).collect();
-    assert_eq!(payloads, expected, "every broadcast message survived, in order");
-    assert_eq!(sync["seq"].as_u64(), Some(last.1), "the sequence continues where it stopped");
+    assert_eq!(
+        payloads, expected,
+        "every broadcast message survived, in order"
+    );
+    assert_eq!(
+        sync["seq"].as_u64(),
+        Some(last.1),
+        "the sequence continues where it stopped"
+    );
     assert_eq!(sync["timeline"], timeline, "same session incarnation");
-    assert!(sync["time"].as_f64().unwrap_or(0.0) >= last.0, "time never goes backwards across a restart");
+    assert!(
+        sync["time"].as_f64().unwrap_or(0.0) >= last.0,
+        "time never goes backwards across a restart"
+    );
     let send = json!({"id": "durable", "action": "SEND", "args": [0, 0, "after-restart", 0]});
-    ws2.send(Message::Text(send.to_string().into())).await.expect("send");
+    ws2.send(Message::Text(send.to_string().into()))
+        .await
+        .expect("send");
     loop {
         let f = next(&mut ws2).await;
         if f["action"] == "RECV" && f["args"][2] == "after-restart" {
             let seq = f["args"][1].as_u64().unwrap_or(0);
             let next_seqs = [(last.1 + 1) % (1 << 32), (last.1 + 2) % (1 << 32)];
-            assert!(next_seqs.contains(&seq), "numbering continues after {}: got {seq}", last.1);
+            assert!(
+                next_seqs.contains(&seq),
+                "numbering continues after {}: got {seq}",
+                last.1
+            );
             break;
         }
     }
@@ -123,18 +154,29 @@ async fn a_snapshot_pointer_survives_a_restart() {
     let mut seqs = Vec::new();
     for k in 0..4 {
         let send = json!({"id": "snapped", "action": "SEND", "args": [0, 0, format!("m{k}"), 0]});
-        ws.send(Message::Text(send.to_string().into())).await.expect("send");
+        ws.send(Message::Text(send.to_string().into()))
+            .await
+            .expect("send");
     }
     while seqs.len() < 4 {
         let f = next(&mut ws).await;
         if f["action"] == "RECV" && f["args"][2].is_string() {
-            seqs.push((f["args"][0].as_u64().unwrap_or(0), f["args"][1].as_u64().unwrap_or(0)));
+            seqs.push((
+                f["args"][0].as_u64().unwrap_or(0),
+                f["args"][1].as_u64().unwrap_or(0),
+            ));
         }
     }
     let snap = json!({"id": "snapped", "action": "SNAP", "args": {"time": seqs[1].0, "seq": seqs[1].1, "hash": "h", "url": "http://example/files/s.snap", "dissident": null}});
-    ws.send(Message::Text(snap.to_string().into())).await.expect("send");
+    ws.send(Message::Text(snap.to_string().into()))
+        .await
+        .expect("send");
     // A PING round trip orders the SNAP before the kill.
-    ws.send(Message::Text(json!({"action": "PING", "args": 1}).to_string().into())).await.expect("send");
+    ws.send(Message::Text(
+        json!({"action": "PING", "args": 1}).to_string().into(),
+    ))
+    .await
+    .expect("send");
     while next(&mut ws).await["action"] != "PONG" {}
     first.child.kill().expect("kill");
     let _ = first.child.wait();
@@ -142,7 +184,12 @@ async fn a_snapshot_pointer_survives_a_restart() {
     let (_ws2, sync) = join(second.addr, "snapped", "vb").await;
     assert_eq!(sync["url"], "http://example/files/s.snap");
     assert_eq!(sync["snapshotSeq"].as_u64(), Some(seqs[1].1));
-    let payloads: Vec<_> = sync["messages"].as_array().expect("messages").iter().map(|m| m[2].clone()).collect();
+    let payloads: Vec<_> = sync["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m[2].clone())
+        .collect();
     assert_eq!(payloads, vec![json!("m2"), json!("m3")]);
     let _ = second.child.kill();
     let _ = second.child.wait();
