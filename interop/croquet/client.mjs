@@ -22,7 +22,6 @@ const cfg = {
 };
 
 function report(msg) {
-    if (process.env.INTEROP_DEBUG_IPC) console.error(`[${NAME}] report ${msg.type}`);
     if (process.connected) process.send({ name: NAME, ...msg });
 }
 
@@ -196,7 +195,6 @@ async function sendIncs(count, spacingMs) {
 }
 
 process.on("message", async msg => {
-    if (process.env.INTEROP_DEBUG_IPC) console.error(`[${NAME}] ipc ${msg.cmd}`);
     try {
         switch (msg.cmd) {
             case "inc": await sendIncs(msg.count, msg.spacingMs ?? 10); break;
@@ -219,9 +217,14 @@ process.on("message", async msg => {
                 break;
             case "leave": {
                 const final = state();
+                const closesBefore = wire.closes.length;
                 await session.leave();
                 clearInterval(stepTimer);
-                report({ ...final, type: "left" });
+                // how did the socket close? (a reflector that completes the close handshake
+                // makes the client see 1000; one that just drops the connection, 1006)
+                const until = Date.now() + 3000;
+                while (wire.closes.length === closesBefore && Date.now() < until) await new Promise(r => setTimeout(r, 20));
+                report({ ...final, type: "left", leaveClose: wire.closes[closesBefore] || null });
                 break;
             }
             case "exit":

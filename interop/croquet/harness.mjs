@@ -294,9 +294,13 @@ async function scenario() {
     if (opts.expectRequ) check("clients received REQU from the reflector (--expect-requ)", anyRequ, info.requReceived);
     info.firstSync = A.joined.wire.syncs[0];
 
-    // everybody leaves
+    // everybody leaves; the reflector must answer the client's Close frame (RFC 6455 §5.5.1)
     for (const c of rest) c.send("leave");
     await withDeadline(Promise.all(rest.map(c => c.next("left"))), "A, C, D to leave");
+    for (const c of [A, B, C, D]) {
+        check(`${c.name}: leaving closed the socket cleanly (close handshake answered, code 1000)`,
+            c.left.leaveClose && c.left.leaveClose.code === 1000, c.left.leaveClose);
+    }
 }
 
 /** Wait for a SNAP from any client (REQU- or CPU-triggered), forcing one if allowed. */

@@ -427,6 +427,10 @@ async fn write_loop(
             let _ = sink.close().await;
         })
         .await;
+    } else {
+        // Answer a client's Close frame: tungstenite has queued the reply, it goes out on
+        // close. Without it the client sees 1006 (abnormal closure) instead of its own code.
+        let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
     }
 }
 
