@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use synq_protocol::client::{
     ArgsError, JoinArgs, SaveArgs, SendArgs, SendTags, SnapArgs, TickConfig, TuttiArgs,
 };
@@ -67,80 +66,84 @@ impl ConnHandle {
 }
 
 /// Run a connection to completion. `session_id` is `None` when the URL named none.
-pub(crate) async fn run(socket: WebSocket, session_id: Option<String>, ctx: Arc<Ctx>) {
+///
+/// One task does both directions: it waits for whichever comes first — a frame from the
+/// client, a frame for it from the session, a deadline — so reading and writing never
+/// contend for a split socket (which lost read wake-ups under concurrent traffic).
+pub(crate) async fn run(mut socket: WebSocket, session_id: Option<String>, ctx: Arc<Ctx>) {
     let conn_id = ctx.next_conn_id();
     Metrics::add_i(&ctx.metrics.clients, 1);
-    let (sink, stream) = socket.split();
-    let (direct_tx, direct_rx) = mpsc::channel(256);
+    let (direct_tx, mut direct) = mpsc::channel(256);
     let kill = CancellationToken::new();
     let handle = ConnHandle {
         id: conn_id,
         direct: direct_tx,
         kill: kill.clone(),
     };
-    // `stop`: the reader is done, the writer ends quietly. `writer_done`: the writer ended
-    // (e.g. it closed a slow client), so the reader stops too.
-    let stop = CancellationToken::new();
-    let writer_done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        direct_rx,
-        Tokens {
-            kill: kill.clone(),
-            stop: stop.clone(),
-            done: writer_done.clone(),
-        },
-        Arc::clone(&ctx),
-        conn_id,
-    ));
-
-    let (reason, session) = match &session_id {
-        None => (Some(CloseCode::OutdatedProtocol), None),
-        Some(id) => {
-            let mut reader = Reader {
-                ctx: Arc::clone(&ctx),
-                handle: handle.clone(),
-                session_id: id.clone(),
-                session: None,
-                limiter: RateLimiter::new(ctx.config.client_rate_limit, ctx.config.client_burst),
-            };
-            let reason = reader.read_loop(stream, &writer_done).await;
-            (reason, reader.session)
-        }
+    let mut conn = Conn {
+        limiter: RateLimiter::new(ctx.config.client_rate_limit, ctx.config.client_burst),
+        ctx: Arc::clone(&ctx),
+        handle,
+        session_id: session_id.clone().unwrap_or_default(),
+        session: None,
+        stream: None,
     };
-    match reason {
-        Some(code) => handle.close(code),
-        None => stop.cancel(),
-    }
-    drop(handle);
-    let mut writer = writer;
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
-    if let Some(s) = session {
+    let exit = match session_id {
+        None => Exit::Close(CloseCode::OutdatedProtocol),
+        Some(_) => conn.serve(&mut socket, &mut direct, &kill).await,
+    };
+    finish(socket, exit, &ctx).await;
+    if let Some(s) = conn.session.take() {
         s.send(Command::Closed { conn: conn_id });
     }
     Metrics::add_i(&ctx.metrics.clients, -1);
 }
 
-struct Reader {
+/// End the WebSocket as `exit` says.
+async fn finish(mut socket: WebSocket, exit: Exit, ctx: &Ctx) {
+    let graceful = async {
+        match exit {
+            Exit::Close(code) => {
+                Metrics::add(&ctx.metrics.clients_rejected, 1);
+                let frame = CloseFrame {
+                    code: code.code(),
+                    reason: Utf8Bytes::from_static(code.reason()),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                let _ = socket.close().await;
+            }
+            // Answer a client's Close frame: tungstenite has queued the reply, it goes out
+            // on close. Without it the client sees 1006 instead of its own code.
+            Exit::Done => {
+                let _ = socket.close().await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful).await;
+}
+
+enum Event {
+    Out(Item),
+    In(Result<Option<Result<Message, axum::Error>>, tokio::time::error::Elapsed>),
+}
+
+struct Conn {
     ctx: Arc<Ctx>,
     handle: ConnHandle,
     session_id: String,
     session: Option<SessionHandle>,
     limiter: RateLimiter,
+    /// The session's broadcast stream, once SYNC was sent (active clients only).
+    stream: Option<broadcast::Receiver<Shared>>,
 }
 
-impl Reader {
-    /// Read until the client leaves (`None`) or must be closed (`Some(code)`).
-    async fn read_loop(
+impl Conn {
+    async fn serve(
         &mut self,
-        mut stream: SplitStream<WebSocket>,
-        writer_done: &CancellationToken,
-    ) -> Option<CloseCode> {
+        socket: &mut WebSocket,
+        direct: &mut mpsc::Receiver<Direct>,
+        kill: &CancellationToken,
+    ) -> Exit {
         let connected = Instant::now();
         let mut last_activity = connected;
         loop {
@@ -149,46 +152,125 @@ impl Reader {
             } else {
                 connected + self.ctx.config.join_timeout
             };
-            let next = tokio::select! {
-                () = writer_done.cancelled() => return None,
-                r = tokio::time::timeout_at(deadline, stream.next()) => r,
+            if kill.is_cancelled() {
+                tracing::warn!(conn = self.handle.id, session = %self.session_id, "closing client: its queue overflowed");
+                return Exit::Close(CloseCode::ClientUnresponsive);
+            }
+            let event = tokio::select! {
+                () = kill.cancelled() => continue,
+                d = direct.recv() => match d {
+                    Some(d) => Event::Out(Item::Direct(d)),
+                    None => return Exit::Done,
+                },
+                r = recv_stream(&mut self.stream) => Event::Out(Item::Stream(r)),
+                r = tokio::time::timeout_at(deadline, socket.recv()) => Event::In(r),
             };
-            let msg = match next {
-                Err(_) if self.session.is_some() => {
-                    tracing::info!(conn = self.handle.id, session = %self.session_id, "closing inactive client (nothing received for {:?})", self.ctx.config.inactivity_timeout);
-                    return Some(CloseCode::ClientInactive);
-                }
-                Err(_) => {
-                    tracing::info!(conn = self.handle.id, session = %self.session_id, "closing client that never sent JOIN");
-                    return Some(CloseCode::NeverJoined);
-                }
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => return self.transport_error(e),
-                Ok(Some(Ok(m))) => m,
-            };
-            last_activity = Instant::now();
-            match msg {
-                Message::Text(text) => {
-                    Metrics::add(&self.ctx.metrics.frames_in, 1);
-                    Metrics::add(&self.ctx.metrics.bytes_in, text.len() as u64);
-                    if text.len() > self.ctx.config.max_frame_bytes {
-                        tracing::warn!(conn = self.handle.id, session = %self.session_id, bytes = text.len(), limit = self.ctx.config.max_frame_bytes, "closing client: message larger than the limit");
-                        return Some(CloseCode::MessageTooLarge);
-                    }
-                    if !self.limiter.allow(last_activity) {
-                        tracing::warn!(conn = self.handle.id, session = %self.session_id, limit = self.ctx.config.client_rate_limit, "closing client: more than {} messages/s", self.ctx.config.client_rate_limit);
-                        return Some(CloseCode::RateLimited);
-                    }
-                    if let Some(code) = self.on_text(text.as_str()) {
-                        return Some(code);
+            match event {
+                Event::Out(item) => {
+                    if let Some(exit) = self.write_batch(socket, direct, item).await {
+                        return exit;
                     }
                 }
-                Message::Binary(_) => {
-                    tracing::warn!(conn = self.handle.id, session = %self.session_id, "closing client: binary frame (the protocol is JSON text)");
-                    return Some(CloseCode::MalformedMessage);
+                Event::In(next) => {
+                    last_activity = Instant::now();
+                    if let Some(exit) = self.on_incoming(next, last_activity) {
+                        return exit;
+                    }
                 }
-                Message::Ping(_) | Message::Pong(_) => {}
-                Message::Close(_) => return None,
+            }
+        }
+    }
+
+    fn on_incoming(
+        &mut self,
+        next: Result<Option<Result<Message, axum::Error>>, tokio::time::error::Elapsed>,
+        now: Instant,
+    ) -> Option<Exit> {
+        let msg = match next {
+            Err(_) if self.session.is_some() => {
+                tracing::info!(conn = self.handle.id, session = %self.session_id, "closing inactive client (nothing received for {:?})", self.ctx.config.inactivity_timeout);
+                return Some(Exit::Close(CloseCode::ClientInactive));
+            }
+            Err(_) => {
+                tracing::info!(conn = self.handle.id, session = %self.session_id, "closing client that never sent JOIN");
+                return Some(Exit::Close(CloseCode::NeverJoined));
+            }
+            Ok(None) => return Some(Exit::Done),
+            Ok(Some(Err(e))) => {
+                return Some(self.transport_error(e).map_or(Exit::Done, Exit::Close));
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Text(text) => {
+                Metrics::add(&self.ctx.metrics.frames_in, 1);
+                Metrics::add(&self.ctx.metrics.bytes_in, text.len() as u64);
+                if text.len() > self.ctx.config.max_frame_bytes {
+                    tracing::warn!(conn = self.handle.id, session = %self.session_id, bytes = text.len(), limit = self.ctx.config.max_frame_bytes, "closing client: message larger than the limit");
+                    return Some(Exit::Close(CloseCode::MessageTooLarge));
+                }
+                if !self.limiter.allow(now) {
+                    tracing::warn!(conn = self.handle.id, session = %self.session_id, limit = self.ctx.config.client_rate_limit, "closing client: more than {} messages/s", self.ctx.config.client_rate_limit);
+                    return Some(Exit::Close(CloseCode::RateLimited));
+                }
+                self.on_text(text.as_str()).map(Exit::Close)
+            }
+            Message::Binary(_) => {
+                tracing::warn!(conn = self.handle.id, session = %self.session_id, "closing client: binary frame (the protocol is JSON text)");
+                Some(Exit::Close(CloseCode::MalformedMessage))
+            }
+            Message::Ping(_) | Message::Pong(_) => None,
+            Message::Close(_) => Some(Exit::Done),
+        }
+    }
+
+    /// Send `first` and everything else that is ready, as one socket write.
+    async fn write_batch(
+        &mut self,
+        socket: &mut WebSocket,
+        direct: &mut mpsc::Receiver<Direct>,
+        first: Item,
+    ) -> Option<Exit> {
+        let write_timeout = self.ctx.config.write_timeout;
+        let conn = self.handle.id;
+        let mut batch = Batch::default();
+        let stream = &mut self.stream;
+        let work = async {
+            let mut item = first;
+            loop {
+                if let Some(exit) = feed(socket, item, stream, &mut batch, conn).await {
+                    return Some(exit);
+                }
+                if batch.frames >= MAX_BATCH_FRAMES {
+                    break;
+                }
+                item = match direct.try_recv() {
+                    Ok(d) => Item::Direct(d),
+                    Err(_) => match stream.as_mut().map(broadcast::Receiver::try_recv) {
+                        Some(Ok(s)) => Item::Stream(Ok(s)),
+                        Some(Err(TryRecvError::Lagged(n))) => {
+                            Item::Stream(Err(RecvError::Lagged(n)))
+                        }
+                        Some(Err(TryRecvError::Closed)) => Item::Stream(Err(RecvError::Closed)),
+                        Some(Err(TryRecvError::Empty)) | None => break,
+                    },
+                };
+            }
+            socket.flush().await.err().map(|_| Exit::Done)
+        };
+        match tokio::time::timeout(write_timeout, work).await {
+            Ok(None) => {
+                Metrics::add(&self.ctx.metrics.frames_out, batch.frames);
+                Metrics::add(&self.ctx.metrics.bytes_out, batch.bytes);
+                None
+            }
+            Ok(Some(exit)) => Some(exit),
+            Err(_) => {
+                tracing::warn!(
+                    conn,
+                    "closing client: could not take a write for {write_timeout:?}"
+                );
+                Some(Exit::Close(CloseCode::ClientUnresponsive))
             }
         }
     }
@@ -333,8 +415,9 @@ impl RateLimiter {
 }
 
 enum Exit {
-    /// The reader is done (client left) or the session dropped us.
+    /// The client left (or the connection broke).
     Done,
+    /// We close the connection with this code.
     Close(CloseCode),
 }
 
@@ -346,93 +429,6 @@ struct Batch {
 }
 
 const MAX_BATCH_FRAMES: u64 = 1024;
-
-struct Tokens {
-    kill: CancellationToken,
-    stop: CancellationToken,
-    done: CancellationToken,
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut direct: mpsc::Receiver<Direct>,
-    tokens: Tokens,
-    ctx: Arc<Ctx>,
-    conn: ConnId,
-) {
-    let mut stream: Option<broadcast::Receiver<Shared>> = None;
-    let write_timeout = ctx.config.write_timeout;
-    let exit = loop {
-        let first = tokio::select! {
-            biased;
-            () = tokens.kill.cancelled() => {
-                tracing::warn!(conn, "closing client: its queue overflowed");
-                break Exit::Close(CloseCode::ClientUnresponsive);
-            }
-            () = tokens.stop.cancelled() => break Exit::Done,
-            d = direct.recv() => match d {
-                Some(d) => Item::Direct(d),
-                None => break Exit::Done,
-            },
-            r = recv_stream(&mut stream) => Item::Stream(r),
-        };
-        let mut batch = Batch::default();
-        let work = async {
-            let mut item = first;
-            loop {
-                if let Some(exit) = feed(&mut sink, item, &mut stream, &mut batch, conn).await {
-                    return Some(exit);
-                }
-                if batch.frames >= MAX_BATCH_FRAMES {
-                    break;
-                }
-                item = match direct.try_recv() {
-                    Ok(d) => Item::Direct(d),
-                    Err(_) => match stream.as_mut().map(broadcast::Receiver::try_recv) {
-                        Some(Ok(s)) => Item::Stream(Ok(s)),
-                        Some(Err(TryRecvError::Lagged(n))) => {
-                            Item::Stream(Err(RecvError::Lagged(n)))
-                        }
-                        Some(Err(TryRecvError::Closed)) => Item::Stream(Err(RecvError::Closed)),
-                        Some(Err(TryRecvError::Empty)) | None => break,
-                    },
-                };
-            }
-            sink.flush().await.err().map(|_| Exit::Done)
-        };
-        match tokio::time::timeout(write_timeout, work).await {
-            Ok(None) => {
-                Metrics::add(&ctx.metrics.frames_out, batch.frames);
-                Metrics::add(&ctx.metrics.bytes_out, batch.bytes);
-            }
-            Ok(Some(exit)) => break exit,
-            Err(_) => {
-                tracing::warn!(
-                    conn,
-                    "closing client: could not take a write for {write_timeout:?}"
-                );
-                break Exit::Close(CloseCode::ClientUnresponsive);
-            }
-        }
-    };
-    tokens.done.cancel();
-    if let Exit::Close(code) = exit {
-        Metrics::add(&ctx.metrics.clients_rejected, 1);
-        let frame = CloseFrame {
-            code: code.code(),
-            reason: Utf8Bytes::from_static(code.reason()),
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = sink.send(Message::Close(Some(frame))).await;
-            let _ = sink.close().await;
-        })
-        .await;
-    } else {
-        // Answer a client's Close frame: tungstenite has queued the reply, it goes out on
-        // close. Without it the client sees 1006 (abnormal closure) instead of its own code.
-        let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-    }
-}
 
 enum Item {
     Direct(Direct),
@@ -448,11 +444,7 @@ async fn recv_stream(
     }
 }
 
-async fn feed_text(
-    sink: &mut SplitSink<WebSocket, Message>,
-    text: Utf8Bytes,
-    batch: &mut Batch,
-) -> Option<Exit> {
+async fn feed_text(sink: &mut WebSocket, text: Utf8Bytes, batch: &mut Batch) -> Option<Exit> {
     batch.frames += 1;
     batch.bytes += text.len() as u64;
     if text.len() > synq_protocol::CHUNK_SIZE {
@@ -474,7 +466,7 @@ async fn feed_text(
 }
 
 async fn feed(
-    sink: &mut SplitSink<WebSocket, Message>,
+    sink: &mut WebSocket,
     item: Item,
     stream: &mut Option<broadcast::Receiver<Shared>>,
     batch: &mut Batch,
