@@ -124,7 +124,8 @@ async fn finish(mut socket: WebSocket, exit: Exit, ctx: &Ctx) {
 
 enum Event {
     Out(Item),
-    In(Result<Option<Result<Message, axum::Error>>, tokio::time::error::Elapsed>),
+    /// `None`: the deadline passed.
+    In(Option<Option<Result<Message, axum::Error>>>),
 }
 
 struct Conn {
@@ -146,12 +147,19 @@ impl Conn {
     ) -> Exit {
         let connected = Instant::now();
         let mut last_activity = connected;
+        // One timer for the whole connection, moved only when needed: re-creating it on
+        // every wake-up would register a timer per delivered frame.
+        let timer = tokio::time::sleep_until(connected + self.ctx.config.join_timeout);
+        tokio::pin!(timer);
         loop {
             let deadline = if self.session.is_some() {
                 last_activity + self.ctx.config.inactivity_timeout
             } else {
                 connected + self.ctx.config.join_timeout
             };
+            if timer.deadline() != deadline && (timer.is_elapsed() || deadline < timer.deadline()) {
+                timer.as_mut().reset(deadline);
+            }
             if kill.is_cancelled() {
                 tracing::warn!(conn = self.handle.id, session = %self.session_id, "closing client: its queue overflowed");
                 return Exit::Close(CloseCode::ClientUnresponsive);
@@ -163,7 +171,15 @@ impl Conn {
                     None => return Exit::Done,
                 },
                 r = recv_stream(&mut self.stream) => Event::Out(Item::Stream(r)),
-                r = tokio::time::timeout_at(deadline, socket.recv()) => Event::In(r),
+                () = &mut timer => {
+                    if Instant::now() < deadline {
+                        // Activity moved the deadline since the timer was set.
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    Event::In(None)
+                }
+                r = socket.recv() => Event::In(Some(r)),
             };
             match event {
                 Event::Out(item) => {
@@ -183,23 +199,23 @@ impl Conn {
 
     fn on_incoming(
         &mut self,
-        next: Result<Option<Result<Message, axum::Error>>, tokio::time::error::Elapsed>,
+        next: Option<Option<Result<Message, axum::Error>>>,
         now: Instant,
     ) -> Option<Exit> {
         let msg = match next {
-            Err(_) if self.session.is_some() => {
+            None if self.session.is_some() => {
                 tracing::info!(conn = self.handle.id, session = %self.session_id, "closing inactive client (nothing received for {:?})", self.ctx.config.inactivity_timeout);
                 return Some(Exit::Close(CloseCode::ClientInactive));
             }
-            Err(_) => {
+            None => {
                 tracing::info!(conn = self.handle.id, session = %self.session_id, "closing client that never sent JOIN");
                 return Some(Exit::Close(CloseCode::NeverJoined));
             }
-            Ok(None) => return Some(Exit::Done),
-            Ok(Some(Err(e))) => {
+            Some(None) => return Some(Exit::Done),
+            Some(Some(Err(e))) => {
                 return Some(self.transport_error(e).map_or(Exit::Done, Exit::Close));
             }
-            Ok(Some(Ok(m))) => m,
+            Some(Some(Ok(m))) => m,
         };
         match msg {
             Message::Text(text) => {

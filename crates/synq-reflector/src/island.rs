@@ -269,8 +269,16 @@ impl Island {
     /// was removed from the registry.
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut batch = Vec::with_capacity(512);
+        // One timer, moved to the next deadline only when that changes (not re-created on
+        // every wake-up: that would register a timer per message).
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(far());
+        tokio::pin!(timer);
         loop {
-            let due = self.next_due();
+            let due = self.next_due().unwrap_or_else(far);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
                 n = rx.recv_many(&mut batch, 512) => {
                     if n == 0 {
@@ -280,7 +288,7 @@ impl Island {
                         self.handle(cmd);
                     }
                 }
-                () = sleep_until_opt(due) => {}
+                () = &mut timer => {}
             }
             self.fire_timers(Instant::now());
             self.flush();
@@ -838,12 +846,5 @@ impl Island {
             }
         }
         self.outbox = outbox;
-    }
-}
-
-async fn sleep_until_opt(due: Option<Instant>) {
-    match due {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

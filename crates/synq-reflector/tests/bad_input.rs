@@ -250,3 +250,37 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
             >= 1
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_joins_is_closed_with_4121() {
+    let server = start(|c| c.join_timeout = Duration::from_millis(300)).await;
+    let mut c = Client::connect(&server, "silent").await;
+    // Other traffic does not count as joining.
+    c.send_json(json!({"action": "PULSE"})).await;
+    assert_eq!(closed_with(&mut c).await, Ended::Closed(4121));
+}
+
+#[tokio::test]
+async fn a_joined_client_that_goes_quiet_is_closed_with_4002_while_a_pulsing_one_stays() {
+    let server = start(|c| c.inactivity_timeout = Duration::from_millis(400)).await;
+    let mut quiet = Client::connect(&server, "quiet").await;
+    quiet.join_with(Client::join_args(json!("vq"), 50.0)).await;
+    let mut alive = Client::connect(&server, "quiet").await;
+    alive.join_with(Client::join_args(json!("va"), 50.0)).await;
+    // `alive` sends a PULSE on every tick it receives, as Croquet clients keep themselves alive.
+    let keepalive = tokio::spawn(async move {
+        loop {
+            match alive.next().await {
+                Ok(f) if f.action == "TICK" => alive.send_json(json!({"action": "PULSE"})).await,
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    });
+    assert_eq!(closed_with(&mut quiet).await, Ended::Closed(4002));
+    assert!(
+        !keepalive.is_finished(),
+        "the client that pulses is still connected"
+    );
+    keepalive.abort();
+}
