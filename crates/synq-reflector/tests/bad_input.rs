@@ -118,13 +118,7 @@ async fn malformed_send_arguments_are_closed_with_4102_and_others_unaffected() {
         .await;
     assert_eq!(closed_with(&mut bad).await, Ended::Closed(4102));
     good.send_msg("unaffected").await;
-    loop {
-        let m = good.recv().await;
-        if m.payload.is_string() {
-            assert_eq!(m.payload, "unaffected");
-            break;
-        }
-    }
+    assert_eq!(good.recv_client().await.payload, "unaffected");
 }
 
 #[tokio::test]
@@ -141,13 +135,8 @@ async fn oversized_frames_are_closed_with_4104_and_others_unaffected() {
     // A payload at the Croquet client limit (16 KiB) still passes.
     let max_croquet = "y".repeat(synq_protocol::CLIENT_PAYLOAD_LIMIT);
     good.send_msg(&max_croquet).await;
-    loop {
-        let m = good.recv().await;
-        if m.payload.is_string() {
-            assert_eq!(m.payload.as_str().map(str::len), Some(max_croquet.len()));
-            break;
-        }
-    }
+    let m = good.recv_client().await;
+    assert_eq!(m.payload.as_str().map(str::len), Some(max_croquet.len()));
 }
 
 #[tokio::test]

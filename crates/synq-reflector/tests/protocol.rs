@@ -211,13 +211,7 @@ async fn a_view_that_reconnects_gets_a_sync_on_the_same_timeline_and_its_old_con
         "vb never left the session: {active:?}"
     );
     a.send_msg("after-rejoin").await;
-    loop {
-        let m = b2.recv().await;
-        if m.payload.is_string() {
-            assert_eq!(m.payload, "after-rejoin");
-            break;
-        }
-    }
+    assert_eq!(b2.recv_client().await.payload, "after-rejoin");
 }
 
 #[tokio::test]

@@ -149,6 +149,16 @@ impl Client {
         }
     }
 
+    /// Next message sent by a client (skips the reflector's own users/tally messages).
+    pub async fn recv_client(&mut self) -> StreamMessage {
+        loop {
+            let m = self.recv().await;
+            if m.payload.is_string() {
+                return m;
+            }
+        }
+    }
+
     /// Next users announcement.
     pub async fn users(&mut self) -> Value {
         loop {
