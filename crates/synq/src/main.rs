@@ -110,6 +110,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // One machine-readable line on stdout, for scripts and tests that start on port 0.
     println!("synq: listening on http://{addr}");
     std::io::stdout().flush()?;
-    synq_reflector::serve(listener, reflector.router()).await?;
+    let banner = format!(
+        "synq {version}\n\n\
+         reflector (Croquet protocol v1): ws://{addr}/reflector/<sessionId>\n\
+         file store:                      http://{addr}/files/\n\
+         Croquet/Multisynq apps:          Session.join({{ box: \"http://{addr}/\", apiKey: \"none\", ... }})\n\
+         health / metrics:                http://{addr}/healthz  http://{addr}/metrics\n",
+        version = env!("CARGO_PKG_VERSION")
+    );
+    let router = axum::Router::new()
+        .route("/", axum::routing::get(move || async move { banner }))
+        .merge(reflector.router());
+    synq_reflector::serve(listener, router).await?;
     Ok(())
 }
