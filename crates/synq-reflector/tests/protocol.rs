@@ -565,3 +565,58 @@ async fn health_and_metrics_report_activity() {
     assert!(value("synq_bytes_in_total") > 0.0);
     let _ = Ended::Dropped;
 }
+
+#[tokio::test]
+async fn a_sync_larger_than_a_megabyte_arrives_in_chunks_that_reassemble() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = start(|_| {}).await;
+    let mut a = Client::connect(&server, "chunky").await;
+    a.join("va").await;
+    a.users().await;
+    let payload = "p".repeat(16 * 1024);
+    for _ in 0..80 {
+        a.send_msg(&payload).await;
+    }
+    for _ in 0..80 {
+        a.recv_client().await;
+    }
+    let mut b = Client::connect(&server, "chunky").await;
+    b.send_json(
+        json!({"id": "chunky", "action": "JOIN", "args": Client::join_args(json!("vb"), 1000.0)}),
+    )
+    .await;
+    let mut body = String::new();
+    let mut parts = 0;
+    loop {
+        let m = tokio::time::timeout(common::PATIENCE, b.ws.next())
+            .await
+            .expect("frame in time");
+        let Some(Ok(Message::Text(t))) = m else {
+            panic!("unexpected {m:?}")
+        };
+        let t = t.as_str();
+        let head = t.get(..8).unwrap_or_default();
+        assert!(
+            head.starts_with("_CHUNK"),
+            "a 1.3 MB SYNC is sent in chunks, got {head:?}"
+        );
+        assert_eq!(head.as_bytes()[6] == b'1', parts == 0, "first-chunk flag");
+        assert!(t.len() <= synq_protocol::CHUNK_SIZE + 8);
+        body.push_str(&t[8..]);
+        parts += 1;
+        if head.as_bytes()[7] == b'1' {
+            break;
+        }
+    }
+    assert!(parts >= 2);
+    let sync = synq_protocol::server::ServerFrame::parse(&body).expect("reassembled SYNC is JSON");
+    assert_eq!(sync.action, "SYNC");
+    assert_eq!(
+        sync.sync_messages()
+            .iter()
+            .filter(|m| m.payload == json!(payload))
+            .count(),
+        80
+    );
+}
