@@ -2,6 +2,7 @@
 //! and a writer task that sends what the session produces, coalescing every frame that is
 //! ready into one socket write.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -274,7 +275,18 @@ impl Conn {
             }
             socket.flush().await.err().map(|_| Exit::Done)
         };
-        match tokio::time::timeout(write_timeout, work).await {
+        // Almost every write completes at once: poll it once before arming the timeout,
+        // so that the common case registers no timer.
+        let outcome = {
+            let mut work = std::pin::pin!(work);
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+            match first {
+                std::task::Poll::Ready(r) => Ok(r),
+                std::task::Poll::Pending => tokio::time::timeout(write_timeout, work).await,
+            }
+        };
+        match outcome {
             Ok(None) => {
                 Metrics::add(&self.ctx.metrics.frames_out, batch.frames);
                 Metrics::add(&self.ctx.metrics.bytes_out, batch.bytes);
