@@ -88,6 +88,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "open-files limit"),
+        Err(e) => tracing::warn!(
+            "cannot raise the open-files limit ({e}); each client and session needs a file descriptor"
+        ),
+    }
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = ReflectorConfig::new(&data_dir);
     config.durability = match args.durability {
