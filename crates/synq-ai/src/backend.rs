@@ -1,0 +1,129 @@
+//! The backend trait and the request types shared by every backend.
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::AiError;
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// A chat completion request. The model is not part of it: each backend serves the model
+/// it was configured with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    /// Upper bound on generated tokens.
+    pub max_tokens: u32,
+    /// 0 means greedy. `None`: the backend's default.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling. `None`: the backend's default.
+    pub top_p: Option<f32>,
+    /// Same seed, same prompt, same model → same text (local backend; upstreams may honour it).
+    pub seed: Option<u64>,
+}
+
+impl ChatRequest {
+    pub fn new(messages: Vec<ChatMessage>) -> Self {
+        Self {
+            messages,
+            max_tokens: 256,
+            temperature: None,
+            top_p: None,
+            seed: None,
+        }
+    }
+
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = Some(t);
+        self
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks what every backend needs: at least one message, a positive token limit.
+    pub fn validate(&self) -> Result<(), AiError> {
+        if self.messages.is_empty() {
+            return Err(AiError::InvalidRequest("no messages".into()));
+        }
+        if self.max_tokens == 0 {
+            return Err(AiError::InvalidRequest("max_tokens must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The answer as it is generated: text deltas in order. An `Err` item ends the stream.
+/// Dropping the stream cancels the generation.
+pub type TextStream = Pin<Box<dyn Stream<Item = Result<String, AiError>> + Send + 'static>>;
+
+/// A chat-completion service: an OpenAI-compatible upstream or the embedded model.
+#[async_trait::async_trait]
+pub trait ChatBackend: Send + Sync + 'static {
+    /// The model this backend serves (reported by the gateway's `/v1/models`).
+    fn model(&self) -> String;
+
+    /// Starts a completion. Errors known before the first token (unreachable, unauthorized,
+    /// unknown model, rate limited, model unavailable) are returned here; later ones are
+    /// items of the stream.
+    async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError>;
+
+    /// The whole answer at once. The default collects [`ChatBackend::stream_chat`].
+    async fn complete(&self, request: ChatRequest) -> Result<String, AiError> {
+        let stream = self.stream_chat(request).await?;
+        collect_text(stream).await
+    }
+}
+
+/// Concatenates a [`TextStream`], stopping at the first error.
+pub async fn collect_text(mut stream: TextStream) -> Result<String, AiError> {
+    let mut text = String::new();
+    while let Some(delta) = stream.next().await {
+        text.push_str(&delta?);
+    }
+    Ok(text)
+}

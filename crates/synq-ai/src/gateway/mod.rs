@@ -1,0 +1,1 @@
+//! The gateway (filled in below).

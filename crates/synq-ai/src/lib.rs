@@ -1,0 +1,20 @@
+//! synq's AI: chat-completion backends behind one trait, and the guarded AI gateway that
+//! `synq serve` mounts.
+//!
+//! - [`ChatBackend`]: messages in, a stream of text deltas out. Dropping the stream cancels
+//!   the generation (the upstream HTTP request is closed, the local generation loop stops).
+//! - [`openai::OpenAiBackend`]: any OpenAI-compatible server (OpenAI, Ollama, llama.cpp
+//!   server, vLLM, LM Studio, OpenRouter, …).
+//! - [`local::LocalBackend`]: an embedded quantized GGUF model run with candle.
+//! - [`gateway`]: the HTTP routes (`/ai/v1/chat/completions`, `/ai/v1/models`, `/ai`) with
+//!   their guards, and [`gateway::AiArgs`], the `synq serve` flags that configure them.
+
+pub mod backend;
+pub mod error;
+pub mod gateway;
+pub mod local;
+pub mod openai;
+mod sse;
+
+pub use backend::{ChatBackend, ChatMessage, ChatRequest, Role, TextStream, collect_text};
+pub use error::AiError;

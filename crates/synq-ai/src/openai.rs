@@ -1,0 +1,401 @@
+//! The backend for any OpenAI-compatible chat-completions server.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{StreamExt, stream};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::backend::{ChatBackend, ChatRequest, TextStream};
+use crate::sse::SseDecoder;
+use crate::AiError;
+
+/// How to reach an OpenAI-compatible server.
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// API base, e.g. `http://localhost:11434/v1` (Ollama) or `https://api.openai.com/v1`.
+    /// `/chat/completions` is appended.
+    pub base_url: String,
+    /// The model to ask for; fixed by the server operator.
+    pub model: String,
+    /// Bearer token, if the server needs one.
+    pub api_key: Option<String>,
+    /// Time to open the TCP/TLS connection.
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the first text delta (models may be loading).
+    pub first_token_timeout: Duration,
+    /// Longest silence between two chunks once the answer streams.
+    pub idle_timeout: Duration,
+    /// Retries on 429, 5xx and connection failures, all before the first token.
+    pub max_retries: u32,
+    /// First retry delay; doubled each time, capped at `max_retry_delay`.
+    pub retry_delay: Duration,
+    pub max_retry_delay: Duration,
+}
+
+impl OpenAiConfig {
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_string(),
+            model: model.into(),
+            api_key: None,
+            connect_timeout: Duration::from_secs(10),
+            first_token_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(60),
+            max_retries: 3,
+            retry_delay: Duration::from_millis(500),
+            max_retry_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Chat completions from an OpenAI-compatible server, streamed over server-sent events.
+pub struct OpenAiBackend {
+    config: OpenAiConfig,
+    endpoint: String,
+    client: reqwest::Client,
+}
+
+impl OpenAiBackend {
+    pub fn new(config: OpenAiConfig) -> Result<Self, AiError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .build()
+            .map_err(|e| AiError::Unreachable {
+                url: config.base_url.clone(),
+                reason: format!("cannot build an HTTP client: {e}"),
+            })?;
+        let endpoint = format!("{}/chat/completions", config.base_url);
+        Ok(Self {
+            config,
+            endpoint,
+            client,
+        })
+    }
+
+    pub fn config(&self) -> &OpenAiConfig {
+        &self.config
+    }
+
+    fn body(&self, request: &ChatRequest, stream: bool) -> Value {
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "stream": stream,
+        });
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(p) = request.top_p {
+            body["top_p"] = json!(p);
+        }
+        if let Some(s) = request.seed {
+            body["seed"] = json!(s);
+        }
+        body
+    }
+
+    /// Sends the request, retrying with exponential backoff on 429, 5xx and failed
+    /// connections, until `deadline`. Returns a response with a success status.
+    async fn send(&self, body: &Value, deadline: Instant) -> Result<reqwest::Response, AiError> {
+        let url = &self.config.base_url;
+        let mut delay = self.config.retry_delay;
+        let mut attempt = 0;
+        loop {
+            let mut req = self.client.post(&self.endpoint).json(body);
+            if let Some(key) = &self.config.api_key {
+                req = req.bearer_auth(key);
+            }
+            let err = match tokio::time::timeout_at(deadline, req.send()).await {
+                Err(_) => {
+                    return Err(AiError::Timeout {
+                        url: url.clone(),
+                        after: self.config.first_token_timeout,
+                    });
+                }
+                Ok(Err(e)) => AiError::Unreachable {
+                    url: url.clone(),
+                    reason: error_chain(&e),
+                },
+                Ok(Ok(resp)) if resp.status().is_success() => return Ok(resp),
+                Ok(Ok(resp)) => self.status_error(resp).await,
+            };
+            let retryable = matches!(
+                &err,
+                AiError::Unreachable { .. } | AiError::RateLimited { .. }
+            ) || matches!(&err, AiError::Upstream { status, .. } if *status >= 500);
+            if !retryable || attempt >= self.config.max_retries {
+                return Err(err);
+            }
+            attempt += 1;
+            let wait = match &err {
+                AiError::RateLimited {
+                    retry_after: Some(after),
+                    ..
+                } => (*after).min(self.config.max_retry_delay),
+                _ => delay,
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(err);
+            }
+            tracing::warn!(%err, attempt, wait_ms = wait.as_millis() as u64, "retrying AI request");
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(self.config.max_retry_delay);
+        }
+    }
+
+    async fn status_error(&self, resp: reqwest::Response) -> AiError {
+        let url = self.config.base_url.clone();
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = resp.text().await.unwrap_or_default();
+        let message = error_message(&text);
+        match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => AiError::Unauthorized {
+                url,
+                status: status.as_u16(),
+            },
+            StatusCode::TOO_MANY_REQUESTS => AiError::RateLimited {
+                what: format!("the AI service at {url}"),
+                retry_after,
+            },
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST
+                if message.to_lowercase().contains("model") =>
+            {
+                AiError::UnknownModel {
+                    url,
+                    model: self.config.model.clone(),
+                }
+            }
+            StatusCode::NOT_FOUND => AiError::Upstream {
+                url: url.clone(),
+                status: 404,
+                message: format!(
+                    "{} is not an OpenAI chat-completions endpoint; --ai-url should be the API base, such as http://localhost:11434/v1 ({message})",
+                    self.endpoint
+                ),
+            },
+            _ => AiError::Upstream {
+                url,
+                status: status.as_u16(),
+                message,
+            },
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// The human-readable message of an OpenAI-style error body (or the body itself).
+fn error_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let msg = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.get("error"))
+            .or_else(|| v.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let mut msg = msg.unwrap_or_else(|| body.trim().to_string());
+    if msg.len() > 500 {
+        let mut cut = 500;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+    }
+    msg
+}
+
+/// What one SSE event or JSON body says.
+enum Parsed {
+    Delta(String),
+    Done,
+    Nothing,
+}
+
+fn parse_event(url: &str, data: &str) -> Result<Parsed, AiError> {
+    if data.trim() == "[DONE]" {
+        return Ok(Parsed::Done);
+    }
+    let v: Value = serde_json::from_str(data).map_err(|e| AiError::Protocol {
+        url: url.to_string(),
+        reason: format!("event is not JSON: {e}"),
+    })?;
+    if let Some(err) = v.get("error") {
+        return Err(AiError::Upstream {
+            url: url.to_string(),
+            status: 200,
+            message: error_message(&err.to_string()),
+        });
+    }
+    let choice = v.pointer("/choices/0");
+    let text = choice
+        .and_then(|c| c.pointer("/delta/content").or_else(|| c.pointer("/message/content")))
+        .and_then(Value::as_str);
+    Ok(match text {
+        Some(t) if !t.is_empty() => Parsed::Delta(t.to_string()),
+        _ => Parsed::Nothing,
+    })
+}
+
+struct StreamState {
+    url: String,
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    decoder: SseDecoder,
+    ready: VecDeque<Result<String, AiError>>,
+    first_deadline: Option<Instant>,
+    first_timeout: Duration,
+    idle_timeout: Duration,
+    done: bool,
+}
+
+impl StreamState {
+    async fn next_item(&mut self) -> Option<Result<String, AiError>> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                if item.is_err() {
+                    self.done = true;
+                }
+                if item.is_ok() {
+                    self.first_deadline = None;
+                }
+                return Some(item);
+            }
+            if self.done {
+                return None;
+            }
+            let (deadline, after) = match self.first_deadline {
+                Some(d) => (d, self.first_timeout),
+                None => (Instant::now() + self.idle_timeout, self.idle_timeout),
+            };
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => {
+                    self.done = true;
+                    return Some(Err(AiError::Timeout {
+                        url: self.url.clone(),
+                        after,
+                    }));
+                }
+                Ok(None) => {
+                    self.done = true;
+                    if let Some(data) = self.decoder.finish() {
+                        self.handle(&data);
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    self.done = true;
+                    return Some(Err(AiError::Unreachable {
+                        url: self.url.clone(),
+                        reason: format!("the answer broke off: {}", error_chain(&e)),
+                    }));
+                }
+                Ok(Some(Ok(chunk))) => {
+                    for data in self.decoder.push(&chunk) {
+                        self.handle(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, data: &str) {
+        if self.done && self.ready.iter().any(Result::is_err) {
+            return;
+        }
+        match parse_event(&self.url, data) {
+            Ok(Parsed::Delta(t)) => self.ready.push_back(Ok(t)),
+            Ok(Parsed::Done) => self.done = true,
+            Ok(Parsed::Nothing) => {}
+            Err(e) => self.ready.push_back(Err(e)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatBackend for OpenAiBackend {
+    fn model(&self) -> String {
+        self.config.model.clone()
+    }
+
+    async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError> {
+        request.validate()?;
+        let deadline = Instant::now() + self.config.first_token_timeout;
+        let resp = self.send(&self.body(&request, true), deadline).await?;
+        let url = self.config.base_url.clone();
+        let is_sse = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            // A server that ignores `stream: true` answers with one JSON body.
+            let text = tokio::time::timeout_at(deadline, resp.text())
+                .await
+                .map_err(|_| AiError::Timeout {
+                    url: url.clone(),
+                    after: self.config.first_token_timeout,
+                })?
+                .map_err(|e| AiError::Unreachable {
+                    url: url.clone(),
+                    reason: error_chain(&e),
+                })?;
+            let item = match parse_event(&url, &text)? {
+                Parsed::Delta(t) => Some(Ok(t)),
+                _ => None,
+            };
+            return Ok(Box::pin(stream::iter(item)));
+        }
+        let state = StreamState {
+            url,
+            body: resp.bytes_stream().boxed(),
+            decoder: SseDecoder::default(),
+            ready: VecDeque::new(),
+            first_deadline: Some(deadline),
+            first_timeout: self.config.first_token_timeout,
+            idle_timeout: self.config.idle_timeout,
+            done: false,
+        };
+        Ok(Box::pin(stream::unfold(state, |mut s| async move {
+            s.next_item().await.map(|item| (item, s))
+        })))
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<String, AiError> {
+        request.validate()?;
+        let deadline = Instant::now() + self.config.first_token_timeout;
+        let resp = self.send(&self.body(&request, false), deadline).await?;
+        let url = self.config.base_url.clone();
+        let text = tokio::time::timeout_at(deadline, resp.text())
+            .await
+            .map_err(|_| AiError::Timeout {
+                url: url.clone(),
+                after: self.config.first_token_timeout,
+            })?
+            .map_err(|e| AiError::Unreachable {
+                url: url.clone(),
+                reason: error_chain(&e),
+            })?;
+        match parse_event(&url, &text)? {
+            Parsed::Delta(t) => Ok(t),
+            _ => Ok(String::new()),
+        }
+    }
+}
