@@ -644,12 +644,9 @@ impl Island {
             tracing::debug!(session = %self.id, time = a.time, "snapshot not newer than the current one; ignored");
             return;
         }
-        let keep_from = self
-            .messages
-            .iter()
-            .position(|m| synq_protocol::seq::after(a.seq, m.seq))
-            .unwrap_or(self.messages.len());
-        self.messages.drain(..keep_from);
+        let covered =
+            synq_protocol::seq::covered_by_snapshot(a.seq, self.messages.iter().map(|m| m.seq));
+        self.messages.drain(..covered);
         let snap = SnapshotPointer {
             time_raw: a.time_raw.get().to_owned(),
             time: a.time,

@@ -283,12 +283,9 @@ fn apply(r: &mut Recovered, tag: u8, body: &[u8]) {
             let Ok(s) = serde_json::from_slice::<SnapshotPointer>(body) else {
                 return;
             };
-            let keep_from = r
-                .messages
-                .iter()
-                .position(|m| synq_protocol::seq::after(s.seq, m.seq))
-                .unwrap_or(r.messages.len());
-            r.messages.drain(..keep_from);
+            let covered =
+                synq_protocol::seq::covered_by_snapshot(s.seq, r.messages.iter().map(|m| m.seq));
+            r.messages.drain(..covered);
             if r.last_seq.is_none() {
                 r.last_seq = Some(s.seq);
             }
