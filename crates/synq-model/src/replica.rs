@@ -1,0 +1,263 @@
+//! One replica of a model: applies the ordered event stream and takes snapshots.
+
+use std::collections::BTreeMap;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cx::{Cx, Timers};
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotHash};
+use crate::{Model, ViewId};
+
+/// One event of the reflected stream, as the client decoded it. The sender of an input is
+/// the one the transport authenticated (see `synq-client`), never a field of the payload.
+#[derive(Debug)]
+pub enum Event<M: Model> {
+    /// An input from a view. `n` numbers the sender's inputs (1, 2, …): an input whose
+    /// number is not above the last one applied from that view is a duplicate (a resend
+    /// after a reconnect) and is dropped.
+    Input {
+        from: ViewId,
+        n: u64,
+        input: M::Input,
+    },
+    /// A view joined with its data.
+    Join { view: ViewId, data: M::ViewData },
+    /// A view left.
+    Exit { view: ViewId },
+}
+
+// Derived `Clone` would require `M: Clone`; the event only holds M's associated types.
+impl<M: Model> Clone for Event<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Event::Input { from, n, input } => Event::Input {
+                from: from.clone(),
+                n: *n,
+                input: input.clone(),
+            },
+            Event::Join { view, data } => Event::Join {
+                view: view.clone(),
+                data: data.clone(),
+            },
+            Event::Exit { view } => Event::Exit { view: view.clone() },
+        }
+    }
+}
+
+/// What a replica's state is made of; this is exactly what a snapshot holds.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "M: Model")]
+pub(crate) struct State<M: Model> {
+    pub(crate) schema: String,
+    pub(crate) now: u64,
+    /// Events applied so far (inputs, joins, exits; not ticks).
+    pub(crate) events: u64,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) timers: Timers<M::Timer>,
+    pub(crate) views: BTreeMap<ViewId, M::ViewData>,
+    /// Highest input number applied per view, kept after the view exits so that a late
+    /// duplicate can never apply twice.
+    pub(crate) last_input: BTreeMap<ViewId, u64>,
+    pub(crate) model: M,
+}
+
+/// One replica of model `M`.
+pub struct Replica<M: Model> {
+    state: State<M>,
+}
+
+/// What applying one event did.
+#[derive(Debug)]
+pub struct Applied<O> {
+    /// Outputs for the local views, in the order the model emitted them.
+    pub outputs: Vec<O>,
+    /// Whether the event reached the model (false for duplicates and inputs from views
+    /// that are not in the session).
+    pub accepted: bool,
+}
+
+impl<M: Model> Replica<M> {
+    /// Starts a new session's model. `seed` seeds the session's random stream (the client
+    /// uses the session id, so every replica that starts the session agrees); `time` is
+    /// the reflector time of the start.
+    pub fn new(seed: &[u8], time: u64) -> (Self, Vec<M::Output>) {
+        let digest: [u8; 32] = Sha256::digest(seed).into();
+        let mut rng = ChaCha8Rng::from_seed(digest);
+        let mut timers = Timers::default();
+        let mut outputs = Vec::new();
+        let views = BTreeMap::new();
+        let model = {
+            let mut cx = Cx::<M> {
+                now: time,
+                rng: &mut rng,
+                timers: &mut timers,
+                outputs: &mut outputs,
+                views: &views,
+            };
+            M::init(&mut cx)
+        };
+        let state = State {
+            schema: M::SCHEMA.to_string(),
+            now: time,
+            events: 0,
+            rng,
+            timers,
+            views,
+            last_input: BTreeMap::new(),
+            model,
+        };
+        (Self { state }, outputs)
+    }
+
+    /// The model, for views to read.
+    pub fn model(&self) -> &M {
+        &self.state.model
+    }
+
+    /// Reflector time of the last event or tick, in ms.
+    pub fn now(&self) -> u64 {
+        self.state.now
+    }
+
+    /// Events applied since the session started.
+    pub fn events(&self) -> u64 {
+        self.state.events
+    }
+
+    /// The views in the session.
+    pub fn views(&self) -> &BTreeMap<ViewId, M::ViewData> {
+        &self.state.views
+    }
+
+    /// The highest input number applied from `view` (0 if none).
+    pub fn last_input(&self, view: &ViewId) -> u64 {
+        self.state.last_input.get(view).copied().unwrap_or(0)
+    }
+
+    /// Advances time to `time` (a tick), firing the timers that fall due, in order.
+    /// Time never goes back: an earlier `time` is treated as the current one.
+    pub fn advance_to(&mut self, time: u64) -> Vec<M::Output> {
+        let mut outputs = Vec::new();
+        self.run_timers(time, &mut outputs);
+        self.state.now = self.state.now.max(time);
+        outputs
+    }
+
+    /// Applies one event of the stream at reflector time `time`, after the timers due by
+    /// then.
+    pub fn apply(&mut self, time: u64, event: Event<M>) -> Applied<M::Output> {
+        let mut outputs = self.advance_to(time);
+        self.state.events += 1;
+        let State {
+            now,
+            rng,
+            timers,
+            views,
+            last_input,
+            model,
+            ..
+        } = &mut self.state;
+        let accepted = match event {
+            Event::Input { from, n, input } => {
+                let last = last_input.get(&from).copied().unwrap_or(0);
+                if n <= last || !views.contains_key(&from) {
+                    false
+                } else {
+                    last_input.insert(from.clone(), n);
+                    let mut cx = Cx::<M> {
+                        now: *now,
+                        rng,
+                        timers,
+                        outputs: &mut outputs,
+                        views,
+                    };
+                    model.input(&mut cx, &from, input);
+                    true
+                }
+            }
+            Event::Join { view, data } => {
+                // A rejoin of a view that is still present (its exit was never announced)
+                // is not a new join.
+                if views.contains_key(&view) {
+                    false
+                } else {
+                    views.insert(view.clone(), data.clone());
+                    let mut cx = Cx::<M> {
+                        now: *now,
+                        rng,
+                        timers,
+                        outputs: &mut outputs,
+                        views,
+                    };
+                    model.view_join(&mut cx, &view, &data);
+                    true
+                }
+            }
+            Event::Exit { view } => {
+                if views.remove(&view).is_none() {
+                    false
+                } else {
+                    let mut cx = Cx::<M> {
+                        now: *now,
+                        rng,
+                        timers,
+                        outputs: &mut outputs,
+                        views,
+                    };
+                    model.view_exit(&mut cx, &view);
+                    true
+                }
+            }
+        };
+        Applied { outputs, accepted }
+    }
+
+    fn run_timers(&mut self, time: u64, outputs: &mut Vec<M::Output>) {
+        let State {
+            now,
+            rng,
+            timers,
+            views,
+            model,
+            ..
+        } = &mut self.state;
+        while let Some((due, timer)) = timers.pop_due(time) {
+            *now = (*now).max(due);
+            let mut cx = Cx::<M> {
+                now: *now,
+                rng,
+                timers,
+                outputs,
+                views,
+            };
+            model.timer(&mut cx, timer);
+        }
+    }
+
+    /// The replica's state as a snapshot: compact bytes and their hash.
+    pub fn snapshot(&self) -> Result<Snapshot, SnapshotError> {
+        Snapshot::encode(&self.state)
+    }
+
+    /// The hash of the current state (what replicas compare to detect divergence).
+    pub fn hash(&self) -> Result<SnapshotHash, SnapshotError> {
+        Ok(self.snapshot()?.hash)
+    }
+
+    /// A replica restored from a snapshot. Fails if the bytes are not a snapshot of this
+    /// model's schema.
+    pub fn restore(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let schema = Snapshot::schema(bytes)?;
+        if schema != M::SCHEMA {
+            return Err(SnapshotError::Schema {
+                expected: M::SCHEMA.to_string(),
+                found: schema,
+            });
+        }
+        let state: State<M> = Snapshot::decode(bytes)?;
+        Ok(Self { state })
+    }
+}
