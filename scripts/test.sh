@@ -16,4 +16,10 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 (cd interop/croquet && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 
+# synq-model and synq-client must build for the browser; the determinism test compiles the
+# model to wasm32 and runs it in Node.
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+
 cargo test --workspace --locked
