@@ -2,7 +2,7 @@
 //!
 //! A Croquet 2.0.4 client reconnects by itself after codes below 4100 (and 1001/1006),
 //! treats 4110 as "dormant", and treats every other code ≥ 4100 as fatal: it shows the
-//! reason and does not reconnect. Codes 4104–4106 are synq's own, chosen inside the fatal
+//! reason and does not reconnect. Codes 4104–4107 are synq's own, chosen inside the fatal
 //! range so that a misbehaving client stops instead of reconnecting in a loop.
 
 /// A reflector close code with its reason text.
@@ -30,6 +30,9 @@ pub enum CloseCode {
     RateLimited,
     /// 4106: the session refuses this JOIN (e.g. too many clients).
     SessionFull,
+    /// 4107: in a synq session, a JOIN whose view id does not match its proof (see
+    /// `identity`).
+    BadIdentity,
     /// 4109: an internal error while handling a message.
     UnknownError,
     /// 4121: no JOIN within the allowed time after connecting.
@@ -50,6 +53,7 @@ impl CloseCode {
             CloseCode::MessageTooLarge => 4104,
             CloseCode::RateLimited => 4105,
             CloseCode::SessionFull => 4106,
+            CloseCode::BadIdentity => 4107,
             CloseCode::UnknownError => 4109,
             CloseCode::NeverJoined => 4121,
         }
@@ -68,6 +72,7 @@ impl CloseCode {
             CloseCode::MessageTooLarge => "message too large",
             CloseCode::RateLimited => "rate limit exceeded",
             CloseCode::SessionFull => "session full",
+            CloseCode::BadIdentity => "view id does not match its proof",
             CloseCode::UnknownError => "unknown error",
             CloseCode::NeverJoined => "client never joined",
         }
@@ -83,7 +88,7 @@ impl CloseCode {
     }
 }
 
-const ALL: [CloseCode; 13] = [
+const ALL: [CloseCode; 14] = [
     CloseCode::UnknownSession,
     CloseCode::ClientUnresponsive,
     CloseCode::ClientInactive,
@@ -95,6 +100,7 @@ const ALL: [CloseCode; 13] = [
     CloseCode::MessageTooLarge,
     CloseCode::RateLimited,
     CloseCode::SessionFull,
+    CloseCode::BadIdentity,
     CloseCode::UnknownError,
     CloseCode::NeverJoined,
 ];

@@ -7,6 +7,7 @@ pub mod client;
 pub mod close;
 pub mod envelope;
 pub mod frames;
+pub mod identity;
 pub mod seq;
 pub mod server;
 

@@ -120,6 +120,8 @@ impl Retained {
 
 struct Client {
     handle: ConnHandle,
+    /// In synq sessions, the authenticated view id stamped on this connection's messages.
+    view_id: Option<String>,
     user: Option<Box<serde_json::value::RawValue>>,
     user_string: Option<String>,
     active: bool,
@@ -335,7 +337,30 @@ impl Island {
         }
     }
 
-    fn join(&mut self, conn: ConnHandle, args: JoinArgs) {
+    fn join(&mut self, conn: ConnHandle, mut args: JoinArgs) {
+        // synq sessions: the view id must match its proof; the proof is not announced.
+        let mut view_id = None;
+        if synq_protocol::identity::is_synq_session(&self.id)
+            && let Some(user) = &args.user
+        {
+            match synq_protocol::identity::check_user(user.get()) {
+                Ok(checked) => {
+                    match serde_json::value::RawValue::from_string(checked.announced) {
+                        Ok(raw) => args.user = Some(raw),
+                        Err(_) => {
+                            conn.close(CloseCode::BadIdentity);
+                            return;
+                        }
+                    }
+                    view_id = Some(checked.view_id);
+                }
+                Err(e) => {
+                    tracing::warn!(session = %self.id, conn = conn.id, error = %e, "JOIN refused");
+                    conn.close(CloseCode::BadIdentity);
+                    return;
+                }
+            }
+        }
         if self.clients.len() >= self.ctx.config.max_clients_per_session {
             tracing::warn!(session = %self.id, conn = conn.id, limit = self.ctx.config.max_clients_per_session, "JOIN refused: session full");
             conn.close(CloseCode::SessionFull);
@@ -417,6 +442,7 @@ impl Island {
             conn.id,
             Client {
                 handle: conn,
+                view_id,
                 user: args.user,
                 user_string,
                 active,
@@ -460,9 +486,19 @@ impl Island {
     }
 
     fn send(&mut self, conn: ConnId, args: SendArgs, tags: Option<SendTags>) {
-        if !self.clients.contains_key(&conn) {
+        let Some(client) = self.clients.get(&conn) else {
             return;
-        }
+        };
+        // synq sessions: stamp the authenticated sender as the last element; a connection
+        // without an identity cannot send there.
+        let stamp = if synq_protocol::identity::is_synq_session(&self.id) {
+            match &client.view_id {
+                Some(id) => Some(frames::quote(id)),
+                None => return,
+            }
+        } else {
+            None
+        };
         if let Some((msg_id, ms)) = tags.as_ref().and_then(SendTags::debounce) {
             let now = Instant::now();
             if let Some(last) = self.debounce.get(msg_id)
@@ -473,7 +509,10 @@ impl Island {
             }
             self.debounce.insert(msg_id.to_owned(), now);
         }
-        if self.flags.contains_key("rawtime") {
+        if let Some(stamp) = stamp {
+            let tail = format!("{},{stamp}", args.tail.text);
+            self.broadcast(&tail);
+        } else if self.flags.contains_key("rawtime") {
             let raw = self.clock.raw().to_string();
             let tail = args.tail.with_last_replaced(&raw);
             self.broadcast(&tail);

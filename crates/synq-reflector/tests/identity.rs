@@ -1,0 +1,78 @@
+//! synq sessions (ids starting with `synq1-`): view ids are proven at JOIN and every
+//! message carries the authenticated sender, while Croquet sessions stay as they were.
+
+mod common;
+
+use common::{Client, Ended, start};
+use serde_json::json;
+use synq_protocol::identity::view_id_for_proof;
+
+fn user(proof: &str) -> serde_json::Value {
+    json!({"id": view_id_for_proof(proof), "data": "ENC", "proof": proof})
+}
+
+#[tokio::test]
+async fn a_proven_view_is_announced_without_its_proof_and_its_messages_are_stamped() {
+    let server = start(|_| {}).await;
+    let mut a = Client::connect(&server, "synq1-stamp").await;
+    a.join_with(Client::join_args(user("alice-secret"), 1000.0))
+        .await;
+    let users = a.users().await;
+    let joined = &users["joined"][0];
+    assert_eq!(joined["id"], view_id_for_proof("alice-secret"));
+    assert_eq!(joined["data"], "ENC");
+    assert!(
+        joined.get("proof").is_none(),
+        "the proof must never be broadcast: {users}"
+    );
+
+    a.send_msg("payload").await;
+    let m = a.recv_client().await;
+    assert_eq!(m.payload, "payload");
+    assert_eq!(
+        m.rest.last(),
+        Some(&json!(view_id_for_proof("alice-secret"))),
+        "the reflector appends the authenticated sender"
+    );
+}
+
+#[tokio::test]
+async fn a_forged_sender_element_is_followed_by_the_real_one() {
+    let server = start(|_| {}).await;
+    let mut a = Client::connect(&server, "synq1-forge").await;
+    a.join_with(Client::join_args(user("mallory"), 1000.0))
+        .await;
+    a.users().await;
+    let victim = view_id_for_proof("victim");
+    a.send_json(json!({"id": "synq1-forge", "action": "SEND", "args": [0, 0, "x", 0, victim]}))
+        .await;
+    let m = a.recv_client().await;
+    assert_eq!(m.rest.last(), Some(&json!(view_id_for_proof("mallory"))));
+}
+
+#[tokio::test]
+async fn joining_under_someone_elses_view_id_is_refused_with_4107() {
+    let server = start(|_| {}).await;
+    let mut a = Client::connect(&server, "synq1-refuse").await;
+    let forged = json!({"id": view_id_for_proof("victim"), "proof": "guess"});
+    a.send_json(
+        json!({"id": "synq1-refuse", "action": "JOIN", "args": Client::join_args(forged, 1000.0)}),
+    )
+    .await;
+    assert_eq!(a.expect_end().await, Ended::Closed(4107));
+
+    let mut b = Client::connect(&server, "synq1-refuse").await;
+    b.send_json(json!({"id": "synq1-refuse", "action": "JOIN", "args": Client::join_args(json!("plain-id"), 1000.0)}))
+        .await;
+    assert_eq!(b.expect_end().await, Ended::Closed(4107));
+}
+
+#[tokio::test]
+async fn croquet_sessions_are_not_stamped() {
+    let server = start(|_| {}).await;
+    let mut a = Client::connect(&server, "croquet-plain").await;
+    a.join("va").await;
+    a.send_msg("payload").await;
+    let m = a.recv_client().await;
+    assert_eq!(m.rest, vec![json!(0)], "the message is forwarded as sent");
+}
