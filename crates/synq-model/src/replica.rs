@@ -23,9 +23,10 @@ pub enum Event<M: Model> {
         n: u64,
         input: M::Input,
     },
-    /// A view joined with its data.
+    /// A connection of a view joined, with the view's data.
     Join { view: ViewId, data: M::ViewData },
-    /// A view left.
+    /// A view left. A view with several connections (a reconnect in progress) leaves
+    /// when its last one does.
     Exit { view: ViewId },
 }
 
@@ -58,6 +59,9 @@ pub(crate) struct State<M: Model> {
     pub(crate) rng: ChaCha8Rng,
     pub(crate) timers: Timers<M::Timer>,
     pub(crate) views: BTreeMap<ViewId, M::ViewData>,
+    /// Open connections per view: a reconnecting view joins on its new connection before
+    /// its old one's leave is announced, and stays in the session throughout.
+    pub(crate) connections: BTreeMap<ViewId, u32>,
     /// Highest input number applied per view, kept after the view exits so that a late
     /// duplicate can never apply twice.
     pub(crate) last_input: BTreeMap<ViewId, u64>,
@@ -106,6 +110,7 @@ impl<M: Model> Replica<M> {
             rng,
             timers,
             views,
+            connections: BTreeMap::new(),
             last_input: BTreeMap::new(),
             model,
         };
@@ -156,6 +161,7 @@ impl<M: Model> Replica<M> {
             rng,
             timers,
             views,
+            connections,
             last_input,
             model,
             ..
@@ -179,9 +185,11 @@ impl<M: Model> Replica<M> {
                 }
             }
             Event::Join { view, data } => {
-                // A rejoin of a view that is still present (its exit was never announced)
-                // is not a new join.
-                if views.contains_key(&view) {
+                // Another connection of a view that is present (a reconnect whose old
+                // connection has not been announced as gone yet) is not a new join.
+                let count = connections.entry(view.clone()).or_insert(0);
+                *count += 1;
+                if *count > 1 {
                     false
                 } else {
                     views.insert(view.clone(), data.clone());
@@ -197,7 +205,17 @@ impl<M: Model> Replica<M> {
                 }
             }
             Event::Exit { view } => {
-                if views.remove(&view).is_none() {
+                let remaining = match connections.get_mut(&view) {
+                    Some(count) => {
+                        *count -= 1;
+                        *count
+                    }
+                    None => u32::MAX,
+                };
+                if remaining == 0 {
+                    connections.remove(&view);
+                }
+                if remaining != 0 || views.remove(&view).is_none() {
                     false
                 } else {
                     let mut cx = Cx::<M> {

@@ -267,24 +267,24 @@ fn a_corrupt_truncated_or_foreign_snapshot_is_refused() {
 }
 
 #[test]
-fn a_rejoin_without_an_exit_is_not_a_second_join() {
+fn a_reconnecting_view_stays_until_its_last_connection_leaves() {
     let mut r = joined(&["a"]);
-    assert!(
-        !r.apply(
-            5,
-            Event::Join {
-                view: v("a"),
-                data: "dup".into()
-            }
-        )
-        .accepted
-    );
-    assert_eq!(
-        r.model()
-            .log
-            .iter()
-            .filter(|l| l.starts_with("join"))
-            .count(),
-        1
-    );
+    let join = |d: &str| Event::Join {
+        view: v("a"),
+        data: d.to_string(),
+    };
+    let exit = || Event::Exit { view: v("a") };
+    // The new connection joins before the old one's leave is announced.
+    assert!(!r.apply(5, join("dup")).accepted);
+    assert!(!r.apply(6, exit()).accepted);
+    assert!(r.apply(7, say("a", 1, "still here")).accepted);
+    assert!(r.apply(8, exit()).accepted);
+    assert!(!r.apply(9, exit()).accepted);
+    let joins_exits: Vec<_> = r
+        .model()
+        .log
+        .iter()
+        .filter(|l| l.starts_with("join") || l.starts_with("exit"))
+        .collect();
+    assert_eq!(joins_exits, ["join:a:a-data", "exit:a"]);
 }

@@ -89,4 +89,4 @@ fn the_demo_log_hash_is_pinned() {
     assert_eq!(hash.to_hex(), PINNED);
 }
 
-const PINNED: &str = "f5ab4a631e4fee9b45551e8888d6d0865b6e45ffce6f9eaa05e09e4f69b411c4";
+const PINNED: &str = "530b602f16062010eccede535bef918d1c19b9697ea74be7175884ef56b9855d";
