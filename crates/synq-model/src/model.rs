@@ -12,18 +12,21 @@ use crate::{Cx, ViewId};
 /// randomness but [`Cx::random`], no I/O, no threads, defined iteration order (`BTreeMap`,
 /// `Vec`), and floating point limited to basic IEEE arithmetic.
 ///
+/// Models and their types are `Send` so that a native client can run them on its
+/// runtime's worker threads (a model is only ever used by one thread at a time).
+///
 /// The model's serde representation *is* its snapshot, so it must serialize the same way
 /// everywhere (no `HashMap`).
-pub trait Model: Serialize + DeserializeOwned + Sized + 'static {
+pub trait Model: Serialize + DeserializeOwned + Sized + Send + 'static {
     /// What views send to the model, reflected through the reflector to every replica.
-    type Input: Serialize + DeserializeOwned + Clone + Debug;
+    type Input: Serialize + DeserializeOwned + Clone + Debug + Send;
     /// What the model tells its local views. Never leaves the device.
-    type Output: Clone + Debug;
+    type Output: Clone + Debug + Send;
     /// Messages a model sends to its own future ([`Cx::future`]).
-    type Timer: Serialize + DeserializeOwned + Clone + Debug;
+    type Timer: Serialize + DeserializeOwned + Clone + Debug + Send;
     /// What a view declares about itself when it joins (a display name, capabilities).
     /// Undecodable view data is replaced by the default.
-    type ViewData: Serialize + DeserializeOwned + Clone + Debug + Default;
+    type ViewData: Serialize + DeserializeOwned + Clone + Debug + Default + Send;
 
     /// Names the model and the version of its state and inputs. It is part of the session
     /// id, so replicas of incompatible models never meet in one session. Change it whenever

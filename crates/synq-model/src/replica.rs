@@ -137,6 +137,11 @@ impl<M: Model> Replica<M> {
         &self.state.views
     }
 
+    /// Open connections of `view` (0 when it is not in the session).
+    pub fn connections(&self, view: &ViewId) -> u32 {
+        self.state.connections.get(view).copied().unwrap_or(0)
+    }
+
     /// The highest input number applied from `view` (0 if none).
     pub fn last_input(&self, view: &ViewId) -> u64 {
         self.state.last_input.get(view).copied().unwrap_or(0)

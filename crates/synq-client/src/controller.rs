@@ -1,0 +1,893 @@
+//! The client's protocol logic without I/O: feed it the reflector's frames and the results
+//! of downloads; it drives the replica and says what to send, fetch and upload. The
+//! native and browser drivers only move bytes, so both behave the same.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::{Value, json};
+use synq_model::{Event, Model, Replica, ViewId};
+use synq_protocol::identity::view_id_for_proof;
+use synq_protocol::seq;
+use synq_protocol::server::{ServerFrame, StreamMessage};
+
+use crate::crypto::{Purpose, SessionKey, random_hex};
+use crate::error::ClientError;
+use crate::wire::{Body, Wire, session_id};
+
+/// Largest plaintext of one bundle of inputs. Sealed and base64-encoded it stays well
+/// under the reflector's frame limit (64 KiB by default).
+pub const MAX_BUNDLE_BYTES: usize = 32 * 1024;
+
+/// What a client needs to know to join.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// WebSocket base of the reflector, e.g. `ws://127.0.0.1:8080/reflector`.
+    pub reflector_url: String,
+    /// HTTP base of the file store, e.g. `http://127.0.0.1:8080/files`.
+    pub files_url: String,
+    pub app_id: String,
+    pub session_name: String,
+    pub password: String,
+    /// Reflector ticks per second (set by the session's first JOIN).
+    pub tps: f64,
+    /// PBKDF2 rounds (see [`crate::crypto::PBKDF2_ROUNDS`]).
+    pub kdf_rounds: u32,
+    /// Ask for a snapshot after this many events since the last one (`None`: only when
+    /// the reflector asks).
+    pub snapshot_every: Option<u64>,
+    /// Sends per second at most; inputs published in between are bundled.
+    pub max_sends_per_sec: f64,
+}
+
+impl ClientConfig {
+    /// A config for a `synq serve` at `base` (`http://host:port`): reflector at
+    /// `/reflector`, files at `/files`.
+    pub fn for_server(base: &str, app_id: &str, session_name: &str, password: &str) -> Self {
+        let base = base.trim_end_matches('/');
+        let ws = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            base.to_owned()
+        };
+        ClientConfig {
+            reflector_url: format!("{ws}/reflector"),
+            files_url: format!("{base}/files"),
+            app_id: app_id.to_owned(),
+            session_name: session_name.to_owned(),
+            password: password.to_owned(),
+            tps: 20.0,
+            kdf_rounds: crate::crypto::PBKDF2_ROUNDS,
+            snapshot_every: Some(5_000),
+            max_sends_per_sec: 30.0,
+        }
+    }
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send this text frame on the socket.
+    Send(String),
+    /// GET this URL and pass the body to [`Controller::on_snapshot`].
+    Download(String),
+    /// PUT `body` to `url`; when it succeeded, send `then` on the socket.
+    Upload {
+        url: String,
+        body: Vec<u8>,
+        then: String,
+    },
+}
+
+/// What happened in the session, for the app.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent<O> {
+    /// An output of the model for the local views (only once synced).
+    Output(O),
+    /// The replica has caught up and this view's join has been applied: inputs flow.
+    Synced,
+    /// The connection was lost; the client is rejoining.
+    Reconnecting(String),
+    /// A message was dropped by every replica alike (undecryptable, forged sender,
+    /// undecodable input).
+    Rejected(String),
+    /// Replicas disagree: the snapshot vote found more than one state.
+    Diverged {
+        /// This replica's snapshot hash and its keyed vote.
+        mine: String,
+        my_vote: String,
+        /// The votes of the majority and of the others, with their counts.
+        votes: Vec<(String, u32)>,
+    },
+    /// This replica uploaded a snapshot.
+    SnapshotUploaded { url: String },
+    /// A notice from the reflector.
+    Info(String),
+    /// The session ended for good (wrong password, fatal close).
+    Failed(ClientError),
+}
+
+enum Phase {
+    /// JOIN sent, waiting for SYNC.
+    AwaitingSync,
+    /// Waiting for the snapshot download; messages are held meanwhile.
+    Loading {
+        snapshot_seq: u32,
+        held: Vec<StreamMessage>,
+        time: u64,
+    },
+    Running,
+}
+
+struct PendingSnapshot {
+    bytes: Vec<u8>,
+    hash: String,
+    vote: String,
+    time: u64,
+    seq: u32,
+}
+
+/// The client state machine of one session.
+pub struct Controller<M: Model> {
+    config: ClientConfig,
+    session_id: String,
+    key: SessionKey,
+    me: ViewId,
+    proof: String,
+    sealed_view_data: String,
+    tove: String,
+    phase: Phase,
+    replica: Option<Replica<M>>,
+    timeline: Option<String>,
+    last_seq: Option<u32>,
+    own_join_seen: bool,
+    synced: bool,
+    queued: Vec<Vec<u8>>,
+    /// Sent inputs not yet seen in the stream, by number: resent after a rejoin.
+    unacked: BTreeMap<u64, Vec<u8>>,
+    next_n: u64,
+    last_send_ms: Option<f64>,
+    events_since_snapshot: u64,
+    poll_sent_at: Option<u64>,
+    pending_snapshots: BTreeMap<String, PendingSnapshot>,
+    effects: VecDeque<Effect>,
+    events: VecDeque<SessionEvent<M::Output>>,
+    chunks: Option<String>,
+    loaded_snapshot: Option<String>,
+}
+
+impl<M: Model> Controller<M> {
+    /// A controller for a new view of the session in `config`, with `view_data`.
+    pub fn new(config: ClientConfig, view_data: &M::ViewData) -> Result<Self, ClientError> {
+        let session_id = session_id(&config.app_id, &config.session_name, M::SCHEMA);
+        let key = SessionKey::derive(&config.password, &session_id, config.kdf_rounds);
+        let proof = random_hex(16).map_err(|e| ClientError::Crypto(e.to_string()))?;
+        let me = ViewId(view_id_for_proof(&proof));
+        let data =
+            postcard::to_stdvec(view_data).map_err(|e| ClientError::Encode(e.to_string()))?;
+        let crypto = |e: crate::crypto::CryptoError| ClientError::Crypto(e.to_string());
+        let sealed_view_data = key.seal_text(Purpose::ViewData, &data).map_err(crypto)?;
+        let tove = key
+            .seal_text(Purpose::SessionCheck, session_id.as_bytes())
+            .map_err(crypto)?;
+        Ok(Controller {
+            config,
+            session_id,
+            key,
+            me,
+            proof,
+            sealed_view_data,
+            tove,
+            phase: Phase::AwaitingSync,
+            replica: None,
+            timeline: None,
+            last_seq: None,
+            own_join_seen: false,
+            synced: false,
+            queued: Vec::new(),
+            unacked: BTreeMap::new(),
+            next_n: 1,
+            last_send_ms: None,
+            events_since_snapshot: 0,
+            poll_sent_at: None,
+            pending_snapshots: BTreeMap::new(),
+            effects: VecDeque::new(),
+            events: VecDeque::new(),
+            chunks: None,
+            loaded_snapshot: None,
+        })
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    pub fn view_id(&self) -> &ViewId {
+        &self.me
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The replica, once it exists (after SYNC, or after the snapshot loaded).
+    pub fn replica(&self) -> Option<&Replica<M>> {
+        self.replica.as_ref()
+    }
+
+    /// The URL of the snapshot this replica was loaded from, if it was.
+    pub fn loaded_snapshot(&self) -> Option<&str> {
+        self.loaded_snapshot.as_deref()
+    }
+
+    /// The socket URL of this session.
+    pub fn socket_url(&self) -> String {
+        format!(
+            "{}/{}",
+            self.config.reflector_url.trim_end_matches('/'),
+            self.session_id
+        )
+    }
+
+    /// The JOIN frame for a (re)connection. Call [`Controller::connection_lost`] first
+    /// when rejoining.
+    pub fn join_frame(&self) -> String {
+        let tick = 1000.0 / self.config.tps.clamp(1.0 / 30.0, 60.0);
+        json!({
+            "id": self.session_id,
+            "action": "JOIN",
+            "args": {
+                "name": format!("{}/{}", self.config.app_id, self.config.session_name),
+                "appId": self.config.app_id,
+                "apiKey": "none",
+                "version": synq_protocol::PROTOCOL_VERSION,
+                "sdk": concat!("synq-client/", env!("CARGO_PKG_VERSION")),
+                "user": {"id": self.me.as_str(), "data": self.sealed_view_data, "proof": self.proof},
+                "ticks": {"tick": tick, "delay": 0},
+                "tove": self.tove,
+                // A reconnect within this time keeps the view in the session.
+                "leaveDelay": 1250,
+            }
+        })
+        .to_string()
+    }
+
+    /// The connection dropped: the next SYNC is a rejoin.
+    pub fn connection_lost(&mut self, reason: &str) {
+        self.synced = false;
+        self.own_join_seen = false;
+        self.chunks = None;
+        self.last_send_ms = None;
+        if !matches!(self.phase, Phase::Running) {
+            // A half-loaded replica is not worth keeping.
+            self.replica = None;
+            self.last_seq = None;
+        }
+        self.phase = Phase::AwaitingSync;
+        self.events
+            .push_back(SessionEvent::Reconnecting(reason.to_owned()));
+    }
+
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        self.effects.drain(..).collect()
+    }
+
+    pub fn take_events(&mut self) -> Vec<SessionEvent<M::Output>> {
+        self.events.drain(..).collect()
+    }
+
+    /// Queues an input; it is sent (bundled with others) by [`Controller::flush`] once
+    /// the session is synced.
+    pub fn publish(&mut self, input: &M::Input) -> Result<(), ClientError> {
+        let bytes = postcard::to_stdvec(input).map_err(|e| ClientError::Encode(e.to_string()))?;
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(ClientError::InputTooLarge {
+                size: bytes.len(),
+                limit: MAX_BUNDLE_BYTES,
+            });
+        }
+        self.queued.push(bytes);
+        Ok(())
+    }
+
+    /// Sends queued inputs, at most `max_sends_per_sec` times per second. `now_ms` is any
+    /// monotonic clock of the driver.
+    pub fn flush(&mut self, now_ms: f64) -> Result<(), ClientError> {
+        if !self.synced || self.queued.is_empty() {
+            return Ok(());
+        }
+        let interval = 1000.0 / self.config.max_sends_per_sec.max(0.1);
+        if self.last_send_ms.is_some_and(|t| now_ms - t < interval) {
+            return Ok(());
+        }
+        self.last_send_ms = Some(now_ms);
+        let queued = std::mem::take(&mut self.queued);
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for input in queued {
+            let n = self.next_n;
+            self.next_n += 1;
+            size += input.len() + 4;
+            self.unacked.insert(n, input);
+            batch.push(n);
+            if size >= MAX_BUNDLE_BYTES / 2 {
+                self.send_inputs(&std::mem::take(&mut batch))?;
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.send_inputs(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Seals and sends the unacknowledged inputs with these consecutive numbers.
+    fn send_inputs(&mut self, numbers: &[u64]) -> Result<(), ClientError> {
+        let Some(&first_n) = numbers.first() else {
+            return Ok(());
+        };
+        let inputs = numbers
+            .iter()
+            .filter_map(|n| self.unacked.get(n).cloned())
+            .collect();
+        self.send_wire(Body::Inputs { first_n, inputs }, None)
+    }
+
+    fn send_wire(&mut self, body: Body, tags: Option<Value>) -> Result<(), ClientError> {
+        let wire = Wire {
+            view: self.me.0.clone(),
+            body,
+        };
+        let plain = postcard::to_stdvec(&wire).map_err(|e| ClientError::Encode(e.to_string()))?;
+        let sealed = self
+            .key
+            .seal_text(Purpose::Message, &plain)
+            .map_err(|e| ClientError::Crypto(e.to_string()))?;
+        let mut frame = json!({"id": self.session_id, "action": "SEND", "args": [0, 0, sealed, 0]});
+        if let Some(tags) = tags {
+            frame["tags"] = tags;
+        }
+        self.effects.push_back(Effect::Send(frame.to_string()));
+        Ok(())
+    }
+
+    /// Handles one text frame from the reflector. An `Err` means the connection cannot
+    /// go on: rejoin if [`ClientError::is_transient`], else give up.
+    pub fn on_frame(&mut self, text: &str) -> Result<(), ClientError> {
+        // Frames over 1 MB arrive in `_CHUNK<first><last>` pieces.
+        if let Some(rest) = text.strip_prefix("_CHUNK") {
+            let (flags, body) = rest
+                .split_at_checked(2)
+                .ok_or_else(|| ClientError::Protocol("a _CHUNK frame without its flags".into()))?;
+            let first = flags.starts_with('1');
+            let last = flags.ends_with('1');
+            let buf = if first {
+                self.chunks.insert(String::new())
+            } else {
+                self.chunks
+                    .as_mut()
+                    .ok_or_else(|| ClientError::Protocol("a _CHUNK without its first".into()))?
+            };
+            buf.push_str(body);
+            if last {
+                let whole = self.chunks.take().unwrap_or_default();
+                return self.on_frame(&whole);
+            }
+            return Ok(());
+        }
+        let frame = ServerFrame::parse(text)
+            .map_err(|e| ClientError::Protocol(format!("invalid frame: {e}")))?;
+        match frame.action.as_str() {
+            "SYNC" => self.on_sync(&frame),
+            "RECV" => {
+                let m = frame
+                    .message()
+                    .ok_or_else(|| ClientError::Protocol("RECV without a message".into()))?;
+                match &mut self.phase {
+                    Phase::AwaitingSync => Ok(()),
+                    Phase::Loading { held, .. } => {
+                        held.push(m);
+                        Ok(())
+                    }
+                    Phase::Running => {
+                        self.apply_message(m)?;
+                        self.after_progress();
+                        Ok(())
+                    }
+                }
+            }
+            "TICK" => {
+                if let (Some(t), Phase::Running) = (frame.tick_time(), &self.phase)
+                    && let Some(r) = &mut self.replica
+                {
+                    let outputs = r.advance_to(t.max(0.0) as u64);
+                    self.emit(outputs);
+                }
+                Ok(())
+            }
+            "REQU" => {
+                self.on_snapshot_request();
+                Ok(())
+            }
+            "INFO" => {
+                let msg = frame.args.get("msg").and_then(Value::as_str).unwrap_or("");
+                self.events
+                    .push_back(SessionEvent::Info(format!("reflector: {msg}")));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_sync(&mut self, frame: &ServerFrame) -> Result<(), ClientError> {
+        let args = &frame.args;
+        if let Some(tove) = args.get("tove").and_then(Value::as_str) {
+            let ok = self
+                .key
+                .open_text(Purpose::SessionCheck, tove)
+                .is_ok_and(|id| id == self.session_id.as_bytes());
+            if !ok {
+                return Err(ClientError::WrongPassword);
+            }
+        }
+        let timeline = args
+            .get("timeline")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let sync_seq = args
+            .get("seq")
+            .and_then(Value::as_u64)
+            .and_then(|s| u32::try_from(s).ok())
+            .ok_or_else(|| ClientError::Protocol("SYNC without seq".into()))?;
+        let time = args
+            .get("time")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+            .max(0.0) as u64;
+        let url = args.get("url").and_then(Value::as_str).unwrap_or("");
+        let persisted = args
+            .get("persisted")
+            .is_some_and(|p| p.as_bool() == Some(true));
+        let messages = frame.sync_messages();
+
+        // Rejoin on the same timeline: keep the replica, apply only what is new.
+        if let (Some(_), Some(last)) = (&self.replica, self.last_seq)
+            && self.timeline.as_deref() == Some(timeline.as_str())
+        {
+            let covered = last == sync_seq
+                || messages
+                    .first()
+                    .is_some_and(|m| m.seq == last.wrapping_add(1) || !seq::after(last, m.seq));
+            if covered {
+                self.phase = Phase::Running;
+                for m in messages {
+                    if seq::after(last, m.seq) {
+                        self.apply_message(m)?;
+                    }
+                }
+                self.finish_sync(time);
+                return Ok(());
+            }
+        }
+        self.timeline = Some(timeline);
+        self.replica = None;
+        if url.is_empty() || persisted {
+            let (replica, _) = Replica::<M>::new(self.session_id.as_bytes(), 0);
+            self.replica = Some(replica);
+            self.last_seq = None;
+            self.phase = Phase::Running;
+            for m in messages {
+                self.apply_message(m)?;
+            }
+            self.last_seq = Some(sync_seq);
+            self.finish_sync(time);
+        } else {
+            let snapshot_seq = args
+                .get("snapshotSeq")
+                .and_then(Value::as_u64)
+                .and_then(|s| u32::try_from(s).ok())
+                .unwrap_or(sync_seq);
+            self.phase = Phase::Loading {
+                snapshot_seq,
+                held: messages,
+                time,
+            };
+            self.loaded_snapshot = Some(url.to_owned());
+            self.effects.push_back(Effect::Download(url.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The snapshot download finished.
+    pub fn on_snapshot(&mut self, sealed: &[u8]) -> Result<(), ClientError> {
+        let Phase::Loading {
+            snapshot_seq,
+            held,
+            time,
+        } = std::mem::replace(&mut self.phase, Phase::Running)
+        else {
+            return Ok(());
+        };
+        let bytes = self.key.open(Purpose::Snapshot, sealed).map_err(|e| {
+            ClientError::Snapshot(format!(
+                "it does not decrypt ({e}): a wrong password, or a damaged file"
+            ))
+        })?;
+        let replica =
+            Replica::<M>::restore(&bytes).map_err(|e| ClientError::Snapshot(e.to_string()))?;
+        self.replica = Some(replica);
+        self.last_seq = Some(snapshot_seq);
+        for m in held {
+            if seq::after(snapshot_seq, m.seq) {
+                self.apply_message(m)?;
+            }
+        }
+        self.finish_sync(time);
+        Ok(())
+    }
+
+    /// The snapshot download failed.
+    pub fn on_snapshot_failed(&mut self, reason: &str) -> ClientError {
+        ClientError::Snapshot(format!("download failed: {reason}"))
+    }
+
+    fn finish_sync(&mut self, time: u64) {
+        if let Some(r) = &mut self.replica {
+            r.advance_to(time);
+        }
+        self.after_progress();
+    }
+
+    /// Applies one message of the stream, in order.
+    fn apply_message(&mut self, m: StreamMessage) -> Result<(), ClientError> {
+        if let Some(last) = self.last_seq {
+            let expected = last.wrapping_add(1);
+            if m.seq != expected {
+                if !seq::after(last, m.seq) {
+                    return Ok(()); // already applied
+                }
+                return Err(ClientError::Gap {
+                    expected,
+                    got: m.seq,
+                });
+            }
+        }
+        self.last_seq = Some(m.seq);
+        let time = m.time.max(0.0) as u64;
+        self.events_since_snapshot += 1;
+        match &m.payload {
+            Value::String(text) => {
+                let sender = m.rest.last().and_then(Value::as_str).map(str::to_owned);
+                self.apply_payload(time, m.seq, text, sender)
+            }
+            Value::Object(_) => match m.what() {
+                Some("users") => {
+                    self.apply_users(time, &m.payload);
+                    Ok(())
+                }
+                Some("tally") => {
+                    self.on_tally(&m.payload);
+                    Ok(())
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn reject(&mut self, why: String) {
+        tracing::warn!(session = %self.session_id, "message dropped: {why}");
+        self.events.push_back(SessionEvent::Rejected(why));
+    }
+
+    fn apply_payload(
+        &mut self,
+        time: u64,
+        seq: u32,
+        text: &str,
+        sender: Option<String>,
+    ) -> Result<(), ClientError> {
+        let Some(sender) = sender else {
+            self.reject(format!(
+                "message {seq} has no authenticated sender (not a synq reflector?)"
+            ));
+            return Ok(());
+        };
+        let plain = match self.key.open_text(Purpose::Message, text) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reject(format!("message {seq} from {sender}: {e}"));
+                return Ok(());
+            }
+        };
+        let wire: Wire = match postcard::from_bytes(&plain) {
+            Ok(w) => w,
+            Err(e) => {
+                self.reject(format!(
+                    "message {seq} from {sender} is not a synq message: {e}"
+                ));
+                return Ok(());
+            }
+        };
+        if wire.view != sender {
+            self.reject(format!(
+                "message {seq} claims to come from {} but the reflector says {sender}",
+                wire.view
+            ));
+            return Ok(());
+        }
+        let from = ViewId(sender);
+        match wire.body {
+            Body::Inputs { first_n, inputs } => {
+                // Snapshots are due by model events, not by (bundled) messages.
+                self.events_since_snapshot += inputs.len().saturating_sub(1) as u64;
+                for (i, bytes) in inputs.into_iter().enumerate() {
+                    let n = first_n + i as u64;
+                    if from == self.me {
+                        self.unacked.remove(&n);
+                    }
+                    let input: M::Input = match postcard::from_bytes(&bytes) {
+                        Ok(input) => input,
+                        Err(e) => {
+                            self.reject(format!("input {n} from {from} does not decode: {e}"));
+                            continue;
+                        }
+                    };
+                    let Some(r) = &mut self.replica else {
+                        continue;
+                    };
+                    let applied = r.apply(
+                        time,
+                        Event::Input {
+                            from: from.clone(),
+                            n,
+                            input,
+                        },
+                    );
+                    self.emit(applied.outputs);
+                }
+            }
+            Body::SnapshotPoll => self.on_poll(time, seq),
+        }
+        Ok(())
+    }
+
+    fn apply_users(&mut self, time: u64, payload: &Value) {
+        let entries = |field: &str| -> Vec<Value> {
+            payload
+                .get(field)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let joined = entries("joined");
+        let left = entries("left");
+        let active = payload.get("active").and_then(Value::as_u64);
+        // Only views whose data opens with the session key are participants.
+        let mut joins = Vec::new();
+        for entry in &joined {
+            let Some(id) = entry.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let data = entry.get("data").and_then(Value::as_str).unwrap_or("");
+            match self.key.open_text(Purpose::ViewData, data) {
+                Ok(plain) => {
+                    let data = postcard::from_bytes(&plain).unwrap_or_default();
+                    joins.push((ViewId(id.to_owned()), data));
+                }
+                Err(e) => self.reject(format!("view {id} joined without the session key: {e}")),
+            }
+        }
+        let Some(r) = &mut self.replica else {
+            return;
+        };
+        // Every active connection just joined: the session was resumed by new views, and
+        // the views of its snapshot are gone (the reflector never announces the last
+        // leave of a session).
+        let mut outputs = Vec::new();
+        if active.is_some_and(|a| a as usize == joined.len()) && !joined.is_empty() {
+            let stale: Vec<ViewId> = r.views().keys().cloned().collect();
+            for view in stale {
+                while r.connections(&view) > 0 {
+                    outputs.extend(r.apply(time, Event::Exit { view: view.clone() }).outputs);
+                }
+            }
+        }
+        for (view, data) in joins {
+            if view == self.me {
+                self.own_join_seen = true;
+            }
+            outputs.extend(r.apply(time, Event::Join { view, data }).outputs);
+        }
+        for entry in &left {
+            if let Some(id) = entry.get("id").and_then(Value::as_str) {
+                let view = ViewId(id.to_owned());
+                outputs.extend(r.apply(time, Event::Exit { view }).outputs);
+            }
+        }
+        self.emit(outputs);
+    }
+
+    fn emit(&mut self, outputs: Vec<M::Output>) {
+        if self.synced {
+            self.events
+                .extend(outputs.into_iter().map(SessionEvent::Output));
+        }
+    }
+
+    /// Called after a batch of progress: becomes synced, resends, asks for snapshots.
+    fn after_progress(&mut self) {
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        if !self.synced && self.own_join_seen {
+            self.synced = true;
+            if let Some(r) = &self.replica {
+                self.next_n = self.next_n.max(r.last_input(&self.me) + 1);
+            }
+            // Inputs sent on a lost connection and never seen: send them again (the
+            // replicas drop any that did arrive, by number).
+            let numbers: Vec<u64> = self.unacked.keys().copied().collect();
+            for chunk in numbers.chunks(64) {
+                if let Err(e) = self.send_inputs(chunk) {
+                    self.reject(format!("could not resend inputs: {e}"));
+                }
+            }
+            self.events.push_back(SessionEvent::Synced);
+        }
+        if let (true, Some(every)) = (self.synced, self.config.snapshot_every)
+            && self.events_since_snapshot >= every
+            && self.is_among_lowest(1)
+            && self
+                .poll_sent_at
+                .is_none_or(|at| self.events_since_snapshot >= at + every)
+        {
+            self.send_poll();
+        }
+    }
+
+    fn is_among_lowest(&self, k: usize) -> bool {
+        self.replica
+            .as_ref()
+            .is_some_and(|r| r.views().keys().take(k).any(|v| *v == self.me))
+    }
+
+    fn send_poll(&mut self) {
+        self.poll_sent_at = Some(self.events_since_snapshot);
+        let tags = json!({"debounce": 5000, "msgID": "pollForSnapshot"});
+        if let Err(e) = self.send_wire(Body::SnapshotPoll, Some(tags)) {
+            self.reject(format!("could not ask for a snapshot: {e}"));
+        }
+    }
+
+    /// REQU: the reflector's buffer is filling up. The three lowest views ask everyone to
+    /// snapshot (the reflector debounces the polls to one).
+    fn on_snapshot_request(&mut self) {
+        if self.synced && self.is_among_lowest(3) {
+            self.send_poll();
+        }
+    }
+
+    /// Every replica reaches the poll at the same point of the stream: snapshot, vote.
+    fn on_poll(&mut self, time: u64, seq: u32) {
+        self.events_since_snapshot = 0;
+        self.poll_sent_at = None;
+        if !self.synced {
+            return;
+        }
+        let Some(r) = &self.replica else {
+            return;
+        };
+        let snap = match r.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                self.reject(format!("snapshot failed: {e}"));
+                return;
+            }
+        };
+        let vote = self.key.vote(&snap.hash.0);
+        let tutti_key = format!("synq-snapshot@{seq}");
+        let payload = json!({"vote": vote, "viewId": self.me.as_str()}).to_string();
+        let frame = json!({
+            "id": self.session_id,
+            "action": "TUTTI",
+            "args": [time, 0, payload, null, true, ["synqSnapshot"], tutti_key],
+        });
+        self.effects.push_back(Effect::Send(frame.to_string()));
+        self.pending_snapshots.insert(
+            tutti_key,
+            PendingSnapshot {
+                bytes: snap.bytes,
+                hash: snap.hash.to_hex(),
+                vote,
+                time,
+                seq,
+            },
+        );
+        while self.pending_snapshots.len() > 4 {
+            self.pending_snapshots.pop_first();
+        }
+    }
+
+    /// The tally of a snapshot vote: the lowest view of the majority uploads.
+    fn on_tally(&mut self, payload: &Value) {
+        let Some(key) = payload.get("tuttiKey").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(pending) = self.pending_snapshots.remove(key) else {
+            return;
+        };
+        let mut by_vote: BTreeMap<String, (u32, Vec<String>)> = BTreeMap::new();
+        if let Some(tally) = payload.get("tally").and_then(Value::as_object) {
+            for (ballot, count) in tally {
+                let Ok(b) = serde_json::from_str::<Value>(ballot) else {
+                    continue;
+                };
+                let (Some(vote), Some(view)) = (
+                    b.get("vote").and_then(Value::as_str),
+                    b.get("viewId").and_then(Value::as_str),
+                ) else {
+                    continue;
+                };
+                let count = count.as_u64().unwrap_or(1) as u32;
+                let e = by_vote.entry(vote.to_owned()).or_default();
+                e.0 += count;
+                e.1.push(view.to_owned());
+            }
+        }
+        // Majority; a tie goes to the smaller vote, the same choice everywhere.
+        let Some(majority) = by_vote
+            .iter()
+            .max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| b.0.cmp(a.0)))
+            .map(|(v, _)| v.clone())
+        else {
+            return;
+        };
+        if by_vote.len() > 1 {
+            self.events.push_back(SessionEvent::Diverged {
+                mine: pending.hash.clone(),
+                my_vote: pending.vote.clone(),
+                votes: by_vote.iter().map(|(v, (c, _))| (v.clone(), *c)).collect(),
+            });
+        }
+        if pending.vote != majority {
+            return;
+        }
+        let uploader = by_vote
+            .get(&majority)
+            .and_then(|(_, views)| views.iter().min().cloned());
+        if uploader.as_deref() != Some(self.me.as_str()) {
+            return;
+        }
+        let body = match self.key.seal(Purpose::Snapshot, &pending.bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                self.reject(format!("could not encrypt the snapshot: {e}"));
+                return;
+            }
+        };
+        let url = format!(
+            "{}/snapshots/{}/{:010}_{}-{}.snap",
+            self.config.files_url.trim_end_matches('/'),
+            self.session_id,
+            pending.time,
+            pending.seq,
+            &pending.vote[..32.min(pending.vote.len())]
+        );
+        let then = json!({
+            "id": self.session_id,
+            "action": "SNAP",
+            "args": {"time": pending.time, "seq": pending.seq, "hash": pending.vote, "url": url, "dissident": null},
+        })
+        .to_string();
+        self.effects.push_back(Effect::Upload { url, body, then });
+    }
+
+    /// The driver uploaded a snapshot and sent its SNAP.
+    pub fn snapshot_uploaded(&mut self, url: String) {
+        self.events
+            .push_back(SessionEvent::SnapshotUploaded { url });
+    }
+}

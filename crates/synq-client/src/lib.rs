@@ -1,0 +1,34 @@
+//! Joining a synq session through a reflector.
+//!
+//! [`join`] (native, tokio) connects to the reflector, derives the session key from the
+//! password, loads the latest snapshot and replays what followed, and returns a
+//! [`Session`] once the replica is synced. Inputs are encrypted and bundled, snapshots are
+//! voted on (divergence is reported with both hashes) and uploaded encrypted, and a
+//! dropped connection is rejoined with the same view id, without losing or duplicating an
+//! input.
+//!
+//! The protocol logic is [`Controller`], a state machine without I/O; drivers for a
+//! runtime (tokio natively, the browser's WebSocket and fetch in wasm32) only move bytes.
+//!
+//! Security model (see `synq_protocol::identity` for the sender stamping):
+//! - the reflector and the file store see only ciphertext (payloads, view data, snapshots,
+//!   the session check value) and keyed hashes (snapshot votes);
+//! - the session id is derived from app id, session name and the model's schema, never
+//!   from the password;
+//! - a wrong password fails the join with [`ClientError::WrongPassword`] before anything is
+//!   applied; a message that does not authenticate, claims another sender than the one the
+//!   reflector stamped, or does not decode is dropped by every replica alike and reported
+//!   as [`SessionEvent::Rejected`].
+
+pub mod controller;
+pub mod crypto;
+mod error;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
+mod wire;
+
+pub use controller::{ClientConfig, Controller, Effect, SessionEvent};
+pub use error::ClientError;
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::{Session, join};
+pub use wire::session_id;
