@@ -291,6 +291,11 @@ impl<M: Model> Controller<M> {
         Ok(())
     }
 
+    /// Whether inputs wait to be sent (the driver only runs its send timer then).
+    pub fn has_queued(&self) -> bool {
+        self.synced && !self.queued.is_empty()
+    }
+
     /// Sends queued inputs, at most `max_sends_per_sec` times per second. `now_ms` is any
     /// monotonic clock of the driver.
     pub fn flush(&mut self, now_ms: f64) -> Result<(), ClientError> {

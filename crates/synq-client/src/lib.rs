@@ -7,8 +7,10 @@
 //! dropped connection is rejoined with the same view id, without losing or duplicating an
 //! input.
 //!
-//! The protocol logic is [`Controller`], a state machine without I/O; drivers for a
-//! runtime (tokio natively, the browser's WebSocket and fetch in wasm32) only move bytes.
+//! The protocol logic is [`Controller`], a state machine without I/O. One driver
+//! ([`join_with`]) runs it over a [`transport::Transport`]: `native::TokioTransport`
+//! (tokio, tungstenite, reqwest) or `browser::BrowserTransport` in wasm32 (the browser's
+//! WebSocket, fetch and timers). `join` picks the one for the target.
 //!
 //! Security model (see `synq_protocol::identity` for the sender stamping):
 //! - the reflector and the file store see only ciphertext (payloads, view data, snapshots,
@@ -20,15 +22,22 @@
 //!   reflector stamped, or does not decode is dropped by every replica alike and reported
 //!   as [`SessionEvent::Rejected`].
 
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod controller;
 pub mod crypto;
+mod driver;
 mod error;
 #[cfg(not(target_arch = "wasm32"))]
-mod native;
+pub mod native;
+pub mod transport;
 mod wire;
 
+#[cfg(target_arch = "wasm32")]
+pub use browser::join;
 pub use controller::{ClientConfig, Controller, Effect, SessionEvent};
+pub use driver::{Session, join_with};
 pub use error::ClientError;
 #[cfg(not(target_arch = "wasm32"))]
-pub use native::{Session, join};
+pub use native::join;
 pub use wire::session_id;
