@@ -8,9 +8,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::AiError;
 use crate::backend::{ChatBackend, ChatRequest, TextStream};
 use crate::sse::SseDecoder;
-use crate::AiError;
 
 /// How to reach an OpenAI-compatible server.
 #[derive(Debug, Clone)]
@@ -127,8 +127,11 @@ impl OpenAiBackend {
                 &err,
                 AiError::Unreachable { .. } | AiError::RateLimited { .. }
             ) || matches!(&err, AiError::Upstream { status, .. } if *status >= 500);
-            if !retryable || attempt >= self.config.max_retries {
+            if !retryable {
                 return Err(err);
+            }
+            if attempt >= self.config.max_retries {
+                return Err(gave_up(err, attempt + 1));
             }
             attempt += 1;
             let wait = match &err {
@@ -192,6 +195,31 @@ impl OpenAiBackend {
     }
 }
 
+/// Says in the error that retrying did not help.
+fn gave_up(err: AiError, attempts: u32) -> AiError {
+    let note = format!(" (gave up after {attempts} attempts)");
+    match err {
+        AiError::Unreachable { url, reason } => AiError::Unreachable {
+            url,
+            reason: reason + &note,
+        },
+        AiError::Upstream {
+            url,
+            status,
+            message,
+        } => AiError::Upstream {
+            url,
+            status,
+            message: message + &note,
+        },
+        AiError::RateLimited { what, retry_after } => AiError::RateLimited {
+            what: what + &note,
+            retry_after,
+        },
+        other => other,
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
@@ -248,7 +276,10 @@ fn parse_event(url: &str, data: &str) -> Result<Parsed, AiError> {
     }
     let choice = v.pointer("/choices/0");
     let text = choice
-        .and_then(|c| c.pointer("/delta/content").or_else(|| c.pointer("/message/content")))
+        .and_then(|c| {
+            c.pointer("/delta/content")
+                .or_else(|| c.pointer("/message/content"))
+        })
         .and_then(Value::as_str);
     Ok(match text {
         Some(t) if !t.is_empty() => Parsed::Delta(t.to_string()),
