@@ -116,6 +116,11 @@ impl FakeUpstream {
             .await
             .expect("FakeUpstream: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("FakeUpstream: local addr");
+        // No Nagle delay between the SSE headers and the first small event, as in a real
+        // streaming server: latency measurements through it would be skewed otherwise.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeUpstream {
             addr,

@@ -482,3 +482,22 @@ async fn without_a_backend_the_ai_answers_503_saying_how_to_fix_it() {
             .contains("--no-ai")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_streaming_caller_that_goes_away_cancels_the_upstream_call_too() {
+    let up = FakeUpstream::start().await;
+    up.script([Reply::gated(&["first", "second"])]);
+    let s = serve_upstream(&up, &[]);
+    let body = json!({"run": {"options": {"messages": [{"role": "user", "content": "hi"}]}}});
+    let url = s.url("/ai");
+    let request = tokio::spawn(async move {
+        let _ = reqwest::Client::new().post(url).json(&body).send().await;
+    });
+    // The gateway is waiting for the rest of the answer: give up on it.
+    within(up.wait_request(1)).await;
+    request.abort();
+    within(up.wait_disconnects(1)).await;
+    // The server is still up (the disconnect was not its exit).
+    let ok = post(&s.url("/ai/v1/chat/completions"), &chat_body(false), &[]).await;
+    assert_eq!(ok.status(), 200);
+}
