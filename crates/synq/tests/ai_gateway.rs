@@ -501,3 +501,25 @@ async fn a_non_streaming_caller_that_goes_away_cancels_the_upstream_call_too() {
     let ok = post(&s.url("/ai/v1/chat/completions"), &chat_body(false), &[]).await;
     assert_eq!(ok.status(), 200);
 }
+
+#[test]
+fn ai_url_without_a_model_is_refused_at_start_with_what_to_add() {
+    let out = Command::new(env!("CARGO_BIN_EXE_synq"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ai-url",
+            "http://localhost:11434/v1",
+        ])
+        .env_remove("SYNQ_AI_MODEL")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run synq serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--ai-url needs --ai-model NAME"),
+        "{stderr}"
+    );
+}

@@ -24,7 +24,12 @@ pub struct AiArgs {
     #[arg(long, env = "SYNQ_AI_MODEL", value_name = "NAME")]
     pub ai_model: Option<String>,
     /// A local GGUF file for the embedded model, instead of downloading the default one.
-    #[arg(long, env = "SYNQ_AI_MODEL_PATH", value_name = "FILE.gguf")]
+    #[arg(
+        long,
+        env = "SYNQ_AI_MODEL_PATH",
+        value_name = "FILE.gguf",
+        conflicts_with = "ai_url"
+    )]
     pub ai_model_path: Option<PathBuf>,
     /// Largest answer, in tokens: a client's max_tokens is clamped to this.
     #[arg(long, default_value_t = 1024)]

@@ -231,10 +231,12 @@ async fn cors_and_origin(
     let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
         return next.run(req).await;
     };
+    // HTTP/2 carries the host in the URI authority instead of a Host header.
     let host = req
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let allowed = origin
         .to_str()
         .is_ok_and(|o| origin_allowed(o, host, &state.config.allowed_origins));
