@@ -18,7 +18,7 @@ pub mod guards;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -416,34 +416,72 @@ enum Piece {
 /// Wraps a backend stream: counts tokens against the daily budget and ends the answer
 /// (dropping the backend stream, so cancelling it) when the budget runs out.
 fn metered(inner: TextStream, state: Arc<GatewayState>) -> impl Stream<Item = Piece> + Send {
-    stream::unfold(
-        (Some(inner), state, false),
-        |(inner, state, ended)| async move {
-            if ended {
-                return None;
-            }
-            let Some(mut s) = inner else {
-                return Some((Piece::End("length"), (None, state, true)));
+    struct Meter {
+        inner: Option<TextStream>,
+        state: Arc<GatewayState>,
+        ended: bool,
+        tokens: u64,
+        started: Instant,
+    }
+    impl Meter {
+        fn end(mut self, piece: Piece) -> Option<(Piece, Meter)> {
+            self.inner = None;
+            self.ended = true;
+            let outcome = match &piece {
+                Piece::End(finish) => *finish,
+                _ => "error",
             };
-            loop {
-                match s.next().await {
-                    Some(Ok(d)) if d.is_empty() => continue,
-                    Some(Ok(d)) => {
-                        let left = state.budget.spend(approx_tokens(&d));
-                        let next = if left == 0 {
-                            tracing::warn!("daily AI token budget used up; ending the answer");
-                            None
-                        } else {
-                            Some(s)
-                        };
-                        return Some((Piece::Delta(d), (next, state, false)));
-                    }
-                    None => return Some((Piece::End("stop"), (None, state, true))),
-                    Some(Err(e)) => return Some((Piece::Error(e), (None, state, true))),
-                }
+            tracing::info!(
+                tokens = self.tokens,
+                ms = self.started.elapsed().as_millis() as u64,
+                outcome,
+                "AI answer ended"
+            );
+            Some((piece, self))
+        }
+    }
+    impl Drop for Meter {
+        fn drop(&mut self) {
+            if !self.ended {
+                tracing::info!(
+                    tokens = self.tokens,
+                    ms = self.started.elapsed().as_millis() as u64,
+                    "AI answer cancelled: the caller went away"
+                );
             }
-        },
-    )
+        }
+    }
+    let meter = Meter {
+        inner: Some(inner),
+        state,
+        ended: false,
+        tokens: 0,
+        started: Instant::now(),
+    };
+    stream::unfold(meter, |mut m| async move {
+        if m.ended {
+            return None;
+        }
+        let Some(s) = m.inner.as_mut() else {
+            return m.end(Piece::End("length"));
+        };
+        loop {
+            match s.next().await {
+                Some(Ok(d)) if d.is_empty() => continue,
+                Some(Ok(d)) => {
+                    let tokens = approx_tokens(&d);
+                    m.tokens += tokens;
+                    if m.state.budget.spend(tokens) == 0 {
+                        tracing::warn!("daily AI token budget used up; ending the answer");
+                        m.inner = None; // cancels the backend now
+                    }
+                    return Some((Piece::Delta(d), m));
+                }
+                None => return m.end(Piece::End("stop")),
+                Some(Err(e)) => return m.end(Piece::Error(e)),
+            }
+        }
+    })
 }
 
 /// Starts the answer: guards, backend, first response from it.
