@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures_util::{StreamExt, stream};
+use futures_util::{FutureExt, StreamExt, stream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -311,6 +311,9 @@ impl StreamState {
                 return Some(item);
             }
             if self.done {
+                // If the end of the body already arrived, let the HTTP client see it, so
+                // that the connection goes back to the pool instead of being closed.
+                while let Some(Some(Ok(_))) = self.body.next().now_or_never() {}
                 return None;
             }
             let (deadline, after) = match self.first_deadline {
