@@ -329,10 +329,10 @@ impl StreamState {
                     }));
                 }
                 Ok(None) => {
-                    self.done = true;
                     if let Some(data) = self.decoder.finish() {
                         self.handle(&data);
                     }
+                    self.done = true;
                 }
                 Ok(Some(Err(e))) => {
                     self.done = true;
@@ -350,15 +350,19 @@ impl StreamState {
         }
     }
 
+    /// Queues what one event says. Nothing counts after `[DONE]` or an error.
     fn handle(&mut self, data: &str) {
-        if self.done && self.ready.iter().any(Result::is_err) {
+        if self.done {
             return;
         }
         match parse_event(&self.url, data) {
             Ok(Parsed::Delta(t)) => self.ready.push_back(Ok(t)),
             Ok(Parsed::Done) => self.done = true,
             Ok(Parsed::Nothing) => {}
-            Err(e) => self.ready.push_back(Err(e)),
+            Err(e) => {
+                self.ready.push_back(Err(e));
+                self.done = true;
+            }
         }
     }
 }

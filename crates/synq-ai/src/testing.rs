@@ -39,6 +39,13 @@ pub enum Reply {
     Gated(Vec<String>),
     /// Sends the SSE headers, then waits for [`FakeUpstream::release`] before the first delta.
     SlowFirst(Vec<String>),
+    /// Exactly this status, content type and body, whatever was asked (for servers that
+    /// ignore `stream`, answer HTML, or send an error event mid-stream).
+    Raw {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
     /// An error status with an OpenAI-style error body and an optional `Retry-After` (s).
     Status {
         status: u16,
@@ -59,6 +66,13 @@ impl Reply {
     }
     pub fn delayed(delay: Duration, deltas: &[&str]) -> Reply {
         Reply::Delayed(delay, deltas.iter().map(|d| d.to_string()).collect())
+    }
+    pub fn raw(status: u16, content_type: &str, body: &str) -> Reply {
+        Reply::Raw {
+            status,
+            content_type: content_type.to_string(),
+            body: body.to_string(),
+        }
     }
     pub fn status(status: u16, message: &str) -> Reply {
         Reply::Status {
@@ -287,6 +301,19 @@ async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String)
                 resp.headers_mut().insert("retry-after", s.into());
             }
             return resp;
+        }
+        Reply::Raw {
+            status,
+            content_type,
+            body,
+        } => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (
+                code,
+                [(axum::http::header::CONTENT_TYPE, content_type)],
+                body,
+            )
+                .into_response();
         }
         Reply::Delayed(delay, d) => {
             tokio::time::sleep(delay).await;

@@ -210,3 +210,54 @@ async fn an_invalid_request_is_refused_before_any_network_call() {
     assert!(matches!(err, AiError::InvalidRequest(_)));
     assert_eq!(up.request_count(), 0);
 }
+
+#[tokio::test]
+async fn a_server_answering_something_else_than_the_api_is_a_protocol_error() {
+    let up = FakeUpstream::start().await;
+    up.script([Reply::raw(
+        200,
+        "text/html",
+        "<html>Welcome to nginx</html>",
+    )]);
+    let b = backend(config(&up.base_url));
+    let err = match b.stream_chat(hello()).await {
+        Err(e) => e,
+        Ok(_) => panic!("expected a protocol error"),
+    };
+    assert!(matches!(err, AiError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("--ai-url"), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_stream_true_still_gives_its_answer() {
+    let up = FakeUpstream::start().await;
+    let body = r#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"all at once"}}]}"#;
+    up.script([Reply::raw(200, "application/json", body)]);
+    let stream = backend(config(&up.base_url))
+        .stream_chat(hello())
+        .await
+        .expect("stream");
+    let deltas: Vec<String> = stream.map(|d| d.expect("delta")).collect().await;
+    assert_eq!(deltas, ["all at once"]);
+}
+
+#[tokio::test]
+async fn an_error_event_mid_stream_ends_the_stream_with_that_error() {
+    let up = FakeUpstream::start().await;
+    let sse = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n",
+        "data: {\"error\":{\"message\":\"model crashed\"}}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"never\"}}]}\n\n",
+    );
+    up.script([Reply::raw(200, "text/event-stream", sse)]);
+    let mut s = backend(config(&up.base_url))
+        .stream_chat(hello())
+        .await
+        .expect("stream");
+    assert_eq!(s.next().await.expect("item").expect("delta"), "par");
+    match s.next().await {
+        Some(Err(e)) => assert!(e.to_string().contains("model crashed"), "{e}"),
+        other => panic!("expected the upstream's error, got {other:?}"),
+    }
+    assert!(s.next().await.is_none());
+}
