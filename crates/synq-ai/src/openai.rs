@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt, stream};
+use futures_util::{StreamExt, stream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -296,7 +296,12 @@ struct StreamState {
     first_timeout: Duration,
     idle_timeout: Duration,
     done: bool,
+    /// `[DONE]` came (and the end of the body was not read yet).
+    saw_done: bool,
 }
+
+/// How long to wait for the end of the HTTP body after `[DONE]`.
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(100);
 
 impl StreamState {
     async fn next_item(&mut self) -> Option<Result<String, AiError>> {
@@ -311,9 +316,13 @@ impl StreamState {
                 return Some(item);
             }
             if self.done {
-                // If the end of the body already arrived, let the HTTP client see it, so
-                // that the connection goes back to the pool instead of being closed.
-                while let Some(Some(Ok(_))) = self.body.next().now_or_never() {}
+                if std::mem::take(&mut self.saw_done) {
+                    // Read the end of the body (it follows `[DONE]` at once from a sane
+                    // server) so that the connection goes back to the pool instead of
+                    // being closed; a server that keeps it open is not waited for long.
+                    let drain = async { while let Some(Ok(_)) = self.body.next().await {} };
+                    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, drain).await;
+                }
                 return None;
             }
             let (deadline, after) = match self.first_deadline {
@@ -357,7 +366,10 @@ impl StreamState {
         }
         match parse_event(&self.url, data) {
             Ok(Parsed::Delta(t)) => self.ready.push_back(Ok(t)),
-            Ok(Parsed::Done) => self.done = true,
+            Ok(Parsed::Done) => {
+                self.done = true;
+                self.saw_done = true;
+            }
             Ok(Parsed::Nothing) => {}
             Err(e) => {
                 self.ready.push_back(Err(e));
@@ -410,6 +422,7 @@ impl ChatBackend for OpenAiBackend {
             first_timeout: self.config.first_token_timeout,
             idle_timeout: self.config.idle_timeout,
             done: false,
+            saw_done: false,
         };
         Ok(Box::pin(stream::unfold(state, |mut s| async move {
             s.next_item().await.map(|item| (item, s))

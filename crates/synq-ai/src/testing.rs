@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -93,6 +94,8 @@ struct Inner {
     requests: watch::Sender<usize>,
     /// Number of streams a client dropped before their end.
     disconnects: watch::Sender<usize>,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,6 +124,7 @@ impl FakeUpstream {
             release: Notify::new(),
             requests: watch::channel(0).0,
             disconnects: watch::channel(0).0,
+            connections: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -132,8 +136,10 @@ impl FakeUpstream {
         let addr = listener.local_addr().expect("FakeUpstream: local addr");
         // No Nagle delay between the SSE headers and the first small event, as in a real
         // streaming server: latency measurements through it would be skewed otherwise.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let counted = inner.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
             let _ = tcp.set_nodelay(true);
+            counted.connections.fetch_add(1, Ordering::Relaxed);
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeUpstream {
@@ -190,6 +196,11 @@ impl FakeUpstream {
         let mut rx = self.inner.requests.subscribe();
         let _ = rx.wait_for(|&c| c >= n).await;
         lock(&self.inner.bodies)[n - 1].clone()
+    }
+
+    /// How many TCP connections were accepted so far (to check that clients reuse them).
+    pub fn connection_count(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
     }
 
     /// How many streams were dropped by their client before they ended.

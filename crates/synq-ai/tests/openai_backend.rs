@@ -261,3 +261,19 @@ async fn an_error_event_mid_stream_ends_the_stream_with_that_error() {
     }
     assert!(s.next().await.is_none());
 }
+
+#[tokio::test]
+async fn finished_streams_leave_their_connection_for_the_next_request() {
+    let up = FakeUpstream::start().await;
+    let b = backend(config(&up.base_url));
+    for _ in 0..3 {
+        let s = b.stream_chat(hello()).await.expect("stream");
+        let text: Vec<String> = s.map(|d| d.expect("delta")).collect().await;
+        assert_eq!(text.concat(), "Hello world");
+    }
+    assert_eq!(
+        up.connection_count(),
+        1,
+        "one keep-alive connection for all"
+    );
+}
