@@ -523,3 +523,28 @@ fn ai_url_without_a_model_is_refused_at_start_with_what_to_add() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_failure_mid_answer_reaches_the_streaming_client_as_an_error_event() {
+    let up = FakeUpstream::start().await;
+    let sse = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n",
+        "data: {\"error\":{\"message\":\"model crashed\"}}\n\n",
+    );
+    up.script([Reply::raw(200, "text/event-stream", sse)]);
+    let s = serve_upstream(&up, &[]);
+    let resp = post(&s.url("/ai/v1/chat/completions"), &chat_body(true), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let data = sse_data(&within(resp.text()).await.expect("body"));
+    assert_eq!(data.len(), 2, "{data:?}");
+    let first: Value = serde_json::from_str(&data[0]).expect("chunk");
+    assert_eq!(first["choices"][0]["delta"]["content"], "par");
+    let err: Value = serde_json::from_str(&data[1]).expect("error event");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("model crashed"),
+        "{err}"
+    );
+}
