@@ -508,7 +508,7 @@ async fn start(
     Ok((model, s))
 }
 
-/// Collects a metered answer: (text, finish_reason, approx tokens).
+/// Collects a metered answer: (text, finish_reason).
 async fn collect(pieces: impl Stream<Item = Piece>) -> Result<(String, &'static str), ApiError> {
     let mut pieces = std::pin::pin!(pieces);
     let mut text = String::new();
@@ -598,9 +598,13 @@ async fn chat_completions_inner(
         };
         stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
-    Ok(Sse::new(events)
+    let mut resp = Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response();
+    // Reverse proxies (nginx) would otherwise buffer the stream and deliver it at the end.
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
 }
 
 async fn models(State(state): State<Arc<GatewayState>>) -> Response {
