@@ -633,3 +633,55 @@ async fn seed_worker(State(state): State<Arc<GatewayState>>, req: Request) -> Re
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_accept_text_parts_and_the_developer_role_and_refuse_unknown_roles() {
+        let m = parse_messages(&json!([
+            {"role": "developer", "content": "rules"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": null},
+        ]))
+        .expect("valid");
+        assert_eq!(
+            m,
+            [
+                ChatMessage::system("rules"),
+                ChatMessage::user("ab"),
+                ChatMessage::assistant("")
+            ]
+        );
+        let err = parse_messages(&json!([{"role": "tool", "content": "x"}])).expect_err("tool");
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(parse_messages(&json!("hi")).is_err());
+    }
+
+    #[test]
+    fn max_tokens_is_clamped_defaulted_and_the_model_never_read() {
+        let state = GatewayState::new(
+            GatewayConfig {
+                max_tokens: 100,
+                ..GatewayConfig::default()
+            },
+            BackendSlot::new(BackendState::Unavailable("test".into())),
+        );
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let r = |body: Value| chat_request(&state, &body, &msgs);
+        assert_eq!(r(json!({"max_tokens": 5000})).expect("ok").max_tokens, 100);
+        assert_eq!(
+            r(json!({"max_completion_tokens": 7}))
+                .expect("ok")
+                .max_tokens,
+            7
+        );
+        assert_eq!(r(json!({})).expect("ok").max_tokens, 100);
+        assert!(r(json!({"max_tokens": 0})).is_err());
+        let with_options =
+            r(json!({"temperature": 0.5, "top_p": 0.9, "seed": 7, "model": "x"})).expect("ok");
+        assert_eq!(with_options.temperature, Some(0.5));
+        assert_eq!(with_options.seed, Some(7));
+    }
+}
