@@ -6,9 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use synq_ai::gateway::{self, AiArgs, BackendSlot, BackendState, GatewayState};
+use synq_ai::gateway::{self, AiArgs, GatewayState};
 use synq_reflector::{Durability, Reflector, ReflectorConfig};
 use tracing_subscriber::EnvFilter;
+
+mod ai;
 
 #[derive(Parser)]
 #[command(
@@ -130,7 +132,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
          health / metrics:                http://{addr}/healthz  http://{addr}/metrics\n",
         version = env!("CARGO_PKG_VERSION")
     );
-    let slot = start_ai(&args.ai, ai_upstream)?;
+    let slot = ai::start(&args.ai, ai_upstream)?;
     let ai = GatewayState::new(args.ai.gateway_config(), slot);
     let router = axum::Router::new()
         .route("/", axum::routing::get(move || async move { banner }))
@@ -138,54 +140,4 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .merge(gateway::router(ai));
     synq_reflector::serve(listener, router).await?;
     Ok(())
-}
-
-/// Chooses the AI backend and says on stderr which one serves, or why none does.
-fn start_ai(
-    args: &AiArgs,
-    upstream: Option<synq_ai::openai::OpenAiConfig>,
-) -> anyhow::Result<BackendSlot> {
-    if args.no_ai {
-        eprintln!("synq: AI: disabled (--no-ai)");
-        return Ok(BackendSlot::new(BackendState::Unavailable(
-            "this server runs without AI (started with --no-ai)".into(),
-        )));
-    }
-    if let Some(config) = upstream {
-        eprintln!(
-            "synq: AI: OpenAI-compatible service at {} with model {}{}",
-            config.base_url,
-            config.model,
-            if config.api_key.is_some() {
-                " (API key from SYNQ_AI_KEY)"
-            } else {
-                ""
-            }
-        );
-        let backend =
-            synq_ai::openai::OpenAiBackend::new(config).context("cannot set up the AI client")?;
-        return Ok(BackendSlot::new(BackendState::Ready(std::sync::Arc::new(
-            backend,
-        ))));
-    }
-    let slot = BackendSlot::new(BackendState::Loading(
-        "the embedded AI model is being prepared".into(),
-    ));
-    tokio::spawn(start_local_backend(slot.clone(), args.clone()));
-    Ok(slot)
-}
-
-/// Prepares the embedded model in the background (download on first use, load) and puts it
-/// in `slot`; on failure puts the reason and the fix there and on stderr. `synq serve`
-/// serves everything else meanwhile.
-async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
-    // The embedded model (synq_ai::local) is not wired in yet: with
-    // `local::fetch_default_model` / `local::LocalBackend::load` this becomes
-    // download-or-path, then load on a blocking thread, then `BackendState::Ready`.
-    let _ = &args.ai_model_path;
-    let why = "the embedded AI model is not available in this build yet. To fix: run with \
-               --ai-url URL --ai-model NAME, e.g. Ollama: --ai-url http://localhost:11434/v1 \
-               --ai-model llama3.2";
-    eprintln!("synq: AI: none: {why}");
-    slot.set(BackendState::Unavailable(why.into()));
 }
