@@ -11,6 +11,19 @@ use super::GatewayConfig;
 /// never a flag (it would show in `ps`) and never from a client.
 pub const API_KEY_ENV: &str = "SYNQ_AI_KEY";
 
+/// A wrong combination of AI flags.
+#[derive(Debug, thiserror::Error)]
+pub enum AiConfigError {
+    #[error(
+        "--ai-url {0:?} is not an http(s) URL; give the API base, such as http://localhost:11434/v1"
+    )]
+    NotHttp(String),
+    #[error(
+        "--ai-url needs --ai-model NAME (the model the server asks for, e.g. llama3.2 for Ollama or gpt-4o-mini for OpenAI)"
+    )]
+    MissingModel,
+}
+
 /// AI options of `synq serve` (flattened into its arguments).
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "AI")]
@@ -71,20 +84,16 @@ impl AiArgs {
         }
     }
 
-    /// The upstream to use, if `--ai-url` was given. Errors say which flag is missing.
-    pub fn openai_config(&self) -> anyhow::Result<Option<OpenAiConfig>> {
+    /// The upstream to use, if `--ai-url` was given. Errors say which flag to fix.
+    pub fn openai_config(&self) -> Result<Option<OpenAiConfig>, AiConfigError> {
         let Some(url) = &self.ai_url else {
             return Ok(None);
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            anyhow::bail!(
-                "--ai-url {url:?} is not an http(s) URL; give the API base, such as http://localhost:11434/v1"
-            );
+            return Err(AiConfigError::NotHttp(url.clone()));
         }
         let Some(model) = self.ai_model.clone().filter(|m| !m.trim().is_empty()) else {
-            anyhow::bail!(
-                "--ai-url needs --ai-model NAME (the model the server asks for, e.g. llama3.2 for Ollama or gpt-4o-mini for OpenAI)"
-            );
+            return Err(AiConfigError::MissingModel);
         };
         let mut config = OpenAiConfig::new(url.clone(), model);
         config.api_key = std::env::var(API_KEY_ENV)

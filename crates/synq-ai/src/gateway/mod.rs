@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use crate::AiError;
 use crate::backend::{ChatBackend, ChatMessage, ChatRequest, Role, TextStream};
 
-pub use args::{API_KEY_ENV, AiArgs};
+pub use args::{API_KEY_ENV, AiArgs, AiConfigError};
 use guards::{RateLimiter, TokenBudget, approx_tokens, origin_allowed, until_budget_reset};
 
 /// The header a client may send to be rate-limited per chat session as well as per IP.
