@@ -91,7 +91,9 @@ impl ChatRequest {
             return Err(AiError::InvalidRequest("no messages".into()));
         }
         if self.max_tokens == 0 {
-            return Err(AiError::InvalidRequest("max_tokens must be at least 1".into()));
+            return Err(AiError::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
         }
         Ok(())
     }

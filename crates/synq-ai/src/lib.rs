@@ -15,6 +15,8 @@ pub mod gateway;
 pub mod local;
 pub mod openai;
 mod sse;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use backend::{ChatBackend, ChatMessage, ChatRequest, Role, TextStream, collect_text};
 pub use error::AiError;

@@ -8,9 +8,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::AiError;
 use crate::backend::{ChatBackend, ChatRequest, TextStream};
 use crate::sse::SseDecoder;
-use crate::AiError;
 
 /// How to reach an OpenAI-compatible server.
 #[derive(Debug, Clone)]
@@ -127,8 +127,11 @@ impl OpenAiBackend {
                 &err,
                 AiError::Unreachable { .. } | AiError::RateLimited { .. }
             ) || matches!(&err, AiError::Upstream { status, .. } if *status >= 500);
-            if !retryable || attempt >= self.config.max_retries {
+            if !retryable {
                 return Err(err);
+            }
+            if attempt >= self.config.max_retries {
+                return Err(gave_up(err, attempt + 1));
             }
             attempt += 1;
             let wait = match &err {
@@ -192,6 +195,31 @@ impl OpenAiBackend {
     }
 }
 
+/// Says in the error that retrying did not help.
+fn gave_up(err: AiError, attempts: u32) -> AiError {
+    let note = format!(" (gave up after {attempts} attempts)");
+    match err {
+        AiError::Unreachable { url, reason } => AiError::Unreachable {
+            url,
+            reason: reason + &note,
+        },
+        AiError::Upstream {
+            url,
+            status,
+            message,
+        } => AiError::Upstream {
+            url,
+            status,
+            message: message + &note,
+        },
+        AiError::RateLimited { what, retry_after } => AiError::RateLimited {
+            what: what + &note,
+            retry_after,
+        },
+        other => other,
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
@@ -248,7 +276,10 @@ fn parse_event(url: &str, data: &str) -> Result<Parsed, AiError> {
     }
     let choice = v.pointer("/choices/0");
     let text = choice
-        .and_then(|c| c.pointer("/delta/content").or_else(|| c.pointer("/message/content")))
+        .and_then(|c| {
+            c.pointer("/delta/content")
+                .or_else(|| c.pointer("/message/content"))
+        })
         .and_then(Value::as_str);
     Ok(match text {
         Some(t) if !t.is_empty() => Parsed::Delta(t.to_string()),
@@ -265,7 +296,12 @@ struct StreamState {
     first_timeout: Duration,
     idle_timeout: Duration,
     done: bool,
+    /// `[DONE]` came (and the end of the body was not read yet).
+    saw_done: bool,
 }
+
+/// How long to wait for the end of the HTTP body after `[DONE]`.
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(100);
 
 impl StreamState {
     async fn next_item(&mut self) -> Option<Result<String, AiError>> {
@@ -280,6 +316,13 @@ impl StreamState {
                 return Some(item);
             }
             if self.done {
+                if std::mem::take(&mut self.saw_done) {
+                    // Read the end of the body (it follows `[DONE]` at once from a sane
+                    // server) so that the connection goes back to the pool instead of
+                    // being closed; a server that keeps it open is not waited for long.
+                    let drain = async { while let Some(Ok(_)) = self.body.next().await {} };
+                    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, drain).await;
+                }
                 return None;
             }
             let (deadline, after) = match self.first_deadline {
@@ -295,10 +338,10 @@ impl StreamState {
                     }));
                 }
                 Ok(None) => {
-                    self.done = true;
                     if let Some(data) = self.decoder.finish() {
                         self.handle(&data);
                     }
+                    self.done = true;
                 }
                 Ok(Some(Err(e))) => {
                     self.done = true;
@@ -316,15 +359,22 @@ impl StreamState {
         }
     }
 
+    /// Queues what one event says. Nothing counts after `[DONE]` or an error.
     fn handle(&mut self, data: &str) {
-        if self.done && self.ready.iter().any(Result::is_err) {
+        if self.done {
             return;
         }
         match parse_event(&self.url, data) {
             Ok(Parsed::Delta(t)) => self.ready.push_back(Ok(t)),
-            Ok(Parsed::Done) => self.done = true,
+            Ok(Parsed::Done) => {
+                self.done = true;
+                self.saw_done = true;
+            }
             Ok(Parsed::Nothing) => {}
-            Err(e) => self.ready.push_back(Err(e)),
+            Err(e) => {
+                self.ready.push_back(Err(e));
+                self.done = true;
+            }
         }
     }
 }
@@ -372,6 +422,7 @@ impl ChatBackend for OpenAiBackend {
             first_timeout: self.config.first_token_timeout,
             idle_timeout: self.config.idle_timeout,
             done: false,
+            saw_done: false,
         };
         Ok(Box::pin(stream::unfold(state, |mut s| async move {
             s.next_item().await.map(|item| (item, s))

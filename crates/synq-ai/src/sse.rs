@@ -66,7 +66,10 @@ mod tests {
     fn events_split_across_chunks_are_reassembled() {
         let mut d = SseDecoder::default();
         assert!(d.push(b"data: {\"a\"").is_empty());
-        assert_eq!(d.push(b":1}\n\ndata: [DONE]\n\n"), vec!["{\"a\":1}", "[DONE]"]);
+        assert_eq!(
+            d.push(b":1}\n\ndata: [DONE]\n\n"),
+            vec!["{\"a\":1}", "[DONE]"]
+        );
     }
 
     #[test]

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use synq_ai::gateway::{self, AiArgs, GatewayState};
 use synq_reflector::{Durability, Reflector, ReflectorConfig};
 use tracing_subscriber::EnvFilter;
+
+mod ai;
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the reflector (WebSocket at /reflector/<session>), the file store (/files/…),
-    /// /healthz and /metrics.
+    /// the AI gateway (/ai/v1/chat/completions, /ai), /healthz and /metrics.
     Serve(ServeArgs),
 }
 
@@ -65,6 +68,8 @@ struct ServeArgs {
     /// Largest file accepted by the file store, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_file_bytes: usize,
+    #[command(flatten)]
+    ai: AiArgs,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -94,6 +99,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "cannot raise the open-files limit ({e}); each client and session needs a file descriptor"
         ),
     }
+    // Checked before anything starts, so that a wrong AI flag fails fast.
+    let ai_upstream = args.ai.openai_config()?;
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = ReflectorConfig::new(&data_dir);
     config.durability = match args.durability {
@@ -121,12 +128,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
          reflector (Croquet protocol v1): ws://{addr}/reflector/<sessionId>\n\
          file store:                      http://{addr}/files/\n\
          Croquet/Multisynq apps:          Session.join({{ box: \"http://{addr}/\", apiKey: \"none\", ... }})\n\
+         AI (OpenAI-compatible):          http://{addr}/ai/v1/chat/completions\n\
          health / metrics:                http://{addr}/healthz  http://{addr}/metrics\n",
         version = env!("CARGO_PKG_VERSION")
     );
+    let slot = ai::start(&args.ai, ai_upstream)?;
+    let ai = GatewayState::new(args.ai.gateway_config(), slot);
     let router = axum::Router::new()
         .route("/", axum::routing::get(move || async move { banner }))
-        .merge(reflector.router());
+        .merge(reflector.router())
+        .merge(gateway::router(ai));
     synq_reflector::serve(listener, router).await?;
     Ok(())
 }

@@ -1,0 +1,105 @@
+//! `AiArgs`: the `synq serve` flags that configure the AI backend and the gateway's guards.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::openai::OpenAiConfig;
+
+use super::GatewayConfig;
+
+/// The environment variable that holds the upstream API key. Only the server's environment:
+/// never a flag (it would show in `ps`) and never from a client.
+pub const API_KEY_ENV: &str = "SYNQ_AI_KEY";
+
+/// A wrong combination of AI flags.
+#[derive(Debug, thiserror::Error)]
+pub enum AiConfigError {
+    #[error(
+        "--ai-url {0:?} is not an http(s) URL; give the API base, such as http://localhost:11434/v1"
+    )]
+    NotHttp(String),
+    #[error(
+        "--ai-url needs --ai-model NAME (the model the server asks for, e.g. llama3.2 for Ollama or gpt-4o-mini for OpenAI)"
+    )]
+    MissingModel,
+}
+
+/// AI options of `synq serve` (flattened into its arguments).
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "AI")]
+pub struct AiArgs {
+    /// OpenAI-compatible API base to use instead of the embedded model, e.g.
+    /// http://localhost:11434/v1 (Ollama) or https://api.openai.com/v1. The API key, if one
+    /// is needed, is read from the SYNQ_AI_KEY environment variable.
+    #[arg(long, env = "SYNQ_AI_URL", value_name = "URL")]
+    pub ai_url: Option<String>,
+    /// Model asked of the --ai-url service (clients cannot choose another).
+    #[arg(long, env = "SYNQ_AI_MODEL", value_name = "NAME")]
+    pub ai_model: Option<String>,
+    /// A local GGUF file for the embedded model, instead of downloading the default one.
+    #[arg(
+        long,
+        env = "SYNQ_AI_MODEL_PATH",
+        value_name = "FILE.gguf",
+        conflicts_with = "ai_url"
+    )]
+    pub ai_model_path: Option<PathBuf>,
+    /// Largest answer, in tokens: a client's max_tokens is clamped to this.
+    #[arg(long, default_value_t = 1024)]
+    pub ai_max_tokens: u32,
+    /// AI requests per minute per client IP address (0 = unlimited).
+    #[arg(long, default_value_t = 30)]
+    pub ai_rate_per_minute: u32,
+    /// AI requests per minute per session (the X-Synq-Session header; 0 = unlimited).
+    #[arg(long, default_value_t = 20)]
+    pub ai_session_rate_per_minute: u32,
+    /// Generated tokens per UTC day over all clients (approximate; 0 = unlimited).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub ai_daily_token_budget: u64,
+    /// Web origin allowed to call the AI besides this server's own and localhost
+    /// (repeatable; "*" allows any).
+    #[arg(long = "ai-allowed-origin", value_name = "ORIGIN")]
+    pub ai_allowed_origins: Vec<String>,
+    /// Largest AI request body, in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub ai_max_request_bytes: usize,
+    /// Seconds to wait for the first token of an answer from --ai-url.
+    #[arg(long, default_value_t = 120)]
+    pub ai_first_token_timeout: u64,
+    /// Serve no AI: the AI endpoints answer 503 with an explanation.
+    #[arg(long, conflicts_with_all = ["ai_url", "ai_model_path"])]
+    pub no_ai: bool,
+}
+
+impl AiArgs {
+    /// The gateway's guards as configured.
+    pub fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            max_tokens: self.ai_max_tokens.max(1),
+            max_body_bytes: self.ai_max_request_bytes,
+            rate_per_minute: self.ai_rate_per_minute,
+            session_rate_per_minute: self.ai_session_rate_per_minute,
+            daily_token_budget: self.ai_daily_token_budget,
+            allowed_origins: self.ai_allowed_origins.clone(),
+        }
+    }
+
+    /// The upstream to use, if `--ai-url` was given. Errors say which flag to fix.
+    pub fn openai_config(&self) -> Result<Option<OpenAiConfig>, AiConfigError> {
+        let Some(url) = &self.ai_url else {
+            return Ok(None);
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(AiConfigError::NotHttp(url.clone()));
+        }
+        let Some(model) = self.ai_model.clone().filter(|m| !m.trim().is_empty()) else {
+            return Err(AiConfigError::MissingModel);
+        };
+        let mut config = OpenAiConfig::new(url.clone(), model);
+        config.api_key = std::env::var(API_KEY_ENV)
+            .ok()
+            .filter(|k| !k.trim().is_empty());
+        config.first_token_timeout = Duration::from_secs(self.ai_first_token_timeout.max(1));
+        Ok(Some(config))
+    }
+}
