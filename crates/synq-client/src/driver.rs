@@ -100,7 +100,61 @@ pub async fn join_with<M: Model, T: Transport + MaybeSendSync>(
     })
 }
 
+/// A cloneable handle on a session for publishing and reading from other tasks (the
+/// [`Session`] itself owns the event stream and leaves when dropped).
+pub struct SessionHandle<M: Model> {
+    controller: Arc<Mutex<Controller<M>>>,
+    cmds: mpsc::UnboundedSender<Cmd<M::Input>>,
+    view_id: ViewId,
+}
+
+impl<M: Model> Clone for SessionHandle<M> {
+    fn clone(&self) -> Self {
+        SessionHandle {
+            controller: Arc::clone(&self.controller),
+            cmds: self.cmds.clone(),
+            view_id: self.view_id.clone(),
+        }
+    }
+}
+
+impl<M: Model> SessionHandle<M> {
+    pub fn view_id(&self) -> &ViewId {
+        &self.view_id
+    }
+
+    /// Sends an input to every replica (queued while reconnecting).
+    pub fn publish(&self, input: M::Input) -> Result<(), ClientError> {
+        self.cmds
+            .unbounded_send(Cmd::Publish(input))
+            .map_err(|_| ClientError::Ended)
+    }
+
+    /// Reads the model. `None` while no replica exists (during a rejoin from snapshot).
+    pub fn read<R>(&self, f: impl FnOnce(&M) -> R) -> Option<R> {
+        lock(&self.controller).replica().map(|r| f(r.model()))
+    }
+
+    /// Snapshot hash of the replica now.
+    pub fn hash(&self) -> Option<SnapshotHash> {
+        lock(&self.controller).replica().and_then(|r| r.hash().ok())
+    }
+
+    pub fn is_synced(&self) -> bool {
+        lock(&self.controller).is_synced()
+    }
+}
+
 impl<M: Model> Session<M> {
+    /// A cloneable handle for publishing and reading from elsewhere.
+    pub fn handle(&self) -> SessionHandle<M> {
+        SessionHandle {
+            controller: Arc::clone(&self.controller),
+            cmds: self.cmds.clone(),
+            view_id: self.view_id.clone(),
+        }
+    }
+
     pub fn view_id(&self) -> &ViewId {
         &self.view_id
     }

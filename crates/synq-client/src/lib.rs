@@ -36,7 +36,7 @@ mod wire;
 #[cfg(target_arch = "wasm32")]
 pub use browser::join;
 pub use controller::{ClientConfig, Controller, Effect, SessionEvent};
-pub use driver::{Session, join_with};
+pub use driver::{Session, SessionHandle, join_with};
 pub use error::ClientError;
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::join;

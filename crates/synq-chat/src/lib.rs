@@ -1,0 +1,12 @@
+//! The synq AI chat: [`ChatModel`], the replicated room (users, a capped history of posts,
+//! AI answers and notices, an elected AI relay), and its participants: native
+//! ([`native::Participant`]) and, in the browser, the web view.
+
+pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+
+pub use model::{
+    AI_NAME, AiRequest, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, Entry, EntryKind,
+    MAX_HISTORY, PROMPT_HISTORY, PromptMessage,
+};

@@ -1,0 +1,181 @@
+//! A native chat participant: a joined session plus the relay agent that answers AI
+//! requests when this participant is elected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use synq_ai::{ChatBackend, ChatMessage, ChatRequest, Role};
+use synq_client::{ClientConfig, ClientError, Session, SessionEvent, SessionHandle, join};
+use synq_relay::{AgentConfig, BoxFut, RelayAgent, RelayService, TextStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::model::{AiRequest, ChatInput, ChatModel, ChatOutput, ChatViewData};
+
+/// Largest answer asked of the AI, in tokens.
+pub const MAX_ANSWER_TOKENS: u32 = 400;
+
+/// Calls the AI through any [`ChatBackend`] (the gateway of `synq serve`, an
+/// OpenAI-compatible upstream, or the embedded model).
+pub struct AiService(pub Arc<dyn ChatBackend>);
+
+impl RelayService<AiRequest> for AiService {
+    fn call(&self, request: AiRequest) -> BoxFut<Result<TextStream, String>> {
+        let backend = Arc::clone(&self.0);
+        Box::pin(async move {
+            let messages = request
+                .messages
+                .into_iter()
+                .map(|m| ChatMessage {
+                    role: match m.role.as_str() {
+                        "system" => Role::System,
+                        "assistant" => Role::Assistant,
+                        _ => Role::User,
+                    },
+                    content: m.content,
+                })
+                .collect();
+            let req = ChatRequest::new(messages).max_tokens(MAX_ANSWER_TOKENS);
+            let stream = backend.stream_chat(req).await.map_err(|e| e.to_string())?;
+            Ok(stream.map(|r| r.map_err(|e| e.to_string())).boxed())
+        })
+    }
+}
+
+/// A joined participant whose relay agent runs in the background.
+pub struct Participant {
+    handle: SessionHandle<ChatModel>,
+    changes: watch::Receiver<u64>,
+    events: Arc<std::sync::Mutex<Vec<SessionEvent<ChatOutput>>>>,
+    pump: JoinHandle<()>,
+}
+
+impl Participant {
+    /// Joins as `name`. With a `service`, this participant can be elected to call the AI.
+    pub async fn join(
+        config: ClientConfig,
+        name: &str,
+        service: Option<Arc<AiService>>,
+    ) -> Result<Participant, ClientError> {
+        let data = ChatViewData {
+            name: name.to_owned(),
+            candidacy: synq_relay::Candidacy {
+                can_relay: service.is_some(),
+                preference: 0,
+            },
+        };
+        let session = join::<ChatModel>(config, data).await?;
+        let handle = session.handle();
+        let (tx, changes) = watch::channel(0);
+        let events = Arc::default();
+        let pump = tokio::spawn(pump(session, service, tx, Arc::clone(&events)));
+        Ok(Participant {
+            handle,
+            changes,
+            events,
+            pump,
+        })
+    }
+
+    pub fn handle(&self) -> &SessionHandle<ChatModel> {
+        &self.handle
+    }
+
+    pub fn post(&self, text: &str) -> Result<(), ClientError> {
+        self.handle.publish(ChatInput::Post {
+            text: text.to_owned(),
+        })
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&ChatModel) -> R) -> Option<R> {
+        self.handle.read(f)
+    }
+
+    /// Events other than outputs (reconnects, rejections, failures), for display.
+    pub fn take_events(&self) -> Vec<SessionEvent<ChatOutput>> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits until `pred` holds for the model (re-checked on every change).
+    pub async fn until(&mut self, pred: impl Fn(&ChatModel) -> bool) -> Result<(), ClientError> {
+        loop {
+            if self.handle.read(&pred).unwrap_or(false) {
+                return Ok(());
+            }
+            self.changes
+                .changed()
+                .await
+                .map_err(|_| ClientError::Ended)?;
+        }
+    }
+
+    /// Stops at once: calls in progress are cancelled (the upstream request is dropped)
+    /// and the session is left.
+    pub fn kill(self) {
+        self.pump.abort();
+    }
+}
+
+async fn pump(
+    mut session: Session<ChatModel>,
+    service: Option<Arc<AiService>>,
+    changes: watch::Sender<u64>,
+    events: Arc<std::sync::Mutex<Vec<SessionEvent<ChatOutput>>>>,
+) {
+    let me = session.view_id().clone();
+    let handle = session.handle();
+    let mut agent = RelayAgent::new(me.clone());
+    let mut calls = tokio::task::JoinSet::new();
+    let (relay_tx, mut relay_rx) = mpsc::unbounded_channel();
+    let start = |agent: &mut RelayAgent, calls: &mut tokio::task::JoinSet<()>, req| {
+        if let Some(service) = &service {
+            let tx = relay_tx.clone();
+            let publish = move |r| {
+                let _ = tx.send(r);
+            };
+            let sleep = |d: Duration| -> BoxFut<()> { Box::pin(tokio::time::sleep(d)) };
+            if let Some(call) = agent.on_request(
+                Arc::clone(service),
+                req,
+                AgentConfig::default(),
+                publish,
+                sleep,
+            ) {
+                calls.spawn(call);
+            }
+        }
+    };
+    // Requests already assigned to this view (it may have been elected while catching up).
+    for req in handle
+        .read(|m| m.relay().assigned_to(&me).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        start(&mut agent, &mut calls, req);
+    }
+    loop {
+        tokio::select! {
+            ev = session.next_event() => match ev {
+                None => break,
+                Some(SessionEvent::Output(ChatOutput::Request(req))) => start(&mut agent, &mut calls, req),
+                Some(SessionEvent::Output(_)) => {}
+                Some(SessionEvent::Synced) => {
+                    for req in handle.read(|m| m.relay().assigned_to(&me).collect::<Vec<_>>()).unwrap_or_default() {
+                        start(&mut agent, &mut calls, req);
+                    }
+                }
+                Some(other) => events.lock().unwrap_or_else(|p| p.into_inner()).push(other),
+            },
+            Some(response) = relay_rx.recv() => {
+                let _ = handle.publish(ChatInput::Relay(response));
+            }
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+        }
+        // Stop calls for requests that are no longer this view's (re-election, reset, done).
+        let mine: Vec<u64> = handle
+            .read(|m| m.relay().assigned_to(&me).map(|r| r.id).collect())
+            .unwrap_or_default();
+        agent.retain(|id| mine.contains(&id));
+        changes.send_modify(|v| *v += 1);
+    }
+}

@@ -1,0 +1,87 @@
+//! One elected view among the views in a session.
+
+use serde::{Deserialize, Serialize};
+use synq_model::ViewId;
+
+/// What a view says about relaying when it joins (part of its view data).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidacy {
+    /// The view can reach the external service (it has network access and wants to).
+    pub can_relay: bool,
+    /// Among views that can relay, a higher preference wins (e.g. a server-side bot over a
+    /// phone).
+    pub preference: i32,
+}
+
+/// Tracks the views in join order and keeps one of them elected.
+///
+/// The election is sticky: the elected view keeps its role until it exits, except that a
+/// view that can relay replaces one that cannot. Among views that can relay, the highest
+/// preference wins, then the earliest joined; if none can relay, the earliest joined is
+/// elected (so that someone at least holds the requests).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Elected {
+    views: Vec<(ViewId, Candidacy)>,
+    elected: Option<ViewId>,
+}
+
+impl Elected {
+    /// The elected view, if any view is present.
+    pub fn elected(&self) -> Option<&ViewId> {
+        self.elected.as_ref()
+    }
+
+    /// The views in join order.
+    pub fn views(&self) -> impl Iterator<Item = &ViewId> {
+        self.views.iter().map(|(v, _)| v)
+    }
+
+    /// A view joined. Returns the newly elected view if the election changed.
+    pub fn join(&mut self, view: &ViewId, candidacy: Candidacy) -> Option<ViewId> {
+        if !self.views.iter().any(|(v, _)| v == view) {
+            self.views.push((view.clone(), candidacy));
+        }
+        let current_can_relay = self
+            .elected
+            .as_ref()
+            .and_then(|e| self.candidacy(e))
+            .is_some_and(|c| c.can_relay);
+        if self.elected.is_none() || (!current_can_relay && candidacy.can_relay) {
+            return self.elect();
+        }
+        None
+    }
+
+    /// A view left. Returns the newly elected view if the elected one left (or `None` if
+    /// the election did not change or nobody is left).
+    pub fn exit(&mut self, view: &ViewId) -> Option<ViewId> {
+        self.views.retain(|(v, _)| v != view);
+        if self.elected.as_ref() == Some(view) {
+            self.elected = None;
+            return self.elect();
+        }
+        None
+    }
+
+    fn candidacy(&self, view: &ViewId) -> Option<Candidacy> {
+        self.views.iter().find(|(v, _)| v == view).map(|(_, c)| *c)
+    }
+
+    fn elect(&mut self) -> Option<ViewId> {
+        let best = self
+            .views
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, c))| c.can_relay)
+            // Highest preference; on a tie the earliest joined (max_by keeps the last max,
+            // so compare the index reversed).
+            .max_by(|(i, (_, a)), (j, (_, b))| a.preference.cmp(&b.preference).then(j.cmp(i)))
+            .map(|(_, (v, _))| v.clone())
+            .or_else(|| self.views.first().map(|(v, _)| v.clone()));
+        if best == self.elected {
+            return None;
+        }
+        self.elected = best.clone();
+        best
+    }
+}
