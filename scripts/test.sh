@@ -16,6 +16,18 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 (cd interop/croquet && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 
+# The browser tests drive Debian's Chromium with playwright-core (no bundled browser is
+# downloaded: the package is the driver only).
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    echo "scripts/test.sh: the browser tests need Chromium (Debian: apt-get install chromium, or set CHROMIUM=/path)" >&2
+    exit 1
+  fi
+fi
+(cd interop/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+
 # synq-model and synq-client must build for the browser; the determinism test compiles the
 # model to wasm32 and runs it in Node.
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then

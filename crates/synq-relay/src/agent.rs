@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::future::{AbortHandle, Abortable};
-use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, select};
 use synq_model::ViewId;
 
@@ -21,7 +20,7 @@ pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + 'static>>;
 /// Text deltas of an answer; an `Err` ends it with a short reason. Dropping it cancels
 /// the call.
 #[cfg(not(target_arch = "wasm32"))]
-pub type TextStream = BoxStream<'static, Result<String, String>>;
+pub type TextStream = futures_util::stream::BoxStream<'static, Result<String, String>>;
 #[cfg(target_arch = "wasm32")]
 pub type TextStream = futures_util::stream::LocalBoxStream<'static, Result<String, String>>;
 

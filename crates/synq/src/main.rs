@@ -11,6 +11,7 @@ use synq_reflector::{Durability, Reflector, ReflectorConfig};
 use tracing_subscriber::EnvFilter;
 
 mod ai;
+mod web;
 
 #[derive(Parser)]
 #[command(
@@ -135,7 +136,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let slot = ai::start(&args.ai, ai_upstream)?;
     let ai = GatewayState::new(args.ai.gateway_config(), slot);
     let router = axum::Router::new()
-        .route("/", axum::routing::get(move || async move { banner }))
+        .route("/about", axum::routing::get(move || async move { banner }))
+        .merge(web::router())
         .merge(reflector.router())
         .merge(gateway::router(ai));
     synq_reflector::serve(listener, router).await?;

@@ -1,0 +1,19 @@
+//! The synq AI chat in the browser. `synq serve` embeds the wasm32 build of this crate
+//! (made by its build script) with `static/index.html`, and serves them at `/`.
+
+#[cfg(target_arch = "wasm32")]
+mod ai;
+#[cfg(target_arch = "wasm32")]
+mod app;
+pub mod names;
+pub mod sse;
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen::prelude::wasm_bindgen(start)]
+pub fn start() {
+    wasm_bindgen_futures::spawn_local(async {
+        if let Err(e) = app::run().await {
+            web_sys::console::error_1(&e.clone().into());
+        }
+    });
+}
