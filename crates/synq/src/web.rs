@@ -2,7 +2,7 @@
 //! script, wasm module and style sheet are served next to it.
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -11,6 +11,7 @@ const STYLE: &str = include_str!(concat!(env!("OUT_DIR"), "/web/style.css"));
 const LOADER: &str = include_str!(concat!(env!("OUT_DIR"), "/web/app.js"));
 const SCRIPT: &str = include_str!(concat!(env!("OUT_DIR"), "/web/synq_web.js"));
 const WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/web/synq_web_bg.wasm"));
+const WASM_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/web/synq_web_bg.wasm.gz"));
 
 fn asset(body: impl IntoResponse, content_type: &'static str) -> Response {
     let mut r = body.into_response();
@@ -29,6 +30,23 @@ fn asset(body: impl IntoResponse, content_type: &'static str) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+/// The wasm module, gzip-compressed at build time for browsers that accept it.
+async fn wasm(headers: HeaderMap) -> Response {
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    if gzip && !WASM_GZ.is_empty() {
+        let mut r = asset(WASM_GZ, "application/wasm");
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        r
+    } else {
+        asset(WASM, "application/wasm")
+    }
 }
 
 /// Routes for `/` and the app's assets.
@@ -50,8 +68,5 @@ pub fn router() -> Router {
             "/synq_web.js",
             get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
         )
-        .route(
-            "/synq_web_bg.wasm",
-            get(|| async { asset(WASM, "application/wasm") }),
-        )
+        .route("/synq_web_bg.wasm", get(wasm))
 }
