@@ -531,3 +531,69 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A model that breaks the determinism rules on purpose: it stores a process-wide
+/// counter, so two replicas in this test process disagree after their first input.
+mod leaky {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use serde::{Deserialize, Serialize};
+    use synq_model::{Cx, Model, ViewId};
+
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+
+    #[derive(Default, Serialize, Deserialize)]
+    pub struct Leaky {
+        pub seen: Vec<u64>,
+    }
+
+    impl Model for Leaky {
+        type Input = u8;
+        type Output = ();
+        type Timer = ();
+        type ViewData = ();
+        const SCHEMA: &'static str = "leaky/1";
+
+        fn init(_: &mut Cx<'_, Self>) -> Self {
+            Leaky::default()
+        }
+
+        fn input(&mut self, _: &mut Cx<'_, Self>, _: &ViewId, _: u8) {
+            self.seen.push(CALLS.fetch_add(1, Ordering::SeqCst));
+        }
+    }
+}
+
+#[tokio::test]
+async fn replicas_that_diverge_are_reported_with_both_hashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path());
+    let base = base(&server);
+    let mut cfg = config(&base, "diverge", "pw");
+    cfg.snapshot_every = Some(5);
+    let mut a = join::<leaky::Leaky>(cfg.clone(), ()).await.expect("join");
+    let mut b = join::<leaky::Leaky>(cfg, ()).await.expect("join");
+    for k in 0..10 {
+        a.publish(k).expect("publish");
+    }
+    let mut reports = Vec::new();
+    let wait = async {
+        while reports.len() < 2 {
+            tokio::select! {
+                Some(e) = a.next_event() => if let SessionEvent::Diverged { mine, votes, .. } = e { reports.push((mine, votes)) },
+                Some(e) = b.next_event() => if let SessionEvent::Diverged { mine, votes, .. } = e { reports.push((mine, votes)) },
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("both replicas report the divergence");
+    assert_ne!(
+        reports[0].0, reports[1].0,
+        "each reports its own state hash"
+    );
+    for (mine, votes) in &reports {
+        assert_eq!(mine.len(), 64, "a SHA-256 in hex: {mine}");
+        assert_eq!(votes.len(), 2, "two different votes: {votes:?}");
+    }
+}
