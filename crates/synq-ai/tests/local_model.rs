@@ -1,0 +1,229 @@
+//! The embedded backend through the real GGUF loader and generation loop, on the real
+//! SmolLM2-135M-Instruct (Q4_1) GGUF that `scripts/fetch-test-model.sh` fetches.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use futures_util::StreamExt;
+use synq_ai::local::{GgufTokenizer, LocalBackend, LocalOptions};
+use synq_ai::{AiError, ChatBackend, ChatMessage, ChatRequest, collect_text};
+
+const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The test model: `SYNQ_TEST_MODEL` (or `SYNQ_TEST_GGUF`), else where the fetch script puts
+/// it. Missing is a failure, not a skip: CI fetches it.
+fn model_path() -> PathBuf {
+    let path = std::env::var_os("SYNQ_TEST_MODEL")
+        .or_else(|| std::env::var_os("SYNQ_TEST_GGUF"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let dir = std::env::var_os("SYNQ_TEST_MODEL_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    let home = std::env::var_os("HOME").unwrap_or_default();
+                    PathBuf::from(home).join(".cache/synq/test-models")
+                });
+            dir.join(MODEL_FILE)
+        });
+    assert!(
+        path.is_file(),
+        "the test model {} is missing: run scripts/fetch-test-model.sh (or set SYNQ_TEST_MODEL to the .gguf)",
+        path.display()
+    );
+    path
+}
+
+fn options() -> LocalOptions {
+    LocalOptions {
+        context_tokens: 2048,
+        ..LocalOptions::default()
+    }
+}
+
+/// One backend shared by the tests that only look at answers (loading takes a moment).
+fn shared() -> &'static LocalBackend {
+    static BACKEND: OnceLock<LocalBackend> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| LocalBackend::load(&model_path(), options()).expect("the test model loads"))
+}
+
+fn capital_question() -> ChatRequest {
+    ChatRequest::new(vec![
+        ChatMessage::system("You are a helpful assistant."),
+        ChatMessage::user("What is the capital of France?"),
+    ])
+}
+
+#[tokio::test]
+async fn answers_from_the_gguf_alone_and_stops_at_end_of_turn() {
+    let backend = shared();
+    let max_tokens = 100;
+    let answer = backend
+        .complete(capital_question().temperature(0.0).max_tokens(max_tokens))
+        .await
+        .expect("an answer");
+    println!("answer: {answer:?}");
+    let stats = backend.last_stats().expect("stats");
+    assert!(answer.contains("Paris"), "answer without Paris: {answer:?}");
+    assert!(
+        answer.split_whitespace().count() >= 3,
+        "not a sentence: {answer:?}"
+    );
+    assert!(!answer.contains("<|im_end|>") && !answer.contains("<|im_start|>"));
+    assert!(
+        stats.tokens < max_tokens as usize,
+        "did not stop at the end-of-turn token: {} tokens, {answer:?}",
+        stats.tokens
+    );
+}
+
+#[tokio::test]
+async fn streams_deltas_that_add_up_to_the_complete_answer() {
+    let backend = shared();
+    let request = ChatRequest::new(vec![ChatMessage::user(
+        "Name three colours of the rainbow.",
+    )])
+    .temperature(0.8)
+    .seed(7)
+    .max_tokens(40);
+    let mut stream = backend.stream_chat(request.clone()).await.expect("stream");
+    let mut deltas = Vec::new();
+    while let Some(delta) = stream.next().await {
+        deltas.push(delta.expect("delta"));
+    }
+    assert!(deltas.len() > 1, "one delta only: {deltas:?}");
+    let complete = backend.complete(request).await.expect("complete");
+    assert_eq!(deltas.concat(), complete);
+}
+
+#[tokio::test]
+async fn same_seed_gives_the_same_text() {
+    let backend = shared();
+    let request = |seed| {
+        ChatRequest::new(vec![ChatMessage::user(
+            "Tell me a short story about a cat.",
+        )])
+        .temperature(0.8)
+        .seed(seed)
+        .max_tokens(30)
+    };
+    let a = backend.complete(request(42)).await.expect("a");
+    let b = backend.complete(request(42)).await.expect("b");
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    // A different seed most likely samples another text; not asserted (it may not).
+    let c = backend.complete(request(43)).await.expect("c");
+    println!("seed 42: {a:?}\nseed 43: {c:?}");
+}
+
+fn assert_invalid_file(result: Result<LocalBackend, AiError>, path: &std::path::Path) {
+    match result {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => {
+            let message = e.to_string();
+            println!("{message}");
+            assert!(matches!(e, AiError::ModelUnavailable { .. }), "{e:?}");
+            assert!(
+                message.contains("not a valid, complete GGUF"),
+                "unclear: {message}"
+            );
+            assert!(
+                message.contains(&path.display().to_string()),
+                "no path: {message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_or_truncated_file_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Random bytes.
+    let corrupt = dir.path().join("corrupt.gguf");
+    let noise: Vec<u8> = (0..64 * 1024).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(&corrupt, &noise).expect("write");
+    assert_invalid_file(LocalBackend::load(&corrupt, options()), &corrupt);
+
+    // The right magic and header, then noise.
+    let real = std::fs::read(model_path()).expect("read the test model");
+    let mut forged = real[..8].to_vec();
+    forged.extend_from_slice(&noise);
+    let forged_path = dir.path().join("forged.gguf");
+    std::fs::write(&forged_path, &forged).expect("write");
+    assert_invalid_file(LocalBackend::load(&forged_path, options()), &forged_path);
+
+    // Truncated in the metadata, and in the tensor data (an interrupted download).
+    for keep in [64 * 1024, real.len() / 2, real.len() - 1] {
+        let path = dir.path().join(format!("truncated-{keep}.gguf"));
+        let mut file = std::fs::File::create(&path).expect("create");
+        file.write_all(&real[..keep]).expect("write");
+        drop(file);
+        assert_invalid_file(LocalBackend::load(&path, options()), &path);
+    }
+}
+
+#[test]
+fn the_tokenizer_built_from_the_gguf_encodes_special_tokens_and_round_trips() {
+    let tokenizer = GgufTokenizer::from_gguf_file(&model_path()).expect("tokenizer");
+    let im_start = tokenizer.token_id("<|im_start|>").expect("<|im_start|>");
+    let im_end = tokenizer.token_id("<|im_end|>").expect("<|im_end|>");
+    assert_eq!((im_start, im_end), (1, 2));
+
+    let ids = tokenizer
+        .encode("<|im_start|>user\nHi<|im_end|>")
+        .expect("encode");
+    assert_eq!(ids.first(), Some(&im_start), "{ids:?}");
+    assert_eq!(ids.last(), Some(&im_end), "{ids:?}");
+    assert!(ids.len() <= 6, "special tokens split up: {ids:?}");
+
+    // Message contents cannot forge turns: special-token text is plain text there.
+    let literal = tokenizer.encode_literal("<|im_start|>").expect("encode");
+    assert!(!literal.contains(&im_start), "{literal:?}");
+
+    for text in [
+        "héllo wörld 日本",
+        "Hello, world! 12345",
+        "  two  spaces\nand a line",
+    ] {
+        let ids = tokenizer.encode(text).expect("encode");
+        assert_eq!(tokenizer.decode(&ids).expect("decode"), text);
+    }
+    // SmolLM2's own tokenizer.json splits digits one by one.
+    assert_eq!(tokenizer.encode("2024").expect("encode").len(), 4);
+}
+
+#[tokio::test]
+async fn dropping_the_stream_stops_the_generation() {
+    // A backend of its own: its token counter sees only this test's requests.
+    let backend = LocalBackend::load(&model_path(), options()).expect("load");
+    let request = ChatRequest::new(vec![ChatMessage::user(
+        "Write a long essay about the history of Europe.",
+    )])
+    .temperature(0.8)
+    .seed(3)
+    .max_tokens(120);
+
+    // Unhindered, this request generates many tokens.
+    let full = backend.complete(request.clone()).await.expect("full");
+    let full_tokens = backend.generated_tokens();
+    assert!(full_tokens >= 60, "too short to tell: {full:?}");
+
+    // Read one delta, then drop the stream.
+    let mut stream = backend.stream_chat(request).await.expect("stream");
+    let first = stream.next().await.expect("a delta").expect("text");
+    assert!(!first.is_empty());
+    drop(stream);
+
+    // Generations are serialised: once this one-token request is served, the cancelled
+    // one has ended, and the counter tells how far it got.
+    let one = ChatRequest::new(vec![ChatMessage::user("Hi")]).max_tokens(1);
+    let _ = collect_text(backend.stream_chat(one).await.expect("second")).await;
+    let second_tokens = backend.last_stats().expect("stats").tokens as u64;
+    let cancelled_tokens = backend.generated_tokens() - full_tokens - second_tokens;
+    assert!(
+        cancelled_tokens < 30,
+        "the dropped generation went on: {cancelled_tokens} of {full_tokens} tokens"
+    );
+}
