@@ -271,13 +271,14 @@ impl StreamDecoder {
         let before = tokenizer.decode(&self.ids[self.prefix..self.emitted])?;
         self.ids.push(id);
         let now = tokenizer.decode(&self.ids[self.prefix..])?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
-            if let Some(new) = now.get(before.len()..) {
-                let new = new.to_string();
-                self.prefix = self.emitted;
-                self.emitted = self.ids.len();
-                return Ok(Some(new));
-            }
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && let Some(new) = now.get(before.len()..)
+        {
+            let new = new.to_string();
+            self.prefix = self.emitted;
+            self.emitted = self.ids.len();
+            return Ok(Some(new));
         }
         Ok(None)
     }

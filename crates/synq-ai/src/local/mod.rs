@@ -330,7 +330,7 @@ impl Inner {
         stats: &mut GenerationStats,
         started: Instant,
     ) -> Result<(), AiError> {
-        let model_error = |e: candle_core::Error| AiError::Generation(e.to_string());
+        let model_error = |e: candle_core::Error| AiError::Generation(model::first_line(e));
         weights.clear_kv_cache();
         let mut pos = 0;
         let mut logits = None;
@@ -358,14 +358,13 @@ impl Inner {
             generated.push(next);
             stats.tokens = generated.len();
             self.generated.fetch_add(1, Ordering::SeqCst);
-            match decoder.push(&self.tokenizer, next)? {
-                Some(text) => {
-                    if tx.blocking_send(Ok(text)).is_err() {
-                        return Ok(()); // the stream was dropped
-                    }
-                }
-                None if tx.is_closed() => return Ok(()),
-                None => {}
+            let text = decoder.push(&self.tokenizer, next)?;
+            let sent = match text {
+                Some(text) => tx.blocking_send(Ok(text)).is_ok(),
+                None => !tx.is_closed(),
+            };
+            if !sent {
+                return Ok(()); // the stream was dropped
             }
             if generated.len() >= job.max_new_tokens {
                 break;

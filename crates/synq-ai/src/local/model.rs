@@ -13,11 +13,18 @@ use crate::AiError;
 /// The `general.architecture` values this backend runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
 
+/// The message of an error without the backtrace candle appends when RUST_BACKTRACE is set.
+pub fn first_line(error: impl std::fmt::Display) -> String {
+    let text = error.to_string();
+    text.lines().next().unwrap_or_default().trim().to_string()
+}
+
 fn invalid_file(path: &Path, reason: impl std::fmt::Display) -> AiError {
     AiError::ModelUnavailable {
         reason: format!(
-            "{} is not a valid, complete GGUF model file ({reason})",
-            path.display()
+            "{} is not a valid, complete GGUF model file ({})",
+            path.display(),
+            first_line(reason)
         ),
         fix: "download the model again (an interrupted download leaves a truncated file), or give another file with --ai-model-path FILE.gguf".into(),
     }
