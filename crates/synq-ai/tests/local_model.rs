@@ -227,3 +227,56 @@ async fn dropping_the_stream_stops_the_generation() {
         "the dropped generation went on: {cancelled_tokens} of {full_tokens} tokens"
     );
 }
+
+#[tokio::test]
+async fn long_conversations_lose_their_oldest_messages_and_max_tokens_is_honoured() {
+    let context_tokens = 256;
+    let backend = LocalBackend::load(
+        &model_path(),
+        LocalOptions {
+            context_tokens,
+            ..LocalOptions::default()
+        },
+    )
+    .expect("load");
+    let mut messages = vec![ChatMessage::system("You are a helpful assistant.")];
+    for i in 0..20 {
+        messages.push(ChatMessage::user(format!(
+            "Message {i}: tell me something about the number {i}."
+        )));
+        messages.push(ChatMessage::assistant(format!(
+            "The number {i} is a number that comes after {}.",
+            i.max(1) - 1
+        )));
+    }
+    messages.push(ChatMessage::user("What is the capital of France?"));
+
+    let (prompt, max_new) = backend.prompt_tokens(&messages, 64).expect("prompt");
+    assert!(
+        prompt.len() + 64 <= context_tokens,
+        "{} tokens",
+        prompt.len()
+    );
+    assert_eq!(max_new, 64);
+    let text = backend
+        .tokenizer()
+        .inner()
+        .decode(&prompt, false)
+        .expect("decode");
+    assert!(text.starts_with("<|im_start|>system\nYou are a helpful assistant."));
+    assert!(text.ends_with("What is the capital of France?<|im_end|>\n<|im_start|>assistant\n"));
+    assert!(!text.contains("Message 0:"), "the oldest message was kept");
+
+    let request = ChatRequest::new(messages).temperature(0.0).max_tokens(3);
+    let answer = backend.complete(request).await.expect("answer");
+    let stats = backend.last_stats().expect("stats");
+    assert_eq!(stats.tokens, 3, "{answer:?}");
+    assert!(stats.prompt_tokens + 3 <= context_tokens);
+
+    // A single message too long for the context is refused, not cut.
+    let huge = ChatRequest::new(vec![ChatMessage::user("word ".repeat(400))]);
+    match backend.complete(huge).await {
+        Err(AiError::InvalidRequest(message)) => assert!(message.contains("context"), "{message}"),
+        other => panic!("a prompt longer than the context: {other:?}"),
+    }
+}
