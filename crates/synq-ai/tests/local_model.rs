@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use futures_util::StreamExt;
+use synq_ai::local::gguf_tokenizer::StreamDecoder;
 use synq_ai::local::{GgufTokenizer, LocalBackend, LocalOptions};
 use synq_ai::{AiError, ChatBackend, ChatMessage, ChatRequest, collect_text};
 
@@ -190,6 +191,19 @@ fn the_tokenizer_built_from_the_gguf_encodes_special_tokens_and_round_trips() {
         let ids = tokenizer.encode(text).expect("encode");
         assert_eq!(tokenizer.decode(&ids).expect("decode"), text);
     }
+    // Streaming: characters split across tokens come out whole, once.
+    let text = "héllo wörld 日本 🎉 naïve";
+    let ids = tokenizer.encode(text).expect("encode");
+    let mut decoder = StreamDecoder::default();
+    let mut deltas = Vec::new();
+    for id in ids.iter().copied() {
+        deltas.extend(decoder.push(&tokenizer, id).expect("push"));
+    }
+    deltas.extend(decoder.finish(&tokenizer).expect("finish"));
+    assert!(ids.len() > deltas.len(), "no character was split: {ids:?}");
+    assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
+    assert_eq!(deltas.concat(), text);
+
     // SmolLM2's own tokenizer.json splits digits one by one.
     assert_eq!(tokenizer.encode("2024").expect("encode").len(), 4);
 }

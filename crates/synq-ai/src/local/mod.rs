@@ -246,8 +246,9 @@ impl LocalBackend {
         let mut messages = messages.to_vec();
         loop {
             let ids = inner.encode(&messages)?;
-            if ids.len() + reserve <= ctx {
-                return Ok((ids.clone(), wanted.min(ctx - ids.len())));
+            let len = ids.len();
+            if len + reserve <= ctx {
+                return Ok((ids, wanted.min(ctx - len)));
             }
             let droppable = messages
                 .iter()
@@ -255,14 +256,13 @@ impl LocalBackend {
                 .position(|(i, m)| m.role != Role::System && i + 1 < messages.len());
             match droppable {
                 Some(i) => {
-                    tracing::debug!(prompt_tokens = ids.len(), ctx, "leaving out an old message");
+                    tracing::debug!(prompt_tokens = len, ctx, "leaving out an old message");
                     messages.remove(i);
                 }
-                None if ids.len() < ctx => return Ok((ids.clone(), ctx - ids.len())),
+                None if len < ctx => return Ok((ids, ctx - len)),
                 None => {
                     return Err(AiError::InvalidRequest(format!(
-                        "the conversation is {} tokens long, more than the local model's context of {ctx} tokens; shorten the messages",
-                        ids.len()
+                        "the conversation is {len} tokens long, more than the local model's context of {ctx} tokens; shorten the messages"
                     )));
                 }
             }
