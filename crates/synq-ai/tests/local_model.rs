@@ -294,3 +294,42 @@ async fn long_conversations_lose_their_oldest_messages_and_max_tokens_is_honoure
         other => panic!("a prompt longer than the context: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_default_model_comes_from_the_hugging_face_cache_and_offline_says_what_to_do() {
+    let model = synq_ai::local::DEFAULT_MODEL;
+    let home = tempfile::tempdir().expect("tempdir");
+    // SAFETY: no other test of this binary reads these variables, and Rust's own
+    // environment accesses are synchronised.
+    unsafe {
+        std::env::set_var("HF_HOME", home.path());
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
+
+    // Not cached, offline: a clear error saying how to do without.
+    match synq_ai::local::fetch_default_model(false).await {
+        Err(e @ AiError::ModelUnavailable { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains(model.file), "{message}");
+            assert!(message.contains("--ai-model-path FILE.gguf"), "{message}");
+            assert!(message.contains("--ai-url"), "{message}");
+        }
+        other => panic!("offline without the model: {other:?}"),
+    }
+
+    // Cached (the hub's layout under HF_HOME): found without the network.
+    let repo = home
+        .path()
+        .join("hub")
+        .join(format!("models--{}", model.repo.replace('/', "--")));
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).expect("mkdir");
+    std::fs::write(repo.join("refs/main"), commit).expect("ref");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).expect("mkdir");
+    std::fs::write(snapshot.join(model.file), b"GGUF").expect("file");
+    let path = synq_ai::local::fetch_default_model(false)
+        .await
+        .expect("the cached model");
+    assert_eq!(path, snapshot.join(model.file));
+}

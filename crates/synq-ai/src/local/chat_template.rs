@@ -140,7 +140,49 @@ fn chatml_default_system(template: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::chatml_default_system;
+    use super::{ChatTemplate, Piece, chatml_default_system};
+    use crate::ChatMessage;
+
+    fn text(pieces: &[Piece]) -> String {
+        pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Markup(s) | Piece::Content(s) => s.as_str(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chatml_and_llama3_render_the_conversation_and_the_generation_prompt() {
+        let chatml = ChatTemplate::ChatMl {
+            default_system: Some("Be brief.".into()),
+        };
+        let without_system = [ChatMessage::user("Hi")];
+        assert_eq!(
+            text(&chatml.render(&without_system)),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let with_system = [
+            ChatMessage::system("You help."),
+            ChatMessage::user("Hi"),
+            ChatMessage::assistant("Hello!"),
+            ChatMessage::user("Bye"),
+        ];
+        assert_eq!(
+            text(&chatml.render(&with_system)),
+            "<|im_start|>system\nYou help.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            text(&ChatTemplate::Llama3.render(&with_system[..2])),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou help.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        // Message contents are never markup.
+        assert!(
+            chatml
+                .render(&without_system)
+                .contains(&Piece::Content("Hi".into()))
+        );
+    }
 
     #[test]
     fn default_system_prompt_is_found_in_smollm2_and_qwen25_templates() {
