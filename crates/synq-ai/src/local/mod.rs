@@ -301,7 +301,11 @@ impl Inner {
             time_to_first_token: Duration::ZERO,
             total: Duration::ZERO,
         };
-        let result = self.run(&mut weights, &job, &tx, &mut stats, started);
+        // A panic in the model code must not end the stream as if the answer were complete.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run(&mut weights, &job, &tx, &mut stats, started)
+        }))
+        .unwrap_or_else(|_| Err(AiError::Generation("the model code panicked".into())));
         stats.total = started.elapsed();
         *self
             .last_stats
