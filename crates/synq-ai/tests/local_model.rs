@@ -5,6 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{Device, Tensor};
 use futures_util::StreamExt;
 use synq_ai::local::gguf_tokenizer::StreamDecoder;
 use synq_ai::local::{GgufTokenizer, LocalBackend, LocalOptions};
@@ -337,4 +339,124 @@ async fn the_default_model_comes_from_the_hugging_face_cache_and_offline_says_wh
         .await
         .expect("the cached model");
     assert_eq!(path, snapshot.join(model.file));
+}
+
+/// Writes a GGUF with the test model's vocabulary, the given architecture metadata and
+/// tensors (f32, random): small models of other architectures, made here.
+fn write_gguf(
+    path: &std::path::Path,
+    metadata: Vec<(&str, gguf_file::Value)>,
+    tensors: Vec<(String, Tensor)>,
+) {
+    let real = {
+        let mut file = std::fs::File::open(model_path()).expect("open");
+        gguf_file::Content::read(&mut file).expect("the test model's header")
+    };
+    let mut all: Vec<(&str, gguf_file::Value)> = metadata;
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.bos_token_id",
+    ] {
+        all.push((key, real.metadata[key].clone()));
+    }
+    all.push((
+        "tokenizer.ggml.model",
+        gguf_file::Value::String("gpt2".into()),
+    ));
+    let tensors: Vec<(String, QTensor)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            (
+                name,
+                QTensor::quantize(&t, GgmlDType::F32).expect("quantize"),
+            )
+        })
+        .collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = all.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(path).expect("create");
+    gguf_file::write(&mut file, &metadata, &tensors).expect("write the GGUF");
+}
+
+#[tokio::test]
+async fn a_qwen2_model_loads_and_generates_and_other_architectures_are_named() {
+    use gguf_file::Value::{F32, String as Str, U32};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hidden, heads, kv_heads, ffn, layers) = (64usize, 4usize, 2usize, 128usize, 2usize);
+    let vocab = 49152;
+    let kv = hidden / heads * kv_heads;
+    let randn = |shape: &[usize]| Tensor::randn(0f32, 0.05, shape, &Device::Cpu).expect("randn");
+    let ones = |n: usize| Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).expect("ones");
+    let mut tensors = vec![
+        ("token_embd.weight".to_string(), randn(&[vocab, hidden])),
+        ("output_norm.weight".to_string(), ones(hidden)),
+    ];
+    for i in 0..layers {
+        let p = format!("blk.{i}");
+        tensors.extend([
+            (format!("{p}.attn_q.weight"), randn(&[hidden, hidden])),
+            (format!("{p}.attn_k.weight"), randn(&[kv, hidden])),
+            (format!("{p}.attn_v.weight"), randn(&[kv, hidden])),
+            (format!("{p}.attn_q.bias"), randn(&[hidden])),
+            (format!("{p}.attn_k.bias"), randn(&[kv])),
+            (format!("{p}.attn_v.bias"), randn(&[kv])),
+            (format!("{p}.attn_output.weight"), randn(&[hidden, hidden])),
+            (format!("{p}.ffn_gate.weight"), randn(&[ffn, hidden])),
+            (format!("{p}.ffn_up.weight"), randn(&[ffn, hidden])),
+            (format!("{p}.ffn_down.weight"), randn(&[hidden, ffn])),
+            (format!("{p}.attn_norm.weight"), ones(hidden)),
+            (format!("{p}.ffn_norm.weight"), ones(hidden)),
+        ]);
+    }
+    let qwen2 = dir.path().join("tiny-qwen2.gguf");
+    write_gguf(
+        &qwen2,
+        vec![
+            ("general.architecture", Str("qwen2".into())),
+            ("qwen2.attention.head_count", U32(heads as u32)),
+            ("qwen2.attention.head_count_kv", U32(kv_heads as u32)),
+            ("qwen2.embedding_length", U32(hidden as u32)),
+            ("qwen2.context_length", U32(512)),
+            ("qwen2.block_count", U32(layers as u32)),
+            ("qwen2.attention.layer_norm_rms_epsilon", F32(1e-6)),
+            ("qwen2.rope.freq_base", F32(1e6)),
+            ("tokenizer.ggml.pre", Str("qwen2".into())),
+        ],
+        tensors,
+    );
+    let backend = LocalBackend::load(&qwen2, options()).expect("the qwen2 model loads");
+    assert_eq!(backend.context_tokens(), 512);
+    assert!(matches!(
+        backend.template(),
+        synq_ai::local::ChatTemplate::ChatMl { .. }
+    ));
+    // Qwen2's pre-tokenizer (single digits, NFC) round-trips too.
+    let text = "Qwen2: 12345 héllo";
+    let ids = backend.tokenizer().encode(text).expect("encode");
+    assert_eq!(backend.tokenizer().decode(&ids).expect("decode"), text);
+    // Random weights: the text means nothing, but the generation loop runs.
+    let request = ChatRequest::new(vec![ChatMessage::user("Hi")])
+        .temperature(0.0)
+        .max_tokens(5);
+    backend.complete(request).await.expect("generation");
+    let stats = backend.last_stats().expect("stats");
+    assert!(stats.prompt_tokens > 3 && stats.tokens <= 5, "{stats:?}");
+
+    let gemma = dir.path().join("tiny-gemma.gguf");
+    write_gguf(
+        &gemma,
+        vec![("general.architecture", Str("gemma2".into()))],
+        Vec::new(),
+    );
+    match LocalBackend::load(&gemma, options()) {
+        Err(e @ AiError::ModelUnavailable { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("\"gemma2\""), "{message}");
+            assert!(message.contains("supported: llama, qwen2"), "{message}");
+        }
+        other => panic!("a gemma2 model: {other:?}"),
+    }
 }
