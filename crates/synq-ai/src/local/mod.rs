@@ -1,1 +1,421 @@
-//! The embedded model (filled in below).
+//! The embedded model: a quantized GGUF chat model (llama or qwen2 architecture) run on the
+//! CPU with candle.
+//!
+//! The `.gguf` alone is enough: the tokenizer is built from its metadata
+//! ([`gguf_tokenizer`]), the chat template is recognised from it ([`chat_template`]).
+//! Generation runs on a blocking thread, one request at a time (the weights and their KV
+//! cache are one mutable state; other requests queue), and sends text deltas through a
+//! bounded channel: dropping the stream stops the generation at the next token.
+
+pub mod chat_template;
+mod download;
+pub mod gguf_tokenizer;
+mod model;
+mod sampler;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::{AiError, ChatBackend, ChatMessage, ChatRequest, Role, TextStream};
+pub use chat_template::ChatTemplate;
+pub use download::{DEFAULT_MODEL, DefaultModel, fetch_default_model};
+pub use gguf_tokenizer::GgufTokenizer;
+pub use model::SUPPORTED_ARCHITECTURES;
+use model::Weights;
+use sampler::Sampler;
+
+/// Prompt tokens fed to the model per forward pass: bounds the attention scratch memory of
+/// long prompts, and lets a cancelled request stop between chunks.
+const PREFILL_CHUNK: usize = 256;
+/// Deltas buffered between the generation thread and the stream's reader.
+const CHANNEL_CAPACITY: usize = 16;
+
+/// How to load and run the embedded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalOptions {
+    /// A `tokenizer.json` to use instead of the tokenizer built from the GGUF metadata.
+    pub tokenizer_path: Option<PathBuf>,
+    /// CPU threads for the matrix products. `None`: candle's default (the physical cores,
+    /// or `CANDLE_NUM_THREADS`). Process-wide, fixed by the first model loaded.
+    pub threads: Option<usize>,
+    /// Temperature when a request has none (0 = greedy).
+    pub default_temperature: f32,
+    /// Nucleus sampling threshold when a request has none.
+    pub default_top_p: f32,
+    /// Prompt plus answer, in tokens (capped by the model's own context length). Older
+    /// messages are left out of prompts that would not fit.
+    pub context_tokens: usize,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            tokenizer_path: None,
+            threads: None,
+            default_temperature: 0.7,
+            default_top_p: 0.9,
+            // Enough for a chat with some history; a longer prompt costs seconds to read
+            // on 2 cores.
+            context_tokens: 4096,
+        }
+    }
+}
+
+/// Figures about the last generation (for benchmarks and logs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationStats {
+    /// Tokens of the prompt after the chat template and any truncation.
+    pub prompt_tokens: usize,
+    /// Tokens generated, not counting the end-of-turn token.
+    pub tokens: usize,
+    /// From the start of the generation (the lock obtained) to the first token sampled.
+    pub time_to_first_token: Duration,
+    /// From the start of the generation to its end.
+    pub total: Duration,
+}
+
+impl GenerationStats {
+    /// Decoding speed: tokens after the first, per second after the first.
+    pub fn tokens_per_second(&self) -> f64 {
+        let decode = self.total.saturating_sub(self.time_to_first_token);
+        if self.tokens < 2 || decode.is_zero() {
+            return 0.0;
+        }
+        (self.tokens - 1) as f64 / decode.as_secs_f64()
+    }
+}
+
+/// The embedded model as a [`ChatBackend`].
+#[derive(Clone)]
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    weights: Mutex<Weights>,
+    tokenizer: GgufTokenizer,
+    template: ChatTemplate,
+    stop_tokens: Vec<u32>,
+    context_tokens: usize,
+    default_temperature: f32,
+    default_top_p: f32,
+    generated: AtomicU64,
+    last_stats: Mutex<Option<GenerationStats>>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("model", &self.inner.name)
+            .field("template", &self.inner.template)
+            .field("context_tokens", &self.inner.context_tokens)
+            .finish()
+    }
+}
+
+/// candle sizes its thread pool once per process, from `CANDLE_NUM_THREADS`.
+fn configure_threads(threads: Option<usize>) {
+    static APPLIED: OnceLock<Option<usize>> = OnceLock::new();
+    let applied = *APPLIED.get_or_init(|| {
+        if let Some(n) = threads.filter(|n| *n > 0) {
+            // SAFETY: set before candle first reads it (its pool is created lazily by the
+            // first model operation, after this). Rust's own env accesses are synchronised;
+            // the model is loaded before any native code in this process reads the
+            // environment concurrently.
+            unsafe {
+                std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+                std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            }
+        }
+        threads
+    });
+    if threads.is_some() && threads != applied {
+        tracing::warn!(
+            requested = ?threads,
+            in_use = ?applied,
+            "the model's thread count is fixed by the first model loaded in this process"
+        );
+    }
+}
+
+impl LocalBackend {
+    /// Loads a GGUF model. Blocking (reads hundreds of MB): call it from `spawn_blocking`.
+    pub fn load(model_path: &Path, options: LocalOptions) -> Result<LocalBackend, AiError> {
+        let started = Instant::now();
+        configure_threads(options.threads);
+        let content = model::read_header(model_path)?;
+        let arch = model::architecture(&content);
+        if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(AiError::ModelUnavailable {
+                reason: format!(
+                    "{} is a model of architecture {arch:?}, which the embedded backend does not run (supported: {})",
+                    model_path.display(),
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ),
+                fix: "use a GGUF of a llama or qwen2 model (SmolLM2, Llama 3.x, Qwen2.5 instruct), or serve this one with llama.cpp or Ollama and point --ai-url at it".into(),
+            });
+        }
+        let tokenizer = match &options.tokenizer_path {
+            Some(path) => GgufTokenizer::from_file(path, &content)?,
+            None => GgufTokenizer::from_gguf(&content)?,
+        };
+        let jinja = content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str);
+        let template = ChatTemplate::detect(jinja, &tokenizer);
+        let stop_tokens = template.stop_tokens(&tokenizer);
+        let (weights, model_context) = Weights::load(model_path, content)?;
+        let context_tokens = options.context_tokens.clamp(64, model_context.max(64));
+        let name = model_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "local".into());
+        tracing::info!(
+            model = %name,
+            arch,
+            ?template,
+            context_tokens,
+            load_s = started.elapsed().as_secs_f64(),
+            "loaded the local model"
+        );
+        Ok(LocalBackend {
+            inner: Arc::new(Inner {
+                name,
+                weights: Mutex::new(weights),
+                tokenizer,
+                template,
+                stop_tokens,
+                context_tokens,
+                default_temperature: options.default_temperature,
+                default_top_p: options.default_top_p,
+                generated: AtomicU64::new(0),
+                last_stats: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The tokenizer in use.
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// The chat template in use.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.inner.template
+    }
+
+    /// Prompt plus answer, in tokens.
+    pub fn context_tokens(&self) -> usize {
+        self.inner.context_tokens
+    }
+
+    /// Tokens generated by this backend since it was loaded (all requests).
+    pub fn generated_tokens(&self) -> u64 {
+        self.inner.generated.load(Ordering::SeqCst)
+    }
+
+    /// Figures about the last finished generation.
+    pub fn last_stats(&self) -> Option<GenerationStats> {
+        *self
+            .inner
+            .last_stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The prompt's tokens and the number of tokens that may be generated: leaves out the
+    /// oldest messages (never the system prompt or the last message) until the prompt and
+    /// a reasonable answer fit in the context.
+    pub fn prompt_tokens(
+        &self,
+        messages: &[ChatMessage],
+        max_tokens: u32,
+    ) -> Result<(Vec<u32>, usize), AiError> {
+        let inner = &self.inner;
+        let ctx = inner.context_tokens;
+        let wanted = max_tokens as usize;
+        // Room kept for the answer when the history must be shortened.
+        let reserve = wanted.min(ctx / 2).max(1);
+        let mut messages = messages.to_vec();
+        loop {
+            let ids = inner.encode(&messages)?;
+            let len = ids.len();
+            if len + reserve <= ctx {
+                return Ok((ids, wanted.min(ctx - len)));
+            }
+            let droppable = messages
+                .iter()
+                .enumerate()
+                .position(|(i, m)| m.role != Role::System && i + 1 < messages.len());
+            match droppable {
+                Some(i) => {
+                    tracing::debug!(prompt_tokens = len, ctx, "leaving out an old message");
+                    messages.remove(i);
+                }
+                None if len < ctx => return Ok((ids, ctx - len)),
+                None => {
+                    return Err(AiError::InvalidRequest(format!(
+                        "the conversation is {len} tokens long, more than the local model's context of {ctx} tokens; shorten the messages"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn encode(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, AiError> {
+        let mut ids = Vec::new();
+        for piece in self.template.render(messages) {
+            match piece {
+                chat_template::Piece::Markup(s) => ids.extend(self.tokenizer.encode(&s)?),
+                chat_template::Piece::Content(s) => ids.extend(self.tokenizer.encode_literal(&s)?),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Runs one generation on the calling (blocking) thread, sending deltas to `tx`.
+    fn generate(&self, job: Job, tx: mpsc::Sender<Result<String, AiError>>) {
+        // One generation at a time; a poisoned lock only means an earlier generation
+        // panicked, and the KV cache is cleared below anyway.
+        let mut weights = self
+            .weights
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if tx.is_closed() {
+            tracing::debug!("request cancelled while waiting for the model");
+            return;
+        }
+        let started = Instant::now();
+        let mut stats = GenerationStats {
+            prompt_tokens: job.prompt.len(),
+            tokens: 0,
+            time_to_first_token: Duration::ZERO,
+            total: Duration::ZERO,
+        };
+        // A panic in the model code must not end the stream as if the answer were complete.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run(&mut weights, &job, &tx, &mut stats, started)
+        }))
+        .unwrap_or_else(|_| Err(AiError::Generation("the model code panicked".into())));
+        stats.total = started.elapsed();
+        *self
+            .last_stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stats);
+        drop(weights);
+        tracing::info!(
+            prompt_tokens = stats.prompt_tokens,
+            tokens = stats.tokens,
+            ttft_ms = stats.time_to_first_token.as_millis() as u64,
+            tokens_per_s = stats.tokens_per_second(),
+            cancelled = tx.is_closed(),
+            "local generation done"
+        );
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "local generation failed");
+            let _ = tx.blocking_send(Err(e));
+        }
+    }
+
+    fn run(
+        &self,
+        weights: &mut Weights,
+        job: &Job,
+        tx: &mpsc::Sender<Result<String, AiError>>,
+        stats: &mut GenerationStats,
+        started: Instant,
+    ) -> Result<(), AiError> {
+        let model_error = |e: candle_core::Error| AiError::Generation(model::first_line(e));
+        weights.clear_kv_cache();
+        let mut pos = 0;
+        let mut logits = None;
+        for chunk in job.prompt.chunks(PREFILL_CHUNK) {
+            if tx.is_closed() {
+                return Ok(());
+            }
+            logits = Some(weights.forward(chunk, pos).map_err(model_error)?);
+            pos += chunk.len();
+        }
+        let Some(mut logits) = logits else {
+            return Err(AiError::InvalidRequest("empty prompt".into()));
+        };
+        let mut sampler = Sampler::new(job.seed, job.temperature, job.top_p);
+        let mut generated = Vec::new();
+        let mut decoder = gguf_tokenizer::StreamDecoder::default();
+        loop {
+            let next = sampler.sample(&logits, &generated).map_err(model_error)?;
+            if generated.is_empty() {
+                stats.time_to_first_token = started.elapsed();
+            }
+            if self.stop_tokens.contains(&next) {
+                break;
+            }
+            generated.push(next);
+            stats.tokens = generated.len();
+            self.generated.fetch_add(1, Ordering::SeqCst);
+            let text = decoder.push(&self.tokenizer, next)?;
+            let sent = match text {
+                Some(text) => tx.blocking_send(Ok(text)).is_ok(),
+                None => !tx.is_closed(),
+            };
+            if !sent {
+                return Ok(()); // the stream was dropped
+            }
+            if generated.len() >= job.max_new_tokens {
+                break;
+            }
+            logits = weights.forward(&[next], pos).map_err(model_error)?;
+            pos += 1;
+        }
+        if let Some(rest) = decoder.finish(&self.tokenizer)? {
+            let _ = tx.blocking_send(Ok(rest));
+        }
+        Ok(())
+    }
+}
+
+/// One request, ready for the generation thread.
+struct Job {
+    prompt: Vec<u32>,
+    max_new_tokens: usize,
+    temperature: f32,
+    top_p: f32,
+    seed: u64,
+}
+
+#[async_trait::async_trait]
+impl ChatBackend for LocalBackend {
+    fn model(&self) -> String {
+        self.inner.name.clone()
+    }
+
+    async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError> {
+        request.validate()?;
+        let (prompt, max_new_tokens) = self.prompt_tokens(&request.messages, request.max_tokens)?;
+        let job = Job {
+            prompt,
+            max_new_tokens,
+            temperature: request
+                .temperature
+                .unwrap_or(self.inner.default_temperature),
+            top_p: request.top_p.unwrap_or(self.inner.default_top_p),
+            seed: request.seed.unwrap_or_else(rand::random),
+        };
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.generate(job, tx));
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        )))
+    }
+}
