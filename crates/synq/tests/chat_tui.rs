@@ -1,0 +1,135 @@
+//! `synq chat` against a real `synq serve` whose AI gateway forwards to a fake upstream:
+//! the real binary posts, relays the AI request itself and prints the answer.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use synq_ai::testing::{FAKE_MODEL, FakeUpstream, Reply};
+
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data_dir: &std::path::Path, ai_url: &str) -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synq"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ai-url",
+            ai_url,
+            "--ai-model",
+            FAKE_MODEL,
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start synq serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read listening line");
+    let base = line
+        .trim()
+        .strip_prefix("synq: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from synq serve: {line:?}"))
+        .to_owned();
+    Serve { child, base }
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// `synq chat ARGS…`, as a script would run it.
+async fn chat(args: &[&str]) -> Run {
+    chat_with_password_env(args, None).await
+}
+
+async fn chat_with_password_env(args: &[&str], password: Option<&str>) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_synq"));
+    match password {
+        Some(p) => cmd.env("SYNQ_PASSWORD", p),
+        None => cmd.env_remove("SYNQ_PASSWORD"),
+    };
+    let out = cmd
+        .arg("chat")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .expect("synq chat finished in time")
+        .expect("run synq chat");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn say_and_wait_for_the_answer_twice_in_one_room_then_a_wrong_password_fails() {
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::text(&["Hello", " from", " the fake AI."]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let addr = server.base.strip_prefix("http://").expect("an http base");
+    let link = format!("http://{addr}/?q=room1#pw=secret");
+
+    for round in 1..=2 {
+        let started = Instant::now();
+        let run = chat(&[&link, "--say", "hello", "--wait-answer", "--timeout", "60"]).await;
+        assert!(run.ok, "round {round}: exit status; stderr: {}", run.stderr);
+        assert_eq!(
+            run.stdout.trim(),
+            "Hello from the fake AI.",
+            "round {round}"
+        );
+        eprintln!("round {round}: {:?}", started.elapsed());
+    }
+    assert_eq!(upstream.request_count(), 2, "one upstream request per post");
+    // The second prompt carries the first exchange: both runs were in the same room.
+    let messages = upstream.requests()[1]["messages"].clone();
+    let contents: Vec<&str> = messages
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["content"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        contents.contains(&"Hello from the fake AI."),
+        "the first answer is in the second prompt: {contents:?}"
+    );
+
+    // The same room, another password: refused, with a message that says so.
+    let wrong = format!("http://{addr}/?q=room1#pw=not-the-secret");
+    let run = chat(&[&wrong, "--say", "hello", "--wait-answer", "--timeout", "60"]).await;
+    assert!(!run.ok, "a wrong password fails; stdout: {}", run.stdout);
+    assert!(run.stderr.contains("Wrong password"), "{}", run.stderr);
+    assert_eq!(upstream.request_count(), 2, "nothing was posted");
+
+    // --server/--room with the password from the environment, and a bad link.
+    let by_flags = ["--server", &server.base, "--room", "room1", "--say", "bye"];
+    let run = chat(&by_flags).await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("password is missing"), "{}", run.stderr);
+    let run = chat_with_password_env(&by_flags, Some("secret")).await;
+    assert!(run.ok, "{}", run.stderr);
+    let run = chat(&[&format!("http://{addr}/#pw=secret"), "--say", "x"]).await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("names no room"), "{}", run.stderr);
+}
