@@ -133,3 +133,113 @@ async fn say_and_wait_for_the_answer_twice_in_one_room_then_a_wrong_password_fai
     assert!(!run.ok);
     assert!(run.stderr.contains("names no room"), "{}", run.stderr);
 }
+
+/// A terminal to drive the interactive screen in: a tmux server of its own.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "chat"]).stdout)
+            .into_owned()
+    }
+
+    fn alive(&self) -> bool {
+        self.cmd(&["has-session", "-t", "chat"]).status.success()
+    }
+
+    async fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {what:?}; it shows:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[tokio::test]
+async fn the_interactive_screen_in_a_terminal() {
+    if !Tmux::available() {
+        eprintln!("tmux is not installed: skipping the interactive test");
+        return;
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::text(&["Hi", " Tess,", " nice", " to", " meet you."]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let link = format!("{}/?q=tui#pw=secret", server.base);
+    let tmux = Tmux {
+        socket: format!("synq-chat-test-{}", std::process::id()),
+    };
+    let program = format!("{} chat '{link}' --name Tess", env!("CARGO_BIN_EXE_synq"));
+    let started = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &program,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let screen = tmux
+        .wait_for("Welcome, Tess! AI is here. Share the link")
+        .await;
+    assert!(screen.contains("room tui on"), "{screen}");
+    assert!(screen.contains("connected"), "{screen}");
+
+    tmux.cmd(&["send-keys", "-t", "chat", "-l", "Hello AI"]);
+    tmux.cmd(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("Tess: Hello AI").await;
+    tmux.wait_for("AI: Hi Tess, nice to meet you.").await;
+
+    // Someone else posts, with an escape sequence that must not reach the terminal.
+    let run = chat(&[&link, "--name", "Sam", "--no-relay", "--say", "\x1b[2Jboo"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    let screen = tmux.wait_for("Sam: \u{FFFD}[2Jboo").await;
+    assert!(screen.contains("Sam joined"), "{screen}");
+    tmux.wait_for("Sam left").await;
+
+    tmux.cmd(&["send-keys", "-t", "chat", "-l", "/reset"]);
+    tmux.cmd(&["send-keys", "-t", "chat", "Enter"]);
+    let screen = tmux.wait_for("Tess reset the chat").await;
+    assert!(!screen.contains("Hello AI"), "{screen}");
+
+    tmux.cmd(&["send-keys", "-t", "chat", "Escape"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux.alive() {
+        assert!(Instant::now() < deadline, "Esc quits:\n{}", tmux.screen());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
