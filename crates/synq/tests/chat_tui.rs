@@ -214,7 +214,9 @@ async fn the_interactive_screen_in_a_terminal() {
     ]);
     assert!(started.status.success(), "{started:?}");
     let screen = tmux
-        .wait_for("Welcome, Tess! AI is here. Share the link")
+        .wait_for(&format!(
+            "Welcome, Tess! AI is here. Share the link to invite others: {link}"
+        ))
         .await;
     assert!(screen.contains("room tui on"), "{screen}");
     assert!(screen.contains("connected"), "{screen}");

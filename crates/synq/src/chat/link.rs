@@ -12,6 +12,28 @@ pub struct Room {
     pub password: Option<String>,
 }
 
+/// The link that opens `name` with `password` on `server`, in a browser or `synq chat`.
+pub fn room_link(server: &str, name: &str, password: &str) -> String {
+    format!(
+        "{server}/?q={}#pw={}",
+        percent_encode(name),
+        percent_encode(password)
+    )
+}
+
+/// Escapes all but `encodeURIComponent`'s unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Parses a room link. The query may hold other parameters; `q` names the room, and the
 /// fragment's `pw` is its password (never sent to the server by a browser).
 pub fn parse_link(link: &str) -> anyhow::Result<Room> {
@@ -125,6 +147,19 @@ mod tests {
             parse_link("http://h:1/?q=r#pw=").ok(),
             Some(room("http://h:1", "r", None))
         );
+    }
+
+    #[test]
+    fn made_links_parse_back() {
+        for (name, pw) in [("room1", "secret"), ("a b&c", "p#w=%+ü")] {
+            let link = room_link("http://h:1", name, pw);
+            assert_eq!(
+                parse_link(&link).ok(),
+                Some(room("http://h:1", name, Some(pw))),
+                "{link}"
+            );
+        }
+        assert_eq!(room_link("http://h:1", "r", "p"), "http://h:1/?q=r#pw=p");
     }
 
     #[test]

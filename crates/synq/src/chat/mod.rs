@@ -17,7 +17,7 @@ use synq_chat::{AI_NAME, AiState, ChatInput, ChatModel, EntryKind};
 use synq_client::{ClientConfig, ClientError, SessionEvent};
 use synq_model::ViewId;
 
-use link::{Room, parse_link};
+use link::{Room, parse_link, room_link};
 
 /// The app id of the chat page (synq-web's `APP_ID`): rooms are shared with browsers only
 /// under the same one.
@@ -140,7 +140,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             let p = Participant::join(config, &name, service)
                 .await
                 .map_err(|e| friendly_error(&e, &room))?;
-            interactive(p, &room, &name, !args.no_relay).await
+            let invite = room_link(&room.server, &room.name, &password);
+            interactive(p, &room, &name, &invite, !args.no_relay).await
         }
     }
 }
@@ -263,6 +264,7 @@ async fn interactive(
     mut p: Participant,
     room: &Room,
     name: &str,
+    invite: &str,
     relay: bool,
 ) -> anyhow::Result<()> {
     let (tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
@@ -270,7 +272,7 @@ async fn interactive(
     spawn_input(tx, Arc::clone(&stop));
     // Raw mode and the alternate screen; the panic hook it installs restores the terminal.
     let mut terminal = ratatui::init();
-    let result = screen(&mut terminal, &mut p, room, name, relay, &mut keys).await;
+    let result = screen(&mut terminal, &mut p, room, name, invite, relay, &mut keys).await;
     ratatui::restore();
     stop.store(true, Ordering::Relaxed);
     p.kill();
@@ -282,6 +284,7 @@ async fn screen(
     p: &mut Participant,
     room: &Room,
     name: &str,
+    invite: &str,
     relay: bool,
     keys: &mut tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Event>>,
 ) -> anyhow::Result<()> {
@@ -306,7 +309,9 @@ async fn screen(
                 _ => {}
             }
         }
-        let shown = p.read(|m| ui::shown(m, &me, name)).unwrap_or_default();
+        let shown = p
+            .read(|m| ui::shown(m, &me, name, invite))
+            .unwrap_or_default();
         let header = ui::Header {
             room: &room.name,
             server: &room.server,

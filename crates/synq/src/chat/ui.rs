@@ -53,8 +53,9 @@ pub struct Shown {
     pub relaying: bool,
 }
 
-/// The welcome line and the history as the browser shows them.
-pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str) -> Shown {
+/// The welcome line and the history as the browser shows them; `invite` is the room's
+/// link (the browser has it in its address bar).
+pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str, invite: &str) -> Shown {
     let my_name = sanitize(m.name_of(me).unwrap_or(my_name), false);
     let others: Vec<String> = m
         .users()
@@ -62,7 +63,10 @@ pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str) -> Shown {
         .map(|(_, n)| sanitize(n, false))
         .collect();
     let welcome = if others.is_empty() {
-        format!("Welcome, {my_name}! {AI_NAME} is here. Share the link to invite others.")
+        format!(
+            "Welcome, {my_name}! {AI_NAME} is here. Share the link to invite others: {}",
+            sanitize(invite, false)
+        )
     } else {
         format!(
             "Welcome, {my_name}! {AI_NAME} is here, along with {}.",
