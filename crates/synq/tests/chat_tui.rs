@@ -134,6 +134,26 @@ async fn say_and_wait_for_the_answer_twice_in_one_room_then_a_wrong_password_fai
     assert!(run.stderr.contains("names no room"), "{}", run.stderr);
 }
 
+#[tokio::test]
+async fn an_ai_failure_is_a_clear_error_and_the_screen_needs_a_terminal() {
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::status(400, "this model is on strike"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let link = format!("{}/?q=strike#pw=secret", server.base);
+    let started = Instant::now();
+    let run = chat(&[&link, "--say", "hello?", "--wait-answer"]).await;
+    eprintln!("failed answer after {:?}", started.elapsed());
+    assert!(!run.ok, "stdout: {}", run.stdout);
+    assert!(run.stderr.contains("AI could not answer"), "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+
+    // Without --say, stdin and stdout must be a terminal (here they are not).
+    let run = chat(&[&link]).await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("needs a terminal"), "{}", run.stderr);
+}
+
 /// A terminal to drive the interactive screen in: a tmux server of its own.
 struct Tmux {
     socket: String,

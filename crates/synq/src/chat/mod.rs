@@ -5,6 +5,7 @@
 mod link;
 mod ui;
 
+use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,28 +30,28 @@ pub struct ChatArgs {
     #[arg(conflicts_with_all = ["server", "room"])]
     link: Option<String>,
     /// The synq server, e.g. http://127.0.0.1:8080 (with --room, instead of a link).
-    #[arg(long, requires = "room")]
+    #[arg(long, requires = "room", value_name = "URL")]
     server: Option<String>,
     /// The room's name (the link's ?q=…).
-    #[arg(long, requires = "server")]
+    #[arg(long, requires = "server", value_name = "NAME")]
     room: Option<String>,
     /// The room's password (the link's #pw=…); a link's own password wins.
-    #[arg(long, env = "SYNQ_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = "SYNQ_PASSWORD", hide_env_values = true, value_name = "PW")]
     password: Option<String>,
     /// Your name in the room [default: a random friendly one].
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Never call the AI for the room (others in it will).
     #[arg(long)]
     no_relay: bool,
     /// Post this text and exit, without the interactive screen.
-    #[arg(long)]
+    #[arg(long, value_name = "TEXT")]
     say: Option<String>,
     /// With --say: wait for the AI's answer to the post and print it.
     #[arg(long, requires = "say")]
     wait_answer: bool,
     /// With --say: give up after this many seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
     timeout: u64,
 }
 
@@ -137,6 +138,12 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             }
         }
         None => {
+            // Checked before joining, so that nobody sees a participant come and go.
+            if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+                bail!(
+                    "the chat screen needs a terminal; to post from a script, use --say (and --wait-answer)"
+                );
+            }
             let p = Participant::join(config, &name, service)
                 .await
                 .map_err(|e| friendly_error(&e, &room))?;
@@ -208,7 +215,8 @@ async fn say(
         .read(|m| m.history().last().map(|e| e.id))
         .flatten()
         .unwrap_or(0);
-    p.post(text).map_err(|e| friendly_error(&e, room))?;
+    p.post(text)
+        .map_err(|e| anyhow::anyhow!("cannot post: {e}"))?;
     if p.until(|m| my_post(m, &me, after).is_some()).await.is_err() {
         return Err(ended(&p, room));
     }
@@ -267,11 +275,11 @@ async fn interactive(
     invite: &str,
     relay: bool,
 ) -> anyhow::Result<()> {
+    // Raw mode and the alternate screen; the panic hook it installs restores the terminal.
+    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let (tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_input(tx, Arc::clone(&stop));
-    // Raw mode and the alternate screen; the panic hook it installs restores the terminal.
-    let mut terminal = ratatui::init();
     let result = screen(&mut terminal, &mut p, room, name, invite, relay, &mut keys).await;
     ratatui::restore();
     stop.store(true, Ordering::Relaxed);
