@@ -154,6 +154,97 @@ async fn an_ai_failure_is_a_clear_error_and_the_screen_needs_a_terminal() {
     assert!(run.stderr.contains("needs a terminal"), "{}", run.stderr);
 }
 
+/// A browser page and `synq chat` in one room: the terminal participant does not relay,
+/// so the browser calls the AI for it, and each sees the other's entries.
+#[tokio::test]
+async fn a_browser_and_the_terminal_share_a_room() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let playwright = root.join("interop/browser/node_modules/playwright-core");
+    if !std::path::Path::new(&chromium).exists() || !playwright.exists() {
+        // scripts/test.sh installs both; CI must not skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium ({chromium}) and interop/browser's npm packages are needed"
+        );
+        eprintln!("no Chromium or no playwright-core: skipping (scripts/test.sh installs them)");
+        return;
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::text(&["Relayed", " by", " the", " browser."]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let page = reqwest::get(format!("{}/", server.base))
+        .await
+        .expect("GET /")
+        .text()
+        .await
+        .expect("the page");
+    if page.contains("SYNQ_SKIP_WEB") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "synq was built without the web app"
+        );
+        eprintln!("synq was built with SYNQ_SKIP_WEB=1, without the web app: skipping");
+        return;
+    }
+    let link = format!("{}/?q=mixed#pw=secret", server.base);
+    let mut node = tokio::process::Command::new("node")
+        .arg(root.join("interop/browser/room.mjs"))
+        .arg(&link)
+        .arg("hello from a terminal")
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let next = async |lines: &mut tokio::io::Lines<_>| {
+        tokio::time::timeout(Duration::from_secs(90), lines.next_line())
+            .await
+            .expect("the browser script answered in time")
+            .expect("read the browser script")
+            .expect("a line from the browser script")
+    };
+    assert_eq!(next(&mut lines).await, "READY");
+
+    let run = chat(&[
+        &link,
+        "--name",
+        "Term",
+        "--no-relay",
+        "--say",
+        "hello from a terminal",
+        "--wait-answer",
+    ])
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "Relayed by the browser.");
+    assert_eq!(upstream.request_count(), 1);
+
+    let line = next(&mut lines).await;
+    let entries = line
+        .strip_prefix("ENTRIES ")
+        .unwrap_or_else(|| panic!("unexpected line from the browser script: {line}"));
+    let entries: Vec<String> = serde_json::from_str(entries).expect("entries JSON");
+    // The page shows the name and the text in spans of their own.
+    assert!(
+        entries.contains(&"Termhello from a terminal".to_owned()),
+        "{entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.contains("Relayed by the browser.")),
+        "{entries:?}"
+    );
+    let status = node.wait().await.expect("node exits");
+    assert!(status.success());
+}
+
 /// A terminal to drive the interactive screen in: a tmux server of its own.
 struct Tmux {
     socket: String,
