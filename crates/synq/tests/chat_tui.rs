@@ -331,6 +331,7 @@ async fn the_interactive_screen_in_a_terminal() {
         .await;
     assert!(screen.contains("room tui on"), "{screen}");
     assert!(screen.contains("connected"), "{screen}");
+    assert!(screen.contains("> Enter sends"), "{screen}");
 
     tmux.cmd(&["send-keys", "-t", "chat", "-l", "Hello AI"]);
     tmux.cmd(&["send-keys", "-t", "chat", "Enter"]);
@@ -343,6 +344,12 @@ async fn the_interactive_screen_in_a_terminal() {
     let screen = tmux.wait_for("Sam: \u{FFFD}[2Jboo").await;
     assert!(screen.contains("Sam joined"), "{screen}");
     tmux.wait_for("Sam left").await;
+
+    // A paste of two lines is one post (bracketed paste), not two.
+    tmux.cmd(&["set-buffer", "pasted\ntwo lines"]);
+    tmux.cmd(&["paste-buffer", "-p", "-t", "chat"]);
+    tmux.cmd(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("Tess: pasted two lines").await;
 
     tmux.cmd(&["send-keys", "-t", "chat", "-l", "/reset"]);
     tmux.cmd(&["send-keys", "-t", "chat", "Enter"]);

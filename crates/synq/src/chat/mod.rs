@@ -277,10 +277,13 @@ async fn interactive(
 ) -> anyhow::Result<()> {
     // Raw mode and the alternate screen; the panic hook it installs restores the terminal.
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    // A pasted text arrives whole, instead of as keys whose newlines would post each line.
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     let (tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_input(tx, Arc::clone(&stop));
     let result = screen(&mut terminal, &mut p, room, name, invite, relay, &mut keys).await;
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
     ratatui::restore();
     stop.store(true, Ordering::Relaxed);
     p.kill();
@@ -326,7 +329,9 @@ async fn screen(
             status: &status,
             relay,
         };
-        terminal.draw(|frame| ui::draw(frame, &header, &shown, &input))?;
+        let mut max_back = 0;
+        terminal.draw(|frame| max_back = ui::draw(frame, &header, &shown, &input))?;
+        input.scroll_back = input.scroll_back.min(max_back);
         tokio::select! {
             event = keys.recv() => match event {
                 Some(Ok(Event::Key(key))) => match input.on_key(key) {
@@ -343,6 +348,7 @@ async fn screen(
                     }
                     ui::Action::None => {}
                 },
+                Some(Ok(Event::Paste(text))) => input.paste(&text),
                 // Resizes and the like: just draw again.
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e).context("cannot read the terminal"),

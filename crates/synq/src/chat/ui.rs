@@ -160,6 +160,18 @@ impl Input {
         Action::None
     }
 
+    /// Pasted text goes into the line (one post, even when it spans lines).
+    pub fn paste(&mut self, text: &str) {
+        // Terminals may turn newlines into carriage returns.
+        let text = text.replace("\r\n", "\n");
+        let text = text.trim_end_matches(['\r', '\n']);
+        self.line.extend(
+            text.chars()
+                .map(|c| if matches!(c, '\r' | '\n') { ' ' } else { c })
+                .filter(|c| !c.is_control()),
+        );
+    }
+
     fn submit(&mut self) -> Action {
         let line = std::mem::take(&mut self.line);
         self.hint = None;
@@ -191,7 +203,8 @@ pub struct Header<'a> {
     pub relay: bool,
 }
 
-pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) {
+/// Draws the screen; returns how far the history can be scrolled back.
+pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) -> u16 {
     let [top, history, hint, bottom] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(1),
@@ -249,11 +262,14 @@ pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) {
         .collect();
     let visible = sanitize(&visible, false);
     let cursor_x = bottom.x + prompt.len() as u16 + visible.chars().count() as u16;
-    frame.render_widget(
-        Line::from(vec![Span::raw(prompt).bold(), Span::raw(visible)]),
-        bottom,
-    );
+    let typed = if visible.is_empty() {
+        Span::raw("Enter sends · /reset clears the chat · Esc or /quit leaves").dim()
+    } else {
+        Span::raw(visible)
+    };
+    frame.render_widget(Line::from(vec![Span::raw(prompt).bold(), typed]), bottom);
     frame.set_cursor_position(Position::new(cursor_x.min(bottom.right()), bottom.y));
+    bottom_offset
 }
 
 fn history_text(shown: &Shown) -> Text<'static> {
@@ -333,6 +349,8 @@ mod tests {
             Action::Quit
         );
         assert_eq!(input.on_key(key(KeyCode::Esc)), Action::Quit);
+        input.paste("two\nlines\x1b[0m\r\nand\rmore\n");
+        assert_eq!(input.line, "two lines[0m and more");
     }
 
     #[test]
