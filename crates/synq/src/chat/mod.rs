@@ -69,6 +69,9 @@ fn room(args: &ChatArgs) -> anyhow::Result<(Room, String)> {
             if !(server.starts_with("http://") || server.starts_with("https://")) {
                 bail!("--server must be an http:// or https:// address, not {server:?}");
             }
+            if name.is_empty() {
+                bail!("--room needs a name");
+            }
             Room {
                 server: server.to_owned(),
                 name: name.clone(),
