@@ -261,7 +261,9 @@ pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) ->
         .iter()
         .collect();
     let visible = sanitize(&visible, false);
-    let cursor_x = bottom.x + prompt.len() as u16 + visible.chars().count() as u16;
+    // Display width, not characters: wide characters take two cells.
+    let typed_width = u16::try_from(Span::raw(visible.as_str()).width()).unwrap_or(u16::MAX);
+    let cursor_x = (bottom.x + prompt.len() as u16).saturating_add(typed_width);
     let typed = if visible.is_empty() {
         Span::raw("Enter sends · /reset clears the chat · Esc or /quit leaves").dim()
     } else {
