@@ -28,6 +28,11 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
 fi
 (cd interop/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 
+# `synq chat`'s interactive screen is tested in a tmux pane (skipped without tmux).
+if ! command -v tmux >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux
+fi
+
 # synq-model and synq-client must build for the browser; the determinism test compiles the
 # model to wasm32 and runs it in Node.
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then

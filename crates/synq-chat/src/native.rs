@@ -92,9 +92,15 @@ impl Participant {
         self.handle.read(f)
     }
 
-    /// Events other than outputs (reconnects, rejections, failures), for display.
+    /// Events other than outputs (syncs, reconnects, rejections, failures), for display.
     pub fn take_events(&self) -> Vec<SessionEvent<ChatOutput>> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits for the next change of the model or of the session's events; `Err` once the
+    /// session has ended.
+    pub async fn changed(&mut self) -> Result<(), ClientError> {
+        self.changes.changed().await.map_err(|_| ClientError::Ended)
     }
 
     /// Waits until `pred` holds for the model (re-checked on every change).
@@ -163,6 +169,8 @@ async fn pump(
                     for req in handle.read(|m| m.relay().assigned_to(&me).collect::<Vec<_>>()).unwrap_or_default() {
                         start(&mut agent, &mut calls, req);
                     }
+                    // Views show "connected" again after a reconnect.
+                    events.lock().unwrap_or_else(|p| p.into_inner()).push(SessionEvent::Synced);
                 }
                 Some(other) => events.lock().unwrap_or_else(|p| p.into_inner()).push(other),
             },

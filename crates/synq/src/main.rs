@@ -11,6 +11,7 @@ use synq_reflector::{Durability, Reflector, ReflectorConfig};
 use tracing_subscriber::EnvFilter;
 
 mod ai;
+mod chat;
 mod web;
 
 #[derive(Parser)]
@@ -29,6 +30,9 @@ enum Command {
     /// Serve the reflector (WebSocket at /reflector/<session>), the file store (/files/…),
     /// the AI gateway (/ai/v1/chat/completions, /ai), /healthz and /metrics.
     Serve(ServeArgs),
+    /// Join a chat room in the terminal, by its link (http://HOST:PORT/?q=ROOM#pw=PASSWORD);
+    /// or post one message with --say (and print the AI's answer with --wait-answer).
+    Chat(chat::ChatArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,15 +85,33 @@ fn default_data_dir() -> PathBuf {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let default_filter = match &cli.command {
+        Command::Serve(_) => "info",
+        // The chat's own messages say what matters; logs would only clutter its output.
+        Command::Chat(_) => "warn",
+    };
+    // Logs would write over the chat's screen.
+    let screen = matches!(&cli.command, Command::Chat(args) if chat::is_interactive(args));
+    if !screen {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| EnvFilter::new(default_filter)),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Chat(args) => {
+            if let Err(e) = chat::run(args).await {
+                // One clear line for people and scripts, rather than a debug dump.
+                eprintln!("synq chat: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,365 @@
+//! `synq chat` against a real `synq serve` whose AI gateway forwards to a fake upstream:
+//! the real binary posts, relays the AI request itself and prints the answer.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use synq_ai::testing::{FAKE_MODEL, FakeUpstream, Reply};
+
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data_dir: &std::path::Path, ai_url: &str) -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synq"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ai-url",
+            ai_url,
+            "--ai-model",
+            FAKE_MODEL,
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start synq serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read listening line");
+    let base = line
+        .trim()
+        .strip_prefix("synq: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from synq serve: {line:?}"))
+        .to_owned();
+    Serve { child, base }
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// `synq chat ARGS…`, as a script would run it.
+async fn chat(args: &[&str]) -> Run {
+    chat_with_password_env(args, None).await
+}
+
+async fn chat_with_password_env(args: &[&str], password: Option<&str>) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_synq"));
+    match password {
+        Some(p) => cmd.env("SYNQ_PASSWORD", p),
+        None => cmd.env_remove("SYNQ_PASSWORD"),
+    };
+    let out = cmd
+        .arg("chat")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .expect("synq chat finished in time")
+        .expect("run synq chat");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn say_and_wait_for_the_answer_twice_in_one_room_then_a_wrong_password_fails() {
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::text(&["Hello", " from", " the fake AI."]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let addr = server.base.strip_prefix("http://").expect("an http base");
+    let link = format!("http://{addr}/?q=room1#pw=secret");
+
+    for round in 1..=2 {
+        let started = Instant::now();
+        let run = chat(&[&link, "--say", "hello", "--wait-answer", "--timeout", "60"]).await;
+        assert!(run.ok, "round {round}: exit status; stderr: {}", run.stderr);
+        assert_eq!(
+            run.stdout.trim(),
+            "Hello from the fake AI.",
+            "round {round}"
+        );
+        eprintln!("round {round}: {:?}", started.elapsed());
+    }
+    assert_eq!(upstream.request_count(), 2, "one upstream request per post");
+    // The second prompt carries the first exchange: both runs were in the same room.
+    let messages = upstream.requests()[1]["messages"].clone();
+    let contents: Vec<&str> = messages
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["content"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        contents.contains(&"Hello from the fake AI."),
+        "the first answer is in the second prompt: {contents:?}"
+    );
+
+    // The same room, another password: refused, with a message that says so.
+    let wrong = format!("http://{addr}/?q=room1#pw=not-the-secret");
+    let run = chat(&[&wrong, "--say", "hello", "--wait-answer", "--timeout", "60"]).await;
+    assert!(!run.ok, "a wrong password fails; stdout: {}", run.stdout);
+    assert!(run.stderr.contains("Wrong password"), "{}", run.stderr);
+    assert_eq!(upstream.request_count(), 2, "nothing was posted");
+
+    // --server/--room with the password from the environment, and a bad link.
+    let by_flags = ["--server", &server.base, "--room", "room1", "--say", "bye"];
+    let run = chat(&by_flags).await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("password is missing"), "{}", run.stderr);
+    let run = chat_with_password_env(&by_flags, Some("secret")).await;
+    assert!(run.ok, "{}", run.stderr);
+    let run = chat(&[&format!("http://{addr}/#pw=secret"), "--say", "x"]).await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("names no room"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn an_ai_failure_is_a_clear_error_and_the_screen_needs_a_terminal() {
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::status(400, "this model is on strike"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let link = format!("{}/?q=strike#pw=secret", server.base);
+    let started = Instant::now();
+    let run = chat(&[&link, "--say", "hello?", "--wait-answer"]).await;
+    eprintln!("failed answer after {:?}", started.elapsed());
+    assert!(!run.ok, "stdout: {}", run.stdout);
+    assert!(run.stderr.contains("AI could not answer"), "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+
+    // Without --say, stdin and stdout must be a terminal (here they are not).
+    let run = chat(&[&link]).await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("needs a terminal"), "{}", run.stderr);
+}
+
+/// A browser page and `synq chat` in one room: the terminal participant does not relay,
+/// so the browser calls the AI for it, and each sees the other's entries.
+#[tokio::test]
+async fn a_browser_and_the_terminal_share_a_room() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let playwright = root.join("interop/browser/node_modules/playwright-core");
+    if !std::path::Path::new(&chromium).exists() || !playwright.exists() {
+        // scripts/test.sh installs both; CI must not skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium ({chromium}) and interop/browser's npm packages are needed"
+        );
+        eprintln!("no Chromium or no playwright-core: skipping (scripts/test.sh installs them)");
+        return;
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::text(&["Relayed", " by", " the", " browser."]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let page = reqwest::get(format!("{}/", server.base))
+        .await
+        .expect("GET /")
+        .text()
+        .await
+        .expect("the page");
+    if page.contains("SYNQ_SKIP_WEB") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "synq was built without the web app"
+        );
+        eprintln!("synq was built with SYNQ_SKIP_WEB=1, without the web app: skipping");
+        return;
+    }
+    let link = format!("{}/?q=mixed#pw=secret", server.base);
+    let mut node = tokio::process::Command::new("node")
+        .arg(root.join("interop/browser/room.mjs"))
+        .arg(&link)
+        .arg("hello from a terminal")
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let next = async |lines: &mut tokio::io::Lines<_>| {
+        tokio::time::timeout(Duration::from_secs(90), lines.next_line())
+            .await
+            .expect("the browser script answered in time")
+            .expect("read the browser script")
+            .expect("a line from the browser script")
+    };
+    assert_eq!(next(&mut lines).await, "READY");
+
+    let run = chat(&[
+        &link,
+        "--name",
+        "Term",
+        "--no-relay",
+        "--say",
+        "hello from a terminal",
+        "--wait-answer",
+    ])
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "Relayed by the browser.");
+    assert_eq!(upstream.request_count(), 1);
+
+    let line = next(&mut lines).await;
+    let entries = line
+        .strip_prefix("ENTRIES ")
+        .unwrap_or_else(|| panic!("unexpected line from the browser script: {line}"));
+    let entries: Vec<String> = serde_json::from_str(entries).expect("entries JSON");
+    // The page shows the name and the text in spans of their own.
+    assert!(
+        entries.contains(&"Termhello from a terminal".to_owned()),
+        "{entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.contains("Relayed by the browser.")),
+        "{entries:?}"
+    );
+    let status = node.wait().await.expect("node exits");
+    assert!(status.success());
+}
+
+/// A terminal to drive the interactive screen in: a tmux server of its own.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "chat"]).stdout)
+            .into_owned()
+    }
+
+    fn alive(&self) -> bool {
+        self.cmd(&["has-session", "-t", "chat"]).status.success()
+    }
+
+    async fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {what:?}; it shows:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[tokio::test]
+async fn the_interactive_screen_in_a_terminal() {
+    if !Tmux::available() {
+        eprintln!("tmux is not installed: skipping the interactive test");
+        return;
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::text(&["Hi", " Tess,", " nice", " to", " meet you."]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let link = format!("{}/?q=tui#pw=secret", server.base);
+    let tmux = Tmux {
+        socket: format!("synq-chat-test-{}", std::process::id()),
+    };
+    let program = format!("{} chat '{link}' --name Tess", env!("CARGO_BIN_EXE_synq"));
+    let started = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &program,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let screen = tmux
+        .wait_for(&format!(
+            "Welcome, Tess! AI is here. Share the link to invite others: {link}"
+        ))
+        .await;
+    assert!(screen.contains("room tui on"), "{screen}");
+    assert!(screen.contains("connected"), "{screen}");
+    assert!(screen.contains("> Enter sends"), "{screen}");
+
+    tmux.cmd(&["send-keys", "-t", "chat", "-l", "Hello AI"]);
+    tmux.cmd(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("Tess: Hello AI").await;
+    tmux.wait_for("AI: Hi Tess, nice to meet you.").await;
+
+    // Someone else posts, with an escape sequence that must not reach the terminal.
+    let run = chat(&[&link, "--name", "Sam", "--no-relay", "--say", "\x1b[2Jboo"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    let screen = tmux.wait_for("Sam: \u{FFFD}[2Jboo").await;
+    assert!(screen.contains("Sam joined"), "{screen}");
+    tmux.wait_for("Sam left").await;
+
+    // A paste of two lines is one post (bracketed paste), not two.
+    tmux.cmd(&["set-buffer", "pasted\ntwo lines"]);
+    tmux.cmd(&["paste-buffer", "-p", "-t", "chat"]);
+    tmux.cmd(&["send-keys", "-t", "chat", "Enter"]);
+    tmux.wait_for("Tess: pasted two lines").await;
+
+    tmux.cmd(&["send-keys", "-t", "chat", "-l", "/reset"]);
+    tmux.cmd(&["send-keys", "-t", "chat", "Enter"]);
+    let screen = tmux.wait_for("Tess reset the chat").await;
+    assert!(!screen.contains("Hello AI"), "{screen}");
+
+    tmux.cmd(&["send-keys", "-t", "chat", "Escape"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux.alive() {
+        assert!(Instant::now() < deadline, "Esc quits:\n{}", tmux.screen());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
