@@ -7,6 +7,6 @@ pub mod model;
 pub mod native;
 
 pub use model::{
-    AI_NAME, AiRequest, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, Entry, EntryKind,
-    MAX_HISTORY, PROMPT_HISTORY, PromptMessage,
+    AI_NAME, APP_ID, AiRequest, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, Entry,
+    EntryKind, MAX_HISTORY, PROMPT_HISTORY, PromptMessage,
 };

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use synq_model::{Cx, Model, ViewId};
 use synq_relay::{Applied, Candidacy, Elected, Relay, RelayRequest, RelayResponse};
 
+/// The app id under which every chat participant (browser page, `synq chat`) joins: rooms
+/// are shared only among participants of the same app id, room name and model schema.
+pub const APP_ID: &str = "synq.chat";
 /// Entries kept in the history; older ones are dropped.
 pub const MAX_HISTORY: usize = 100;
 /// History entries given to the AI with each request.

@@ -14,6 +14,10 @@ use crate::crypto::{Purpose, SessionKey, random_hex};
 use crate::error::ClientError;
 use crate::wire::{Body, Wire, session_id};
 
+/// A silent connection sends a PULSE this often (the Croquet client's interval; the
+/// reflector closes connections silent for 60 s).
+pub const KEEPALIVE_MS: f64 = 25_000.0;
+
 /// Largest plaintext of one bundle of inputs. Sealed and base64-encoded it stays well
 /// under the reflector's frame limit (64 KiB by default).
 pub const MAX_BUNDLE_BYTES: usize = 32 * 1024;
@@ -148,6 +152,8 @@ pub struct Controller<M: Model> {
     unacked: BTreeMap<u64, Vec<u8>>,
     next_n: u64,
     last_send_ms: Option<f64>,
+    /// When anything was last sent on this connection (for the keepalive).
+    last_activity_ms: Option<f64>,
     events_since_snapshot: u64,
     poll_sent_at: Option<u64>,
     pending_snapshots: BTreeMap<String, PendingSnapshot>,
@@ -189,6 +195,7 @@ impl<M: Model> Controller<M> {
             unacked: BTreeMap::new(),
             next_n: 1,
             last_send_ms: None,
+            last_activity_ms: None,
             events_since_snapshot: 0,
             poll_sent_at: None,
             pending_snapshots: BTreeMap::new(),
@@ -259,6 +266,7 @@ impl<M: Model> Controller<M> {
         self.own_join_seen = false;
         self.chunks = None;
         self.last_send_ms = None;
+        self.last_activity_ms = None;
         if !matches!(self.phase, Phase::Running) {
             // A half-loaded replica is not worth keeping.
             self.replica = None;
@@ -296,12 +304,20 @@ impl<M: Model> Controller<M> {
         self.synced && !self.queued.is_empty()
     }
 
-    /// Sends queued inputs, at most `max_sends_per_sec` times per second. `now_ms` is any
-    /// monotonic clock of the driver.
+    /// Sends queued inputs, at most `max_sends_per_sec` times per second, and a PULSE
+    /// when nothing was sent for [`KEEPALIVE_MS`] (the reflector drops clients that stay
+    /// silent for a minute). `now_ms` is any monotonic clock of the driver.
     pub fn flush(&mut self, now_ms: f64) -> Result<(), ClientError> {
+        let activity = *self.last_activity_ms.get_or_insert(now_ms);
         if !self.synced || self.queued.is_empty() {
+            if now_ms - activity >= KEEPALIVE_MS {
+                self.last_activity_ms = Some(now_ms);
+                self.effects
+                    .push_back(Effect::Send(json!({"action": "PULSE"}).to_string()));
+            }
             return Ok(());
         }
+        self.last_activity_ms = Some(now_ms);
         let interval = 1000.0 / self.config.max_sends_per_sec.max(0.1);
         if self.last_send_ms.is_some_and(|t| now_ms - t < interval) {
             return Ok(());
@@ -894,5 +910,49 @@ impl<M: Model> Controller<M> {
     pub fn snapshot_uploaded(&mut self, url: String) {
         self.events
             .push_back(SessionEvent::SnapshotUploaded { url });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synq_model::demo::{Room, RoomViewData};
+
+    fn controller() -> Controller<Room> {
+        let mut cfg = ClientConfig::for_server("http://127.0.0.1:1", "app", "room", "pw");
+        cfg.kdf_rounds = 1;
+        Controller::new(cfg, &RoomViewData::default()).expect("controller")
+    }
+
+    #[test]
+    fn a_silent_connection_sends_a_pulse_every_25_seconds() {
+        let mut c = controller();
+        c.flush(0.0).expect("flush");
+        assert!(c.take_effects().is_empty());
+        c.flush(24_000.0).expect("flush");
+        assert!(c.take_effects().is_empty());
+        c.flush(25_000.0).expect("flush");
+        assert_eq!(
+            c.take_effects(),
+            [Effect::Send(r#"{"action":"PULSE"}"#.into())]
+        );
+        c.flush(30_000.0).expect("flush");
+        assert!(c.take_effects().is_empty(), "not again before another 25 s");
+    }
+
+    #[test]
+    fn the_join_frame_proves_the_view_id_and_hides_view_data_and_session_check() {
+        let c = controller();
+        let join: serde_json::Value = serde_json::from_str(&c.join_frame()).expect("json");
+        let user = &join["args"]["user"];
+        let proof = user["proof"].as_str().expect("proof");
+        assert_eq!(user["id"], view_id_for_proof(proof));
+        assert_eq!(user["id"], c.view_id().as_str());
+        assert!(
+            join["args"]["tove"]
+                .as_str()
+                .is_some_and(|t| !t.contains("room"))
+        );
+        assert!(c.socket_url().ends_with(c.session_id()));
     }
 }

@@ -17,7 +17,8 @@ use crate::transport::{BoxSocket, Incoming, Transport};
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often queued inputs are looked at (the controller paces the actual sends).
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
-const IDLE: Duration = Duration::from_secs(3600);
+/// Without queued inputs the timer only serves the keepalive.
+const IDLE: Duration = Duration::from_secs(5);
 
 /// `Send + Sync` natively (sessions live on a multi-threaded runtime); nothing in wasm32.
 #[cfg(not(target_arch = "wasm32"))]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt, select};
-use synq_chat::{AI_NAME, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, EntryKind};
+use synq_chat::{
+    AI_NAME, APP_ID, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, EntryKind,
+};
 use synq_client::{ClientConfig, ClientError, Session, SessionEvent, SessionHandle};
 use synq_relay::{AgentConfig, BoxFut, Candidacy, RelayAgent};
 use wasm_bindgen::JsCast;
@@ -16,9 +18,6 @@ use web_sys::{Document, Element, HtmlInputElement, KeyboardEvent};
 
 use crate::ai::GatewayService;
 use crate::names::{friendly_name, random_token};
-
-/// The app id every synq chat page joins under.
-pub const APP_ID: &str = "synq.chat";
 
 fn document() -> Result<Document, String> {
     web_sys::window()

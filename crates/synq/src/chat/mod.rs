@@ -20,9 +20,7 @@ use synq_model::ViewId;
 
 use link::{Room, parse_link, room_link};
 
-/// The app id of the chat page (synq-web's `APP_ID`): rooms are shared with browsers only
-/// under the same one.
-pub const APP_ID: &str = "synq.chat";
+use synq_chat::APP_ID;
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
