@@ -60,7 +60,7 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
             match local::fetch_default_model(true).await {
                 Ok(path) => path,
                 Err(e) => {
-                    let why = format!("the embedded AI model could not be downloaded: {e}. {fix}");
+                    let why = with_fix(e.to_string(), fix);
                     eprintln!("synq: AI: none: {why}");
                     slot.set(BackendState::Unavailable(why));
                     return;
@@ -83,7 +83,7 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
             slot.set(BackendState::Ready(Arc::new(backend)));
         }
         Ok(Err(e)) => {
-            let why = format!("the embedded AI model could not be loaded: {e}. {fix}");
+            let why = with_fix(e.to_string(), fix);
             eprintln!("synq: AI: none: {why}");
             slot.set(BackendState::Unavailable(why));
         }
@@ -92,5 +92,14 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
             eprintln!("synq: AI: none: {why}");
             slot.set(BackendState::Unavailable(why));
         }
+    }
+}
+
+/// The error's own advice if it has some, else ours.
+fn with_fix(error: String, fix: &str) -> String {
+    if error.contains("To fix") {
+        error
+    } else {
+        format!("{error}. {fix}")
     }
 }

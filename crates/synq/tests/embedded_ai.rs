@@ -1,0 +1,140 @@
+//! `synq serve` without `--ai-url`: the embedded model answers through the gateway when
+//! its weights are there (`--ai-model-path`, the real SmolLM2-135M GGUF), and the gateway
+//! explains how to fix it when they cannot be had (offline, nothing cached).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+struct Serve {
+    child: Child,
+    base: String,
+    stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Serve {
+    /// Waits for the line in which `synq serve` says which AI serves (or why none does),
+    /// printed once the model is loaded or has failed.
+    fn ai_line(&mut self) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stderr.read_line(&mut line).expect("stderr");
+            assert!(n > 0, "synq serve ended before it said which AI serves");
+            let is_final = line.starts_with("synq: AI: none")
+                || (line.starts_with("synq: AI: embedded model /"));
+            if is_final {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str], env: &[(&str, &str)]) -> Serve {
+    let data = tempfile::tempdir().expect("tempdir").keep();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synq"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start synq serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let base = line
+        .trim()
+        .strip_prefix("synq: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    Serve {
+        child,
+        base,
+        stderr,
+    }
+}
+
+fn test_model() -> PathBuf {
+    let path = std::env::var_os("SYNQ_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            dirs::home_dir()
+                .unwrap_or_default()
+                .join(".cache/synq/test-models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "the test model is missing at {}: run scripts/fetch-test-model.sh",
+        path.display()
+    );
+    path
+}
+
+async fn ask(base: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 24, "temperature": 0
+    });
+    let r = reqwest::Client::new()
+        .post(format!("{base}/ai/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn the_embedded_model_answers_through_the_gateway() {
+    let model = test_model();
+    let mut server = serve(
+        &["--ai-model-path", model.to_str().expect("utf-8 path")],
+        &[],
+    );
+    let said = server.ai_line();
+    assert!(said.contains("SmolLM2"), "{said}");
+    let (status, v) = ask(&server.base).await;
+    assert_eq!(status, 200, "{v}");
+    let text = v
+        .pointer("/choices/0/message/content")
+        .and_then(|c| c.as_str())
+        .unwrap_or("");
+    assert!(
+        text.split_whitespace().count() >= 2,
+        "an answer in words: {v}"
+    );
+    assert_eq!(v["model"], "SmolLM2-135M-Instruct.Q4_1");
+}
+
+#[tokio::test]
+async fn without_weights_the_gateway_says_why_and_how_to_fix_it() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let hf_home = empty.path().to_str().expect("utf-8");
+    let mut server = serve(&[], &[("HF_HOME", hf_home), ("HF_HUB_OFFLINE", "1")]);
+    let said = server.ai_line();
+    assert!(
+        said.contains("--ai-model-path"),
+        "stderr explains it too: {said}"
+    );
+    let (status, v) = ask(&server.base).await;
+    assert_eq!(status, 503, "{v}");
+    let msg = v
+        .pointer("/error/message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("");
+    assert!(msg.contains("--ai-model-path"), "{msg}");
+    assert!(msg.contains("--ai-url"), "{msg}");
+}
