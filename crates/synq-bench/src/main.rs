@@ -584,7 +584,8 @@ impl Spawned {
         }
         server_args.extend(extra.iter().cloned());
         let mut c = tokio::process::Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            // No AI: the embedded model would load in the background and skew the figures.
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-ai", "--data-dir"])
             .arg(&data)
             .args(&server_args)
             .stdin(Stdio::null())

@@ -61,8 +61,8 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
                 Ok(path) => path,
                 Err(e) => {
                     let why = with_fix(e.to_string(), fix);
+                    slot.set(BackendState::Unavailable(why.clone()));
                     eprintln!("synq: AI: none: {why}");
-                    slot.set(BackendState::Unavailable(why));
                     return;
                 }
             }
@@ -79,25 +79,25 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
     .await;
     match loaded {
         Ok(Ok(backend)) => {
-            eprintln!("synq: AI: embedded model {}", path.display());
             slot.set(BackendState::Ready(Arc::new(backend)));
+            eprintln!("synq: AI: embedded model {}", path.display());
         }
         Ok(Err(e)) => {
             let why = with_fix(e.to_string(), fix);
+            slot.set(BackendState::Unavailable(why.clone()));
             eprintln!("synq: AI: none: {why}");
-            slot.set(BackendState::Unavailable(why));
         }
         Err(e) => {
             let why = format!("loading the embedded AI model failed: {e}. {fix}");
+            slot.set(BackendState::Unavailable(why.clone()));
             eprintln!("synq: AI: none: {why}");
-            slot.set(BackendState::Unavailable(why));
         }
     }
 }
 
-/// The error's own advice if it has some, else ours.
+/// The error with our advice, unless it already gives all of it.
 fn with_fix(error: String, fix: &str) -> String {
-    if error.contains("To fix") {
+    if error.contains("--ai-model-path") && error.contains("--ai-model ") {
         error
     } else {
         format!("{error}. {fix}")

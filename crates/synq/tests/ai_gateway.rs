@@ -55,6 +55,9 @@ fn serve(extra: &[&str]) -> Serve {
         .env_remove("SYNQ_AI_MODEL")
         .env_remove("SYNQ_AI_MODEL_PATH")
         .env("SYNQ_AI_KEY", "sk-from-env")
+        // Without --ai-url the embedded model is the default: never download it in tests.
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", dir.path().join("hf"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -430,7 +433,7 @@ async fn upstream_errors_reach_the_client_with_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_backend_the_ai_answers_503_saying_how_to_fix_it() {
     let s = serve(&[]);
-    let line = s.stderr_line("synq: AI:");
+    let line = s.stderr_line("synq: AI: none");
     assert!(line.contains("--ai-url"), "{line}");
     let url = s.url("/ai/v1/chat/completions");
     let mut msg = String::new();

@@ -40,6 +40,7 @@ fn serve(data_dir: &Path) -> Serve {
             "127.0.0.1:0",
             "--client-rate-limit",
             "0",
+            "--no-ai",
             "--data-dir",
         ])
         .arg(data_dir)

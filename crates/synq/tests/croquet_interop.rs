@@ -71,7 +71,7 @@ fn real_croquet_clients_agree_through_synq() {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut server = Command::new(env!("CARGO_BIN_EXE_synq"));
     server
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-ai", "--data-dir"])
         .arg(data_dir.path())
         .args(["--snapshot-request-at", "20"])
         .env("RUST_LOG", "info")

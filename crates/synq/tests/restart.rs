@@ -20,7 +20,7 @@ struct Serve {
 
 fn serve(data_dir: &Path) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_synq"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-ai", "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

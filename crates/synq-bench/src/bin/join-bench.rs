@@ -152,6 +152,8 @@ async fn spawn(bin: &str, events: u64) -> anyhow::Result<(tokio::process::Child,
             "127.0.0.1:0",
             "--client-rate-limit",
             "0",
+            // The embedded AI model would load in the background and skew the figures.
+            "--no-ai",
         ])
         .args([
             "--snapshot-request-at",
