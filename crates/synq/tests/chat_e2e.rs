@@ -1,10 +1,10 @@
 //! The AI chat end to end: native participants through a real `synq serve`, whose AI
 //! gateway forwards to a real HTTP upstream speaking the OpenAI streaming API.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod common;
 
 use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
 use synq_ai::testing::{FAKE_MODEL, FakeUpstream, Reply};
@@ -14,46 +14,8 @@ use synq_client::ClientConfig;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data_dir: &std::path::Path, ai_url: &str) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_synq"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ai-url",
-            ai_url,
-            "--ai-model",
-            FAKE_MODEL,
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start synq serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read listening line");
-    let base = line
-        .trim()
-        .strip_prefix("synq: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from synq serve: {line:?}"))
-        .to_owned();
-    Serve { child, base }
+fn serve(data_dir: &std::path::Path, ai_url: &str) -> common::Serve {
+    common::serve(data_dir, &["--ai-url", ai_url, "--ai-model", FAKE_MODEL])
 }
 
 /// The AI as a participant reaches it: through the gateway of the server it joined.

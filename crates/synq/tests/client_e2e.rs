@@ -2,13 +2,14 @@
 //! reconnect without lost or duplicated input, wrong password, tampered and forged
 //! frames, and a reflector that never sees plaintext.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
+use common::Serve;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use synq_client::{ClientConfig, ClientError, Session, SessionEvent, join};
@@ -20,45 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 const PATIENCE: Duration = Duration::from_secs(30);
 const CANARY: &str = "PLAINTEXT-CANARY-7f3a";
 
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(data_dir: &Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_synq"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--client-rate-limit",
-            "0",
-            "--no-ai",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start synq serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("synq: listening on http://")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from synq serve: {line:?}"));
-    Serve { child, addr }
+    common::serve(data_dir, &["--client-rate-limit", "0", "--no-ai"])
 }
 
 fn config(base: &str, session: &str, password: &str) -> ClientConfig {
@@ -126,7 +90,7 @@ async fn settle(sessions: &mut [Session<Room>], by: usize, marker: &str) {
 }
 
 fn base(s: &Serve) -> String {
-    format!("http://{}", s.addr)
+    s.base.clone()
 }
 
 #[tokio::test]

@@ -2,67 +2,23 @@
 //! its weights are there (`--ai-model-path`, the real SmolLM2-135M GGUF), and the gateway
 //! explains how to fix it when they cannot be had (offline, nothing cached).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
-struct Serve {
-    child: Child,
-    base: String,
-    stderr: BufReader<std::process::ChildStderr>,
+fn serve(args: &[&str], env: &[(&str, &str)]) -> common::Serve {
+    let data = tempfile::tempdir().expect("tempdir");
+    common::serve_with(&data.keep(), args, env)
 }
 
-impl Serve {
-    /// Waits for the line in which `synq serve` says which AI serves (or why none does),
-    /// printed once the model is loaded or has failed.
-    fn ai_line(&mut self) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.stderr.read_line(&mut line).expect("stderr");
-            assert!(n > 0, "synq serve ended before it said which AI serves");
-            let is_final = line.starts_with("synq: AI: none")
-                || (line.starts_with("synq: AI: embedded model /"));
-            if is_final {
-                return line;
-            }
+/// The line in which `synq serve` says which AI serves (or why none does), printed once
+/// the model is loaded or has failed.
+fn ai_line(server: &mut common::Serve) -> String {
+    loop {
+        let line = server.stderr_line("synq: AI: ");
+        if line.starts_with("synq: AI: none") || line.starts_with("synq: AI: embedded model /") {
+            return line;
         }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(args: &[&str], env: &[(&str, &str)]) -> Serve {
-    let data = tempfile::tempdir().expect("tempdir").keep();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synq"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start synq serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let base = line
-        .trim()
-        .strip_prefix("synq: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    Serve {
-        child,
-        base,
-        stderr,
     }
 }
 
@@ -104,7 +60,7 @@ async fn the_embedded_model_answers_through_the_gateway() {
         &["--ai-model-path", model.to_str().expect("utf-8 path")],
         &[],
     );
-    let said = server.ai_line();
+    let said = ai_line(&mut server);
     assert!(said.contains("SmolLM2"), "{said}");
     let (status, v) = ask(&server.base).await;
     assert_eq!(status, 200, "{v}");
@@ -124,7 +80,7 @@ async fn without_weights_the_gateway_says_why_and_how_to_fix_it() {
     let empty = tempfile::tempdir().expect("tempdir");
     let hf_home = empty.path().to_str().expect("utf-8");
     let mut server = serve(&[], &[("HF_HOME", hf_home), ("HF_HUB_OFFLINE", "1")]);
-    let said = server.ai_line();
+    let said = ai_line(&mut server);
     assert!(
         said.contains("--ai-model-path"),
         "stderr explains it too: {said}"

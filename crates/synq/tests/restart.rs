@@ -1,43 +1,17 @@
 //! Sessions survive a restart of `synq serve`, including `kill -9`: every message that was
 //! broadcast before the kill is in the SYNC a client gets from the restarted server.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use common::serve;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 const PATIENCE: Duration = Duration::from_secs(10);
-
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-}
-
-fn serve(data_dir: &Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_synq"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-ai", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start synq serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("synq: listening on http://")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from synq serve: {line:?}"));
-    Serve { child, addr }
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -74,7 +48,7 @@ async fn next(ws: &mut Ws) -> Value {
 #[tokio::test]
 async fn no_broadcast_message_is_lost_by_kill_9_and_the_session_resumes_on_its_timeline() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut first = serve(dir.path());
+    let mut first = serve(dir.path(), &["--no-ai"]);
     let (mut ws, sync) = join(first.addr, "durable", "va").await;
     let timeline = sync["timeline"].clone();
     const N: usize = 150; // under the default per-client burst
@@ -102,7 +76,7 @@ async fn no_broadcast_message_is_lost_by_kill_9_and_the_session_resumes_on_its_t
     first.child.kill().expect("kill -9");
     let _ = first.child.wait();
 
-    let mut second = serve(dir.path());
+    let mut second = serve(dir.path(), &["--no-ai"]);
     let (mut ws2, sync) = join(second.addr, "durable", "vb").await;
     let payloads: Vec<String> = sync["messages"]
         .as_array()
@@ -149,7 +123,7 @@ async fn no_broadcast_message_is_lost_by_kill_9_and_the_session_resumes_on_its_t
 #[tokio::test]
 async fn a_snapshot_pointer_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut first = serve(dir.path());
+    let mut first = serve(dir.path(), &["--no-ai"]);
     let (mut ws, _) = join(first.addr, "snapped", "va").await;
     let mut seqs = Vec::new();
     for k in 0..4 {
@@ -180,7 +154,7 @@ async fn a_snapshot_pointer_survives_a_restart() {
     while next(&mut ws).await["action"] != "PONG" {}
     first.child.kill().expect("kill");
     let _ = first.child.wait();
-    let mut second = serve(dir.path());
+    let mut second = serve(dir.path(), &["--no-ai"]);
     let (_ws2, sync) = join(second.addr, "snapped", "vb").await;
     assert_eq!(sync["url"], "http://example/files/s.snap");
     assert_eq!(sync["snapshotSeq"].as_u64(), Some(seqs[1].1));

@@ -1,0 +1,83 @@
+//! Starting the real `synq serve` binary for the tests of this crate.
+#![allow(dead_code)] // each test file uses its own part of this
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Stdio};
+
+/// A running `synq serve` on a free port; killed when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// `http://ADDR`
+    pub base: String,
+    stderr: Option<BufReader<ChildStderr>>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `synq serve --listen 127.0.0.1:0 --data-dir DATA_DIR ARGS…` and waits for its
+/// `synq: listening on` line. Its stderr is discarded.
+pub fn serve(data_dir: &Path, args: &[&str]) -> Serve {
+    start(data_dir, args, &[], false)
+}
+
+/// Like [`serve`], with extra environment and stderr kept for [`Serve::stderr_line`].
+pub fn serve_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+    start(data_dir, args, env, true)
+}
+
+fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)], keep_stderr: bool) -> Serve {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synq"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(if keep_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start synq serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("synq: listening on http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line from synq serve: {line:?}"));
+    let stderr = child.stderr.take().map(BufReader::new);
+    Serve {
+        child,
+        addr,
+        base: format!("http://{addr}"),
+        stderr,
+    }
+}
+
+impl Serve {
+    /// The next stderr line that starts with `prefix` (needs [`serve_with`]).
+    pub fn stderr_line(&mut self, prefix: &str) -> String {
+        let stderr = self.stderr.as_mut().expect("started with serve_with");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stderr.read_line(&mut line).expect("stderr");
+            assert!(n > 0, "synq serve ended before printing {prefix:?}");
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+}
