@@ -184,7 +184,6 @@ async fn a_flooding_client_is_closed_with_4105_and_the_session_goes_on() {
 }
 
 #[tokio::test]
-#[ignore = "fails since 2026-11-25: the slow reader receives every message instead of being cut off; under investigation (see the session note)"]
 async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everything() {
     let server = start(|c| {
         c.client_rate_limit = 0;
@@ -220,8 +219,26 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
         }
     }
     let _sender = send_task.await.expect("sender");
-    // The slow client's connection was ended by the reflector: reading what is left
-    // reaches the end instead of all N messages.
+    // The reflector gives the stuck write `write_timeout` before it gives up on `slow`.
+    // Reading `slow` earlier would unblock that write, so wait for the reflector's
+    // decision (the metric has no notification; it is checked every 10 ms, for at most 20 s).
+    let metrics = &server.reflector_metrics;
+    let rejected = || {
+        metrics
+            .clients_rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for _ in 0..2000 {
+        if rejected() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        rejected() >= 1,
+        "the reflector gave up on the client that stopped reading"
+    );
+    // Its connection was ended: reading what is left reaches the end, not all N messages.
     let mut received = 0;
     let end = loop {
         match slow.next().await {
@@ -233,13 +250,6 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
     assert!(
         received < N,
         "the slow client was cut off ({received} of {N} delivered, ended {end:?})"
-    );
-    let metrics = &server.reflector_metrics;
-    assert!(
-        metrics
-            .clients_rejected
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
     );
 }
 
