@@ -10,7 +10,7 @@ use std::time::Duration;
 mod common;
 
 use common::Serve;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use synq_client::{ClientConfig, ClientError, Session, SessionEvent, join};
 use synq_model::demo::{Room, RoomInput, RoomViewData};
@@ -345,7 +345,7 @@ async fn an_unreachable_reflector_is_a_clear_error() {
     assert!(err.to_string().contains("unreachable"));
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+use common::Ws;
 
 /// A raw protocol client with a valid identity but no session key: an outsider, or a
 /// participant's compromised device, or what a reflector operator could do.
@@ -364,16 +364,7 @@ async fn raw_join(addr: SocketAddr, session: &str) -> Ws {
 }
 
 async fn next_frame(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("frame in time")
-        {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).expect("json"),
-            Some(Ok(_)) => continue,
-            other => panic!("raw connection ended: {other:?}"),
-        }
-    }
+    common::next_json(ws, PATIENCE).await
 }
 
 #[tokio::test]

@@ -7,14 +7,13 @@ use std::time::Duration;
 mod common;
 
 use common::serve;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::Ws;
 
 async fn join(addr: SocketAddr, session: &str, user: &str) -> (Ws, Value) {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/reflector/{session}"))
@@ -33,16 +32,7 @@ async fn join(addr: SocketAddr, session: &str, user: &str) -> (Ws, Value) {
 }
 
 async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("frame in time")
-        {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).expect("json"),
-            Some(Ok(_)) => continue,
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
+    common::next_json(ws, PATIENCE).await
 }
 
 #[tokio::test]

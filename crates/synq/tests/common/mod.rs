@@ -81,3 +81,24 @@ impl Serve {
         }
     }
 }
+
+/// A raw WebSocket to the reflector, for tests that speak the protocol themselves.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame as JSON (other frames skipped); panics after `patience` or if the
+/// connection ends.
+pub async fn next_json(ws: &mut Ws, patience: std::time::Duration) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(patience, ws.next())
+            .await
+            .expect("frame in time")
+        {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).expect("json"),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
