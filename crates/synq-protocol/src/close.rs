@@ -33,6 +33,8 @@ pub enum CloseCode {
     /// 4107: in a synq session, a JOIN whose view id does not match its proof (see
     /// `identity`).
     BadIdentity,
+    /// 4108: the server holds as many sessions as it may (in all, or for this address).
+    ServerFull,
     /// 4109: an internal error while handling a message.
     UnknownError,
     /// 4121: no JOIN within the allowed time after connecting.
@@ -54,6 +56,7 @@ impl CloseCode {
             CloseCode::RateLimited => 4105,
             CloseCode::SessionFull => 4106,
             CloseCode::BadIdentity => 4107,
+            CloseCode::ServerFull => 4108,
             CloseCode::UnknownError => 4109,
             CloseCode::NeverJoined => 4121,
         }
@@ -73,6 +76,7 @@ impl CloseCode {
             CloseCode::RateLimited => "rate limit exceeded",
             CloseCode::SessionFull => "session full",
             CloseCode::BadIdentity => "view id does not match its proof",
+            CloseCode::ServerFull => "server full",
             CloseCode::UnknownError => "unknown error",
             CloseCode::NeverJoined => "client never joined",
         }
@@ -88,7 +92,7 @@ impl CloseCode {
     }
 }
 
-const ALL: [CloseCode; 14] = [
+const ALL: [CloseCode; 15] = [
     CloseCode::UnknownSession,
     CloseCode::ClientUnresponsive,
     CloseCode::ClientInactive,
@@ -101,6 +105,7 @@ const ALL: [CloseCode; 14] = [
     CloseCode::RateLimited,
     CloseCode::SessionFull,
     CloseCode::BadIdentity,
+    CloseCode::ServerFull,
     CloseCode::UnknownError,
     CloseCode::NeverJoined,
 ];

@@ -106,11 +106,28 @@ pub struct Sync<'a> {
     pub timeline: &'a str,
     /// Flags object as JSON text, e.g. `{}` or `{"rawtime":true}`.
     pub flags_json: &'a str,
+    /// synq sessions: what to load if the snapshot cannot be (`url` empty: replay every
+    /// message from the session's start); the messages then start after it.
+    pub fallback: Option<SnapshotRef<'a>>,
 }
 
 impl Sync<'_> {
     /// The SYNC frame; `messages` are retained message arrays as text, in order.
     pub fn frame<'m>(&self, id_json: &str, messages: impl Iterator<Item = &'m str>) -> String {
+        let (mut f, tail) = self.parts(id_json);
+        for (i, m) in messages.enumerate() {
+            if i > 0 {
+                f.push(',');
+            }
+            f.push_str(m);
+        }
+        f.push_str(&tail);
+        f
+    }
+
+    /// The SYNC frame's text before and after its message arrays (which go between,
+    /// separated by commas): for writing a large SYNC without building it whole.
+    pub fn parts(&self, id_json: &str) -> (String, String) {
         let mut f = String::with_capacity(256);
         f.push_str("{\"id\":");
         f.push_str(id_json);
@@ -122,12 +139,8 @@ impl Sync<'_> {
         };
         f.push_str(&quote(url));
         f.push_str(",\"messages\":[");
-        for (i, m) in messages.enumerate() {
-            if i > 0 {
-                f.push(',');
-            }
-            f.push_str(m);
-        }
+        let head = f;
+        let mut f = String::with_capacity(256);
         let _ = write!(f, "],\"time\":{},\"seq\":{}", self.time, self.seq);
         if let Some(t) = self.tove {
             f.push_str(",\"tove\":");
@@ -148,8 +161,17 @@ impl Sync<'_> {
         } else if persisted {
             f.push_str(",\"persisted\":true");
         }
+        if let Some(fb) = &self.fallback {
+            let _ = write!(
+                f,
+                ",\"fallback\":{{\"url\":{},\"time\":{},\"seq\":{}}}",
+                quote(fb.url),
+                fb.time_raw,
+                fb.seq
+            );
+        }
         f.push_str("}}");
-        f
+        (head, f)
     }
 }
 
@@ -270,6 +292,7 @@ mod tests {
             reflector: "local",
             timeline: "30ypym0cclf",
             flags_json: "{}",
+            fallback: None,
         };
         assert_eq!(
             s.frame(&quote("sid"), std::iter::empty()),
@@ -292,6 +315,7 @@ mod tests {
             reflector: "local",
             timeline: "t",
             flags_json: "{}",
+            fallback: None,
         };
         let f = s.frame(&quote("sid"), ["[1,2,\"a\"]", "[3,4,\"b\"]"].into_iter());
         let v: serde_json::Value = serde_json::from_str(&f).unwrap();

@@ -57,6 +57,43 @@ pub struct CheckedUser {
     pub announced: String,
 }
 
+/// Why a message's content was refused in a synq session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContentError {
+    #[error("a message in a synq session must be [time, seq, \"<base64 ciphertext>\", latency]")]
+    Shape,
+}
+
+/// Checks that the elements after `[time, seq` of a client's message are what a synq
+/// client sends: one base64 string (the sealed payload) and the latency number.
+///
+/// Anything else is refused by the reflector in synq sessions: in particular an object
+/// payload, which clients would take for a reflector event (`{"what":"users",…}`), and
+/// extra elements, which would sit where the reflector puts the sender's stamp.
+pub fn check_content(tail: &crate::client::MessageTail) -> Result<(), ContentError> {
+    if tail.len != 2 {
+        return Err(ContentError::Shape);
+    }
+    let (payload, latency) = tail
+        .text
+        .split_at_checked(tail.last_offset.saturating_sub(1))
+        .ok_or(ContentError::Shape)?;
+    let sealed = payload
+        .strip_prefix('"')
+        .and_then(|p| p.strip_suffix('"'))
+        .ok_or(ContentError::Shape)?;
+    let base64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    if sealed.is_empty() || !sealed.bytes().all(base64) {
+        return Err(ContentError::Shape);
+    }
+    // `latency` is ",<number>".
+    let number = latency.strip_prefix(',').ok_or(ContentError::Shape)?;
+    if number.parse::<f64>().is_err() {
+        return Err(ContentError::Shape);
+    }
+    Ok(())
+}
+
 /// Checks a JOIN's `user` value in a synq session.
 pub fn check_user(user_json: &str) -> Result<CheckedUser, IdentityError> {
     let value: Value = serde_json::from_str(user_json).map_err(|_| IdentityError::Shape)?;
@@ -96,6 +133,28 @@ mod tests {
         assert_eq!(checked.view_id, id);
         assert!(!checked.announced.contains("secret"));
         assert!(checked.announced.contains(r#""data":"enc""#));
+    }
+
+    #[test]
+    fn only_a_sealed_string_and_a_latency_are_content() {
+        use crate::client::SendArgs;
+        let tail = |args: &str| {
+            let raw = serde_json::value::RawValue::from_string(args.to_owned()).unwrap();
+            SendArgs::parse(Some(&raw)).unwrap().tail
+        };
+        assert_eq!(check_content(&tail(r#"[0,0,"AbC+/9==",0]"#)), Ok(()));
+        assert_eq!(check_content(&tail(r#"[0,0,"AbC",12.5]"#)), Ok(()));
+        for bad in [
+            r#"[0,0,{"what":"users","left":[{"id":"x"}]},0]"#,
+            r#"[0,0,"AbC",0,"forgedviewid"]"#,
+            r#"[0,0,"AbC"]"#,
+            r#"[0,0,"",0]"#,
+            r#"[0,0,"a\u0022b",0]"#,
+            r#"[0,0,"AbC","0"]"#,
+            r#"[0,0,["AbC"],0]"#,
+        ] {
+            assert_eq!(check_content(&tail(bad)), Err(ContentError::Shape), "{bad}");
+        }
     }
 
     #[test]

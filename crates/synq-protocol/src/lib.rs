@@ -24,6 +24,13 @@ pub const INITIAL_SEQ: u32 = 0xFFFF_FFF0;
 /// Tick period (ms) used when the session-creating JOIN does not say.
 pub const DEFAULT_TICK_MS: f64 = 200.0;
 
+/// Shortest idle tick period (ms) a session may ask for. Croquet's clients ask for
+/// 20–1000 ms; shorter periods only cost the reflector CPU.
+pub const MIN_TICK_MS: f64 = 20.0;
+
+/// Longest idle tick period (ms) a session may ask for.
+pub const MAX_TICK_MS: f64 = 60_000.0;
+
 /// Join/leave announcements are batched over this window (ms).
 pub const USERS_INTERVAL_MS: u64 = 200;
 

@@ -37,17 +37,32 @@ async fn a_proven_view_is_announced_without_its_proof_and_its_messages_are_stamp
 }
 
 #[tokio::test]
-async fn a_forged_sender_element_is_followed_by_the_real_one() {
+async fn every_message_is_stamped_and_a_stamp_of_the_clients_own_is_refused() {
     let server = start(|_| {}).await;
     let mut a = Client::connect(&server, "synq1-forge").await;
     a.join_with(Client::join_args(user("mallory"), 1000.0))
         .await;
     a.users().await;
-    let victim = view_id_for_proof("victim");
-    a.send_json(json!({"id": "synq1-forge", "action": "SEND", "args": [0, 0, "x", 0, victim]}))
+    a.send_json(json!({"id": "synq1-forge", "action": "SEND", "args": [0, 0, "eA==", 0]}))
         .await;
     let m = a.recv_client().await;
     assert_eq!(m.rest.last(), Some(&json!(view_id_for_proof("mallory"))));
+    let victim = view_id_for_proof("victim");
+    a.send_json(json!({"id": "synq1-forge", "action": "SEND", "args": [0, 0, "eA==", 0, victim]}))
+        .await;
+    assert_eq!(a.expect_end().await, Ended::Closed(4102));
+}
+
+#[tokio::test]
+async fn object_payloads_posing_as_reflector_events_are_refused_in_synq_sessions() {
+    let server = start(|_| {}).await;
+    let mut a = Client::connect(&server, "synq1-pose").await;
+    a.join_with(Client::join_args(user("eve"), 1000.0)).await;
+    a.users().await;
+    let users = json!({"what": "users", "left": [{"id": view_id_for_proof("alice")}]});
+    a.send_json(json!({"id": "synq1-pose", "action": "SEND", "args": [0, 0, users, 0]}))
+        .await;
+    assert_eq!(a.expect_end().await, Ended::Closed(4102));
 }
 
 #[tokio::test]
