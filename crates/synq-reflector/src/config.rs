@@ -38,8 +38,28 @@ pub struct ReflectorConfig {
     pub client_backlog: usize,
     /// A client that cannot take a write for this long is disconnected.
     pub write_timeout: Duration,
-    /// Clients per session.
+    /// Participants (connections that joined with a user) per session.
     pub max_clients_per_session: usize,
+    /// Connections that joined without a user (observers) per session: counted apart, so
+    /// that silent connections cannot fill a room.
+    pub max_observers_per_session: usize,
+    /// Sessions in memory at once; a JOIN that would start another is refused (4108).
+    pub max_sessions: usize,
+    /// Sessions in memory started by one address (IPv6: one /64).
+    pub max_sessions_per_address: usize,
+    /// Bytes of retained messages one session may hold before it refuses messages until
+    /// a snapshot arrives (the message-count limit applies as well).
+    pub max_session_bytes: usize,
+    /// Bytes of retained messages all sessions together may hold.
+    pub max_stored_bytes: usize,
+    /// Shortest idle tick period a session may ask for (longer ones are capped at 60 s).
+    pub min_tick: Duration,
+    /// A session accepts at most one snapshot (SNAP) per this interval.
+    pub snapshot_min_interval: Duration,
+    /// `debounce` message ids remembered per session.
+    pub max_debounce_ids: usize,
+    /// Journals of sessions that nobody joined for this long are deleted (`None`: kept).
+    pub session_retention: Option<Duration>,
     /// Time allowed between connecting and JOIN.
     pub join_timeout: Duration,
     /// A joined client that sends nothing (not even PULSE) for this long is disconnected.
@@ -64,6 +84,15 @@ impl ReflectorConfig {
             client_backlog: 4096,
             write_timeout: Duration::from_secs(10),
             max_clients_per_session: 1000,
+            max_observers_per_session: 100,
+            max_sessions: 5000,
+            max_sessions_per_address: 100,
+            max_session_bytes: 32 * 1024 * 1024,
+            max_stored_bytes: 1024 * 1024 * 1024,
+            min_tick: Duration::from_millis(synq_protocol::MIN_TICK_MS as u64),
+            snapshot_min_interval: Duration::from_secs(2),
+            max_debounce_ids: 1000,
+            session_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             join_timeout: Duration::from_secs(35),
             inactivity_timeout: Duration::from_secs(60),
             idle_grace: Duration::from_secs(10),

@@ -3,6 +3,7 @@
 //! ready into one socket write.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::island::Command;
+use crate::island::{Command, SyncFrame};
 use crate::metrics::Metrics;
 use crate::registry::{Ctx, SessionHandle};
 
@@ -36,9 +37,10 @@ pub(crate) enum Shared {
 #[derive(Debug)]
 pub(crate) enum Direct {
     Frame(Utf8Bytes),
-    /// The SYNC, and the broadcast stream positioned right after it (active clients only).
+    /// The SYNC (written piece by piece, never built whole), and the broadcast stream
+    /// positioned right after it (active clients only).
     Sync {
-        frame: Utf8Bytes,
+        frame: SyncFrame,
         stream: Option<broadcast::Receiver<Shared>>,
     },
     Close(CloseCode),
@@ -48,6 +50,10 @@ pub(crate) enum Direct {
 #[derive(Clone, Debug)]
 pub(crate) struct ConnHandle {
     pub id: ConnId,
+    /// The peer's address group (IPv6: its /64), for per-address limits.
+    pub peer: IpAddr,
+    /// The `Host` the client connected to: snapshots must be stored there.
+    pub host: Option<Arc<str>>,
     direct: mpsc::Sender<Direct>,
     /// Cancelled when the connection must end now (e.g. its direct queue overflowed).
     kill: CancellationToken,
@@ -71,13 +77,21 @@ impl ConnHandle {
 /// One task does both directions: it waits for whichever comes first — a frame from the
 /// client, a frame for it from the session, a deadline — so reading and writing never
 /// contend for a split socket (which lost read wake-ups under concurrent traffic).
-pub(crate) async fn run(mut socket: WebSocket, session_id: Option<String>, ctx: Arc<Ctx>) {
+pub(crate) async fn run(
+    mut socket: WebSocket,
+    session_id: Option<String>,
+    peer: IpAddr,
+    host: Option<String>,
+    ctx: Arc<Ctx>,
+) {
     let conn_id = ctx.next_conn_id();
     Metrics::add_i(&ctx.metrics.clients, 1);
     let (direct_tx, mut direct) = mpsc::channel(256);
     let kill = CancellationToken::new();
     let handle = ConnHandle {
         id: conn_id,
+        peer: crate::registry::address_group(peer),
+        host: host.map(Arc::from),
         direct: direct_tx,
         kill: kill.clone(),
     };
@@ -172,6 +186,12 @@ impl Conn {
                     None => return Exit::Done,
                 },
                 r = recv_stream(&mut self.stream) => Event::Out(Item::Stream(r)),
+                () = session_ended(&self.session) => {
+                    // Sessions only end by themselves once nobody is connected: this one
+                    // failed. A rejoin starts it afresh from its journal.
+                    tracing::warn!(conn = self.handle.id, session = %self.session_id, "closing client: its session failed");
+                    return Exit::Close(CloseCode::PleaseReconnect);
+                }
                 () = &mut timer => {
                     if Instant::now() < deadline {
                         // Activity moved the deadline since the timer was set.
@@ -332,11 +352,13 @@ impl Conn {
                     return None;
                 }
                 return match JoinArgs::parse(env.args) {
-                    Ok(args) => {
-                        self.session =
-                            Some(self.ctx.join(&self.session_id, self.handle.clone(), args));
-                        None
-                    }
+                    Ok(args) => match self.ctx.join(&self.session_id, self.handle.clone(), args) {
+                        Ok(session) => {
+                            self.session = Some(session);
+                            None
+                        }
+                        Err(code) => Some(code),
+                    },
                     Err(ArgsError::NoApiKey) => {
                         tracing::warn!(conn, session = %self.session_id, "closing client: JOIN without apiKey");
                         Some(CloseCode::BadApiKey)
@@ -384,13 +406,13 @@ impl Conn {
             }
             Action::Pulse => return None,
             Action::Log => {
+                // Debug-formatted: quotes and escapes, so a client cannot forge log lines.
                 let text = env.args.map(|a| a.get()).unwrap_or("");
-                let text = text.get(..text.floor_char_boundary(2000)).unwrap_or(text);
-                tracing::info!(conn, session = %self.session_id, "client log: {text}");
+                tracing::info!(conn, session = %self.session_id, text = ?cut(text, 500), "client log");
                 return None;
             }
             Action::Unknown(name) => {
-                tracing::warn!(conn, session = %self.session_id, action = %name, "unknown action ignored");
+                tracing::warn!(conn, session = %self.session_id, action = ?cut(&name, 40), "unknown action ignored");
                 return None;
             }
         };
@@ -405,6 +427,11 @@ impl Conn {
             }
         }
     }
+}
+
+/// At most `max` bytes of client-supplied text, for logs.
+fn cut(text: &str, max: usize) -> &str {
+    text.get(..text.floor_char_boundary(max)).unwrap_or(text)
 }
 
 /// Token bucket: `rate` messages per second sustained, `burst` at once.
@@ -463,6 +490,13 @@ enum Item {
     Stream(Result<Shared, RecvError>),
 }
 
+async fn session_ended(session: &Option<SessionHandle>) {
+    match session {
+        Some(s) => s.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_stream(
     stream: &mut Option<broadcast::Receiver<Shared>>,
 ) -> Result<Shared, RecvError> {
@@ -493,6 +527,23 @@ async fn feed_text(sink: &mut WebSocket, text: Utf8Bytes, batch: &mut Batch) -> 
         .map(|_| Exit::Done)
 }
 
+/// A SYNC: one frame if it is small, else `_CHUNK` pieces made one at a time as the socket
+/// takes them, so that a SYNC of a large session never exists as one string.
+async fn feed_sync(sink: &mut WebSocket, sync: SyncFrame, batch: &mut Batch) -> Option<Exit> {
+    batch.frames += 1;
+    batch.bytes += sync.len() as u64;
+    for piece in sync.pieces(synq_protocol::CHUNK_SIZE) {
+        if sink
+            .feed(Message::Text(Utf8Bytes::from(piece)))
+            .await
+            .is_err()
+        {
+            return Some(Exit::Done);
+        }
+    }
+    None
+}
+
 async fn feed(
     sink: &mut WebSocket,
     item: Item,
@@ -504,7 +555,7 @@ async fn feed(
         Item::Direct(Direct::Frame(f)) => feed_text(sink, f, batch).await,
         Item::Direct(Direct::Sync { frame, stream: s }) => {
             *stream = s;
-            feed_text(sink, frame, batch).await
+            feed_sync(sink, frame, batch).await
         }
         Item::Direct(Direct::Close(code)) => Some(Exit::Close(code)),
         Item::Stream(Ok(Shared::Msg(f))) => feed_text(sink, f, batch).await,

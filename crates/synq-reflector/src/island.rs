@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use synq_protocol::client::{
-    JoinArgs, SaveArgs, SendArgs, SendTags, SnapArgs, TickConfig, TuttiArgs,
+    JoinArgs, MessageTail, SaveArgs, SendArgs, SendTags, SnapArgs, TickConfig, TuttiArgs,
 };
 use synq_protocol::frames::{self, RecvFrame, SnapshotRef};
+use synq_protocol::identity::{check_content, is_synq_session};
 use synq_protocol::{CloseCode, INITIAL_SEQ};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -116,10 +117,97 @@ impl Retained {
         let s = self.frame.as_str();
         &s[self.args_start..s.len() - 1]
     }
+
+    /// What it costs to keep: counted against the session's and the server's limits.
+    fn bytes(&self) -> usize {
+        self.frame.len()
+    }
+}
+
+/// A SYNC as pieces: the text around the message list, and the retained messages, shared
+/// with the session (not copied). A SYNC of a large session is written to the socket in
+/// `_CHUNK` pieces made one at a time, so no SYNC ever exists as one string: clients that
+/// join and stop reading cost a piece each, not a copy of the session.
+#[derive(Debug)]
+pub(crate) struct SyncFrame {
+    head: String,
+    messages: Vec<(Utf8Bytes, usize)>,
+    tail: String,
+}
+
+impl SyncFrame {
+    fn args(frame: &Utf8Bytes, start: usize) -> &str {
+        let s = frame.as_str();
+        &s[start..s.len() - 1]
+    }
+
+    fn segments(&self) -> impl Iterator<Item = &str> {
+        let messages = self
+            .messages
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (f, start))| {
+                [if i == 0 { "" } else { "," }, SyncFrame::args(f, *start)]
+            });
+        std::iter::once(self.head.as_str())
+            .chain(messages)
+            .chain(std::iter::once(self.tail.as_str()))
+    }
+
+    /// Length of the whole frame in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.segments().map(str::len).sum()
+    }
+
+    /// The frame whole if it is at most `size` bytes, else `_CHUNK<first><last>` pieces of
+    /// at most `size` bytes of it, split on character boundaries (as `frames::chunk`).
+    pub(crate) fn pieces(&self, size: usize) -> impl Iterator<Item = String> + '_ {
+        let total = self.len();
+        let whole = total <= size;
+        let mut segments = self.segments();
+        let mut rest = "";
+        let mut emitted = 0;
+        std::iter::from_fn(move || {
+            if emitted >= total {
+                return None;
+            }
+            let prefix = if whole { 0 } else { 8 };
+            let mut piece = String::with_capacity(prefix + size.min(total - emitted));
+            if !whole {
+                piece.push_str("_CHUNK00");
+            }
+            while piece.len() - prefix < size {
+                if rest.is_empty() {
+                    match segments.next() {
+                        Some(s) => rest = s,
+                        None => break,
+                    }
+                    continue;
+                }
+                let mut end = (size - (piece.len() - prefix)).min(rest.len());
+                while !rest.is_char_boundary(end) {
+                    end -= 1;
+                }
+                if end == 0 {
+                    break;
+                }
+                piece.push_str(&rest[..end]);
+                rest = &rest[end..];
+            }
+            let first = emitted == 0;
+            emitted += piece.len() - prefix;
+            if !whole {
+                let flags = [u8::from(first), u8::from(emitted >= total)].map(|b| b'0' + b);
+                piece.replace_range(6..8, std::str::from_utf8(&flags).unwrap_or("00"));
+            }
+            Some(piece)
+        })
+    }
 }
 
 struct Client {
     handle: ConnHandle,
+    /// Joined with a user: a participant (announced, may vote, snapshot and set ticks).
     /// In synq sessions, the authenticated view id stamped on this connection's messages.
     view_id: Option<String>,
     user: Option<Box<serde_json::value::RawValue>>,
@@ -145,7 +233,7 @@ struct Tally {
 
 enum Out {
     Broadcast(Shared),
-    Sync { conn: ConnId, frame: String },
+    Sync { conn: ConnId, frame: SyncFrame },
     Direct(ConnId, Direct),
 }
 
@@ -156,8 +244,21 @@ pub(crate) struct Island {
     header: Option<Header>,
     clock: Clock,
     seq: u32,
+    /// Messages since the fallback (or since the session's start, or the snapshot).
     messages: VecDeque<Retained>,
+    /// The latest accepted snapshot: what joiners load.
     snapshot: Option<SnapshotPointer>,
+    /// What a synq joiner loads if the snapshot does not load: the snapshot before it, or
+    /// (url empty) a replay of every message since the session started. A SNAP that names
+    /// a file that is not a snapshot (its sender had no password) can then cost joiners
+    /// time, never the room.
+    fallback: Option<SnapshotPointer>,
+    /// `messages` start at the session's first message (none was ever dropped).
+    from_start: bool,
+    /// How many of `messages` (and their bytes) the latest snapshot contains: kept only
+    /// for the fallback, and the first to go when the session needs room.
+    covered: usize,
+    covered_bytes: usize,
     leave_delay: Duration,
     flags: BTreeMap<String, bool>,
     flags_json: String,
@@ -171,13 +272,19 @@ pub(crate) struct Island {
     tallies: HashMap<String, Tally>,
     completed: VecDeque<(String, f64)>,
     completed_sentinel: Option<f64>,
-    debounce: HashMap<String, Instant>,
+    /// msgID → (when last let through, its debounce period).
+    debounce: HashMap<String, (Instant, Duration)>,
+    /// Bytes of `messages`, also counted in the server-wide `stored_bytes`.
+    retained_bytes: usize,
+    last_snapshot_at: Option<Instant>,
     leaves: Vec<(Instant, ConnId)>,
     idle_due: Option<Instant>,
     last_requ: Option<u64>,
     last_info: Option<u64>,
     last_refusal: Option<u64>,
-    stream: broadcast::Sender<Shared>,
+    /// The broadcast stream, while anyone subscribes: made on demand, because its ring
+    /// of `client_backlog` slots is most of what an idle session would cost.
+    stream: Option<broadcast::Sender<Shared>>,
     journal: Option<Journal>,
     outbox: Vec<Out>,
 }
@@ -195,9 +302,19 @@ fn random_timeline() -> String {
     s
 }
 
-fn tick_period(ms: Option<f64>) -> Option<Duration> {
-    ms.filter(|t| t.is_finite() && *t > 0.0)
-        .map(|t| Duration::from_secs_f64(t.max(1.0) / 1000.0))
+/// The idle tick period for a requested one in ms: none for absent, zero, negative or NaN;
+/// otherwise clamped to [`min`, `MAX_TICK_MS`] (a huge value once made the conversion to a
+/// `Duration` panic and killed the session; a tiny one cost a core for 50 sessions).
+fn tick_period(ms: Option<f64>, min: Duration) -> Option<Duration> {
+    let min_ms = min.as_millis() as f64;
+    ms.filter(|t| *t > 0.0)
+        .map(|t| Duration::from_millis(t.clamp(min_ms, synq_protocol::MAX_TICK_MS) as u64))
+}
+
+/// A client-supplied delay in ms as a `Duration`, clamped to [0, 60 s].
+fn clamped_ms(ms: Option<f64>) -> Duration {
+    let ms = ms.filter(|d| *d > 0.0).unwrap_or(0.0).min(60_000.0);
+    Duration::from_millis(ms as u64)
 }
 
 impl Island {
@@ -222,7 +339,7 @@ impl Island {
         if resumed {
             tracing::info!(session = %id, messages = rec.messages.len(), seq = ?rec.last_seq, time = rec.time, snapshot = rec.snapshot.is_some(), "session resumed from journal");
         }
-        let messages = rec
+        let messages: VecDeque<Retained> = rec
             .messages
             .iter()
             .map(|m| Retained::new(m.seq, RecvFrame::from_args(&id_json, &m.args)))
@@ -231,17 +348,30 @@ impl Island {
         // second), so clients may have seen up to a second more; start past that so time
         // never goes backwards for a client that rejoins after a restart.
         let base = if resumed { rec.time + 1000 } else { 0 };
-        let (stream, _) = broadcast::channel(ctx.config.client_backlog.max(16));
+        let retained_bytes: usize = messages.iter().map(Retained::bytes).sum();
+        let covered = rec.snapshot.as_ref().map_or(0, |s| {
+            synq_protocol::seq::covered_by_snapshot(s.seq, messages.iter().map(|m| m.seq))
+        });
+        let covered_bytes = messages.iter().take(covered).map(Retained::bytes).sum();
+        Metrics::add_i(&ctx.metrics.stored_bytes, retained_bytes as i64);
         Metrics::add_i(&ctx.metrics.sessions, 1);
         Island {
-            tick: rec.header.as_ref().and_then(|h| tick_period(h.tick_ms)),
+            tick: rec
+                .header
+                .as_ref()
+                .and_then(|h| tick_period(h.tick_ms, ctx.config.min_tick)),
             header: rec.header,
             id,
             id_json,
             clock: Clock::new(base),
             seq: rec.last_seq.unwrap_or(INITIAL_SEQ),
             messages,
+            from_start: rec.snapshot.is_none()
+                && rec.fallback.as_ref().is_none_or(|f| f.url.is_empty()),
             snapshot: rec.snapshot,
+            fallback: rec.fallback,
+            covered,
+            covered_bytes,
             leave_delay: Duration::ZERO,
             flags: BTreeMap::new(),
             flags_json: "{}".into(),
@@ -255,16 +385,26 @@ impl Island {
             completed: VecDeque::new(),
             completed_sentinel: None,
             debounce: HashMap::new(),
+            retained_bytes,
+            last_snapshot_at: None,
             leaves: Vec::new(),
             idle_due: None,
             last_requ: None,
             last_info: None,
             last_refusal: None,
-            stream,
+            stream: None,
             journal,
             outbox: Vec::new(),
             ctx,
         }
+    }
+
+    /// The broadcast stream, made if nobody listens yet.
+    fn subscribe(&mut self) -> broadcast::Receiver<Shared> {
+        let capacity = self.ctx.config.client_backlog.max(16);
+        self.stream
+            .get_or_insert_with(|| broadcast::channel(capacity).0)
+            .subscribe()
     }
 
     /// The session's main loop; returns when the session has been idle long enough and
@@ -310,7 +450,6 @@ impl Island {
             j.time(time);
         }
         self.commit_journal();
-        Metrics::add_i(&self.ctx.metrics.sessions, -1);
         tracing::info!(session = %self.id, time, seq = self.seq, "session closed (idle)");
     }
 
@@ -361,8 +500,17 @@ impl Island {
                 }
             }
         }
-        if self.clients.len() >= self.ctx.config.max_clients_per_session {
-            tracing::warn!(session = %self.id, conn = conn.id, limit = self.ctx.config.max_clients_per_session, "JOIN refused: session full");
+        // Participants and observers are counted apart: silent observers cannot fill a room.
+        let participant = args.user.is_some();
+        let (same_kind, limit) = if participant {
+            let n = self.clients.values().filter(|c| c.active).count();
+            (n, self.ctx.config.max_clients_per_session)
+        } else {
+            let n = self.clients.values().filter(|c| !c.active).count();
+            (n, self.ctx.config.max_observers_per_session)
+        };
+        if same_kind >= limit {
+            tracing::warn!(session = %self.id, conn = conn.id, participant, limit, "JOIN refused: session full");
             conn.close(CloseCode::SessionFull);
             return;
         }
@@ -371,7 +519,8 @@ impl Island {
             let tick_ms = match args.ticks {
                 None => Some(synq_protocol::DEFAULT_TICK_MS),
                 Some(t) => Some(t.tick.unwrap_or(synq_protocol::DEFAULT_TICK_MS)),
-            };
+            }
+            .filter(|t| t.is_finite());
             let header = Header {
                 timeline: random_timeline(),
                 tove: args.tove.clone(),
@@ -381,21 +530,17 @@ impl Island {
                 persistent_id: args.persistent_id.clone(),
                 developer_id: args.developer_id.clone(),
             };
-            self.tick = tick_period(header.tick_ms);
+            self.tick = tick_period(header.tick_ms, self.ctx.config.min_tick);
             if let Some(j) = &mut self.journal {
                 j.header(&header);
             }
-            tracing::info!(session = %self.id, name = ?args.name, tick_ms = ?header.tick_ms, "session created");
+            // The name is the room's name in synq: not for logs that others may read.
+            tracing::info!(session = %self.id, tick = ?self.tick, "session created");
+            tracing::debug!(session = %self.id, name = ?args.name, "session name");
             self.header = Some(header);
         }
         // leaveDelay and flags are session-wide and follow the latest JOIN (as in Croquet).
-        self.leave_delay = Duration::from_secs_f64(
-            args.leave_delay
-                .filter(|d| d.is_finite() && *d > 0.0)
-                .unwrap_or(0.0)
-                .min(60_000.0)
-                / 1000.0,
-        );
+        self.leave_delay = clamped_ms(args.leave_delay);
         self.flags = args.flags.clone();
         self.flags_json = serde_json::to_string(&self.flags).unwrap_or_else(|_| "{}".into());
         self.idle_due = None;
@@ -408,6 +553,15 @@ impl Island {
             };
         let time = self.clock.now();
         let header = self.header.as_ref();
+        // Croquet clients get the messages after the snapshot; synq clients all retained
+        // ones, with the fallback that they start from.
+        let synq = is_synq_session(&self.id);
+        let skip = match (&self.snapshot, synq) {
+            (Some(s), false) => {
+                synq_protocol::seq::covered_by_snapshot(s.seq, self.messages.iter().map(|m| m.seq))
+            }
+            _ => 0,
+        };
         let sync = frames::Sync {
             snapshot: self.snapshot.as_ref().map(|s| SnapshotRef {
                 time_raw: &s.time_raw,
@@ -421,8 +575,27 @@ impl Island {
             reflector: &self.ctx.config.label,
             timeline: header.map_or("", |h| h.timeline.as_str()),
             flags_json: &self.flags_json,
+            fallback: self
+                .fallback
+                .as_ref()
+                .filter(|_| synq)
+                .map(|s| SnapshotRef {
+                    time_raw: &s.time_raw,
+                    seq: s.seq,
+                    url: &s.url,
+                }),
         };
-        let frame = sync.frame(&self.id_json, self.messages.iter().map(Retained::args));
+        let (head, tail) = sync.parts(&self.id_json);
+        let frame = SyncFrame {
+            head,
+            messages: self
+                .messages
+                .iter()
+                .skip(skip)
+                .map(|m| (m.frame.clone(), m.args_start))
+                .collect(),
+            tail,
+        };
         self.outbox.push(Out::Sync {
             conn: conn.id,
             frame,
@@ -486,53 +659,107 @@ impl Island {
     }
 
     fn send(&mut self, conn: ConnId, args: SendArgs, tags: Option<SendTags>) {
-        let Some(client) = self.clients.get(&conn) else {
+        let Some(tail) = self.client_tail(conn, &args.tail) else {
             return;
         };
-        // synq sessions: stamp the authenticated sender as the last element; a connection
-        // without an identity cannot send there.
-        let stamp = if synq_protocol::identity::is_synq_session(&self.id) {
-            match &client.view_id {
-                Some(id) => Some(frames::quote(id)),
-                None => return,
-            }
-        } else {
-            None
-        };
-        if let Some((msg_id, ms)) = tags.as_ref().and_then(SendTags::debounce) {
-            let now = Instant::now();
-            if let Some(last) = self.debounce.get(msg_id)
-                && now.duration_since(*last).as_secs_f64() * 1000.0 < ms
-            {
-                tracing::trace!(session = %self.id, msg_id, "debounced");
-                return;
-            }
-            self.debounce.insert(msg_id.to_owned(), now);
+        if let Some((msg_id, ms)) = tags.as_ref().and_then(SendTags::debounce)
+            && self.debounced(msg_id, ms)
+        {
+            tracing::trace!(session = %self.id, "debounced");
+            return;
         }
-        if let Some(stamp) = stamp {
-            let tail = format!("{},{stamp}", args.tail.text);
-            self.broadcast(&tail);
-        } else if self.flags.contains_key("rawtime") {
-            let raw = self.clock.raw().to_string();
-            let tail = args.tail.with_last_replaced(&raw);
-            self.broadcast(&tail);
-        } else {
-            self.broadcast(&args.tail.text);
-        }
+        self.broadcast(&tail, true);
     }
 
-    /// Sequence, journal and broadcast one message whose elements after `[time, seq` are `tail`.
-    fn broadcast(&mut self, tail: &str) -> bool {
-        let n = self.messages.len();
+    /// What to sequence for a client's message whose elements after `[time, seq` are
+    /// `tail`, or `None` if it must not be.
+    ///
+    /// In synq sessions the message must be exactly the sealed payload and the latency,
+    /// and the reflector appends the sending connection's view id: the last element of
+    /// every client message is the reflector's stamp, on every path (SEND and TUTTI's
+    /// `firstMsg`). A connection without an identity cannot send there, and one that sends
+    /// anything else (an object payload posing as a reflector event, a stamp of its own) is
+    /// closed. In Croquet sessions the message is passed on as it is (`rawtime` aside).
+    fn client_tail(&mut self, conn: ConnId, tail: &MessageTail) -> Option<String> {
+        let client = self.clients.get(&conn)?;
+        if is_synq_session(&self.id) {
+            let id = client.view_id.as_ref()?;
+            if let Err(e) = check_content(tail) {
+                tracing::warn!(session = %self.id, conn, "closing client: {e}");
+                client.handle.close(CloseCode::MalformedMessage);
+                return None;
+            }
+            return Some(format!("{},{}", tail.text, frames::quote(id)));
+        }
+        if self.flags.contains_key("rawtime") {
+            let raw = self.clock.raw().to_string();
+            return Some(tail.with_last_replaced(&raw));
+        }
+        Some(tail.text.clone())
+    }
+
+    /// Whether a message tagged `debounce` must be dropped: one with the same id went
+    /// through less than `ms` ago. What is remembered is bounded: ids longer than
+    /// [`MAX_DEBOUNCE_ID`] bytes are not debounced, periods are capped at a minute, and at
+    /// most `max_debounce_ids` ids are kept (expired ones are forgotten first; when all are
+    /// live, a new id is let through unremembered).
+    fn debounced(&mut self, msg_id: &str, ms: f64) -> bool {
+        if msg_id.len() > MAX_DEBOUNCE_ID {
+            return false;
+        }
+        let now = Instant::now();
+        if let Some((last, period)) = self.debounce.get(msg_id)
+            && now.duration_since(*last) < *period
+        {
+            return true;
+        }
+        if self.debounce.len() >= self.ctx.config.max_debounce_ids
+            && !self.debounce.contains_key(msg_id)
+        {
+            self.debounce
+                .retain(|_, (last, period)| now.duration_since(*last) < *period);
+            if self.debounce.len() >= self.ctx.config.max_debounce_ids {
+                return false;
+            }
+        }
+        self.debounce
+            .insert(msg_id.to_owned(), (now, clamped_ms(Some(ms))));
+        false
+    }
+
+    /// Sequence, journal and broadcast one message whose elements after `[time, seq` are
+    /// `tail`. A client's message (`from_client`) is also refused when the session or the
+    /// server holds as many bytes of messages as it may; the reflector's own (joins,
+    /// leaves, tallies) are small and always go through.
+    fn broadcast(&mut self, tail: &str, from_client: bool) -> bool {
         let ctx = Arc::clone(&self.ctx);
         let cfg = &ctx.config;
-        if n >= cfg.max_messages {
+        let bytes = tail.len() + self.id_json.len() + 48;
+        let server_bytes = || {
+            let b = ctx
+                .metrics
+                .stored_bytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            usize::try_from(b).unwrap_or(0)
+        };
+        let full = |island: &Island| {
+            island.messages.len() >= cfg.max_messages
+                || from_client
+                    && (island.retained_bytes + bytes > cfg.max_session_bytes
+                        || server_bytes() + bytes > cfg.max_stored_bytes)
+        };
+        if full(self) && self.drop_fallback() {
+            tracing::info!(session = %self.id, "the session needs room: its fallback snapshot is given up");
+        }
+        let n = self.messages.len();
+        if full(self) {
+            let server_bytes = server_bytes();
             let time = self.clock.now();
             self.request_snapshot(time);
             Metrics::add(&self.ctx.metrics.messages_refused, 1);
             if self.last_refusal.is_none_or(|t| time >= t + 1000) {
                 self.last_refusal = Some(time);
-                tracing::warn!(session = %self.id, retained = n, "message refused: session holds {n} messages since its last snapshot and needs a snapshot first");
+                tracing::warn!(session = %self.id, retained = n, bytes = self.retained_bytes, server_bytes, "message refused: the session holds as many messages as it may ({n} messages, {} bytes) and needs a snapshot first, or the server is at --max-stored-bytes", self.retained_bytes);
                 self.info_all(
                     "SNAPSHOT_NEEDED",
                     "Cannot buffer more messages. Need snapshot.",
@@ -542,11 +769,16 @@ impl Island {
             return false;
         }
         let time = self.clock.now();
-        if n + 1 >= cfg.snapshot_request_at {
+        // Asked for by what came since the latest snapshot (the fallback's share is
+        // given up when room is needed).
+        let since = n - self.covered;
+        if since + 1 >= cfg.snapshot_request_at
+            || self.retained_bytes - self.covered_bytes + bytes > cfg.max_session_bytes / 2
+        {
             self.request_snapshot(time);
             let almost_full =
                 cfg.max_messages - (cfg.max_messages.saturating_sub(cfg.snapshot_request_at)) / 4;
-            if n + 1 >= almost_full && self.last_info.is_none_or(|t| time >= t + 10_000) {
+            if since + 1 >= almost_full && self.last_info.is_none_or(|t| time >= t + 10_000) {
                 self.last_info = Some(time);
                 self.info_all(
                     "SNAPSHOT_NEEDED",
@@ -563,6 +795,8 @@ impl Island {
         let retained = Retained::new(self.seq, rf);
         self.outbox
             .push(Out::Broadcast(Shared::Msg(retained.frame.clone())));
+        self.retained_bytes += retained.bytes();
+        Metrics::add_i(&self.ctx.metrics.stored_bytes, retained.bytes() as i64);
         self.messages.push_back(retained);
         Metrics::add(&self.ctx.metrics.messages_broadcast, 1);
         // Ticks only flow when nothing else was broadcast for a full period.
@@ -570,13 +804,28 @@ impl Island {
         true
     }
 
+    /// Drops the messages that only the fallback needs (those the latest snapshot
+    /// contains) and the fallback with them. Returns whether there was one.
+    fn drop_fallback(&mut self) -> bool {
+        if self.fallback.is_none() || self.snapshot.is_none() {
+            return false;
+        }
+        self.messages.drain(..self.covered);
+        self.retained_bytes -= self.covered_bytes;
+        Metrics::add_i(&self.ctx.metrics.stored_bytes, -(self.covered_bytes as i64));
+        self.covered = 0;
+        self.covered_bytes = 0;
+        self.fallback = None;
+        true
+    }
+
     /// A message generated by the reflector itself (users, tally): `rawtime` appends.
     fn broadcast_own(&mut self, payload: &str) {
         if self.flags.contains_key("rawtime") {
             let tail = format!("{payload},{}", self.clock.raw());
-            self.broadcast(&tail);
+            self.broadcast(&tail, false);
         } else {
-            self.broadcast(payload);
+            self.broadcast(payload, false);
         }
     }
 
@@ -605,7 +854,7 @@ impl Island {
     }
 
     fn tutti(&mut self, conn: ConnId, a: TuttiArgs) {
-        if !self.clients.contains_key(&conn) {
+        if !self.is_participant(conn) {
             return;
         }
         let now = self.clock.now();
@@ -619,7 +868,10 @@ impl Island {
                 return;
             }
             if let Some(first) = &a.first_msg {
-                self.broadcast(&first.text);
+                let Some(tail) = self.client_tail(conn, first) else {
+                    return;
+                };
+                self.broadcast(&tail, true);
             }
             self.tallies.insert(
                 a.tutti_key.clone(),
@@ -672,9 +924,6 @@ impl Island {
     }
 
     fn snap(&mut self, conn: ConnId, a: SnapArgs) {
-        if !self.clients.contains_key(&conn) {
-            return;
-        }
         if a.dissident {
             tracing::warn!(session = %self.id, conn, time = a.time, "dissident snapshot ignored (its state disagreed with the majority)");
             return;
@@ -683,21 +932,61 @@ impl Island {
             tracing::debug!(session = %self.id, time = a.time, "snapshot not newer than the current one; ignored");
             return;
         }
-        let covered =
+        if let Err(why) = self.check_snapshot(conn, &a) {
+            tracing::warn!(session = %self.id, conn, "snapshot refused: {why}");
+            Metrics::add(&self.ctx.metrics.snapshots_refused, 1);
+            return;
+        }
+        // The snapshot being replaced becomes the fallback: only what comes before it is
+        // dropped. Before the first snapshot, the fallback is a replay from the start.
+        match self.snapshot.take() {
+            Some(previous) => {
+                let covered = synq_protocol::seq::covered_by_snapshot(
+                    previous.seq,
+                    self.messages.iter().map(|m| m.seq),
+                );
+                let dropped: usize = self.messages.drain(..covered).map(|m| m.bytes()).sum();
+                self.retained_bytes -= dropped;
+                Metrics::add_i(&self.ctx.metrics.stored_bytes, -(dropped as i64));
+                self.fallback = Some(previous);
+            }
+            None => {
+                self.fallback = self.from_start.then(|| SnapshotPointer {
+                    time_raw: "0".into(),
+                    time: 0.0,
+                    seq: INITIAL_SEQ,
+                    url: String::new(),
+                });
+            }
+        }
+        self.from_start = false;
+        self.covered =
             synq_protocol::seq::covered_by_snapshot(a.seq, self.messages.iter().map(|m| m.seq));
-        self.messages.drain(..covered);
+        self.covered_bytes = self
+            .messages
+            .iter()
+            .take(self.covered)
+            .map(Retained::bytes)
+            .sum();
+        self.last_snapshot_at = Some(Instant::now());
         let snap = SnapshotPointer {
             time_raw: a.time_raw.get().to_owned(),
             time: a.time,
             seq: a.seq,
             url: a.url,
         };
-        tracing::info!(session = %self.id, time = a.time, seq = a.seq, url = %snap.url, retained = self.messages.len(), "snapshot registered");
+        tracing::info!(session = %self.id, time = a.time, seq = a.seq, url = ?snap.url, retained = self.messages.len(), "snapshot registered");
         Metrics::add(&self.ctx.metrics.snapshots, 1);
         self.last_requ = None;
         let time = self.clock.now();
         if let (Some(j), Some(h)) = (&mut self.journal, &self.header)
-            && let Err(e) = j.rewrite(h, &snap, self.messages.iter().map(Retained::args), time)
+            && let Err(e) = j.rewrite(
+                h,
+                self.fallback.as_ref(),
+                &snap,
+                self.messages.iter().map(Retained::args),
+                time,
+            )
         {
             tracing::error!(session = %self.id, error = %e, "cannot compact the session journal");
             Metrics::add(&self.ctx.metrics.journal_errors, 1);
@@ -705,8 +994,56 @@ impl Island {
         self.snapshot = Some(snap);
     }
 
+    /// Whether a SNAP may replace the session's snapshot. Late joiners load what it names,
+    /// so it must come from a participant, name a file of this server's store for this
+    /// session, at a sequence number this reflector issued and a time that has passed;
+    /// and a session takes at most one per `snapshot_min_interval` (each one rewrites the
+    /// journal).
+    fn check_snapshot(&mut self, conn: ConnId, a: &SnapArgs) -> Result<(), String> {
+        let client = self
+            .clients
+            .get(&conn)
+            .filter(|c| c.active)
+            .ok_or("not from a participant (a JOIN with a user)")?;
+        let host = client.handle.host.clone();
+        let now = self.clock.now();
+        if !(a.time >= 0.0 && a.time <= now as f64) {
+            return Err(format!("time {} is not between 0 and now ({now})", a.time));
+        }
+        let lower = self.snapshot.as_ref().map_or(INITIAL_SEQ, |s| s.seq);
+        let issued = (a.seq == lower || synq_protocol::seq::after(lower, a.seq))
+            && !synq_protocol::seq::after(self.seq, a.seq);
+        if !issued {
+            return Err(format!(
+                "seq {} was not issued since the last snapshot (last seq {})",
+                a.seq, self.seq
+            ));
+        }
+        if !snapshot_url_ok(&a.url, host.as_deref(), &self.id) {
+            return Err(format!(
+                "url {:?} is not in this server's file store (http(s)://{}/files/snapshots/{}/…)",
+                a.url.get(..a.url.floor_char_boundary(200)).unwrap_or(""),
+                host.as_deref().unwrap_or("<host>"),
+                self.id
+            ));
+        }
+        if self
+            .last_snapshot_at
+            .is_some_and(|t| t.elapsed() < self.ctx.config.snapshot_min_interval)
+        {
+            return Err(
+                "another snapshot was registered less than --snapshot-min-interval ago".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn is_participant(&self, conn: ConnId) -> bool {
+        self.clients.get(&conn).is_some_and(|c| c.active)
+    }
+
     fn save(&mut self, conn: ConnId, a: SaveArgs) {
-        let Some(client) = self.clients.get(&conn) else {
+        let Some(client) = self.clients.get(&conn).filter(|c| c.active) else {
             return;
         };
         let Some(key) = self.header.as_ref().and_then(Ctx::persistent_key) else {
@@ -730,20 +1067,20 @@ impl Island {
     }
 
     fn ticks(&mut self, conn: ConnId, cfg: TickConfig) {
-        if !self.clients.contains_key(&conn) {
+        if !self.is_participant(conn) {
             return;
         }
         if let (Some(d), Some(h)) = (cfg.delay, &mut self.header)
             && d > 0.0
         {
-            h.delay_ms = Some(d);
+            h.delay_ms = Some(clamped_ms(Some(d)).as_millis() as f64);
         }
         let scale = cfg
             .scale
             .filter(|s| s.is_finite() && *s > 0.0)
             .map_or(1.0, |s| s.clamp(1.0 / 64.0, 64.0));
         self.clock.set_scale(scale);
-        if let Some(p) = tick_period(cfg.tick) {
+        if let Some(p) = tick_period(cfg.tick, self.ctx.config.min_tick) {
             self.tick = Some(p);
             self.next_tick = Some(Instant::now() + p);
         }
@@ -796,6 +1133,7 @@ impl Island {
         if self.clients.is_empty() {
             self.idle_due = Some(Instant::now() + self.ctx.config.idle_grace);
             self.next_tick = None;
+            self.stream = None;
         }
     }
 
@@ -823,7 +1161,7 @@ impl Island {
             return;
         };
         self.next_tick = Some(now + period);
-        if self.stream.receiver_count() == 0 {
+        if self.stream.as_ref().is_none_or(|s| s.receiver_count() == 0) {
             return;
         }
         let time = self.clock.now();
@@ -860,18 +1198,22 @@ impl Island {
         for out in outbox.drain(..) {
             match out {
                 Out::Broadcast(frame) => {
-                    // Err only means nobody is listening right now.
-                    let _ = self.stream.send(frame);
+                    // Err (or no stream) only means nobody is listening right now.
+                    if let Some(s) = &self.stream {
+                        let _ = s.send(frame);
+                    }
                 }
                 Out::Sync { conn, frame } => {
+                    // Subscribing here, between broadcasts, is what makes the first RECV
+                    // this client sees carry exactly SYNC.seq + 1.
+                    let active = self.clients.get(&conn).map(|c| c.active);
+                    let stream = match active {
+                        Some(true) => Some(self.subscribe()),
+                        Some(false) => None,
+                        None => continue,
+                    };
                     if let Some(c) = self.clients.get(&conn) {
-                        // Subscribing here, between broadcasts, is what makes the first
-                        // RECV this client sees carry exactly SYNC.seq + 1.
-                        let stream = c.active.then(|| self.stream.subscribe());
-                        c.handle.send(Direct::Sync {
-                            frame: Utf8Bytes::from(frame),
-                            stream,
-                        });
+                        c.handle.send(Direct::Sync { frame, stream });
                     }
                 }
                 Out::Direct(conn, d) => {
@@ -882,5 +1224,123 @@ impl Island {
             }
         }
         self.outbox = outbox;
+    }
+}
+
+impl Drop for Island {
+    /// Also on a panic: the server-wide counts must not keep a failed session's share.
+    fn drop(&mut self) {
+        Metrics::add_i(
+            &self.ctx.metrics.stored_bytes,
+            -(self.retained_bytes as i64),
+        );
+        Metrics::add_i(&self.ctx.metrics.sessions, -1);
+    }
+}
+
+/// Longest `debounce` message id that is remembered (Croquet's are short names).
+const MAX_DEBOUNCE_ID: usize = 128;
+
+/// Whether `url` names a snapshot of session `id` in the file store of the server the
+/// client reached as `host`: `http(s)://HOST/files/snapshots/ID/NAME`.
+fn snapshot_url_ok(url: &str, host: Option<&str>, id: &str) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let Some((url_host, path)) = rest.split_once('/') else {
+        return false;
+    };
+    let Some(name) = path
+        .strip_prefix("files/snapshots/")
+        .and_then(|p| p.strip_prefix(id))
+        .and_then(|p| p.strip_prefix('/'))
+    else {
+        return false;
+    };
+    url_host.eq_ignore_ascii_case(host)
+        && !name.contains('/')
+        && crate::store::BlobKey::parse(name).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_periods_are_clamped_and_never_panic() {
+        let min = Duration::from_millis(20);
+        assert_eq!(tick_period(Some(1e308), min), Some(Duration::from_secs(60)));
+        assert_eq!(
+            tick_period(Some(f64::INFINITY), min),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(tick_period(Some(1.0), min), Some(min));
+        assert_eq!(
+            tick_period(Some(50.0), min),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(tick_period(Some(f64::NAN), min), None);
+        assert_eq!(tick_period(Some(-5.0), min), None);
+        assert_eq!(clamped_ms(Some(1e308)), Duration::from_secs(60));
+        assert_eq!(clamped_ms(Some(f64::NAN)), Duration::ZERO);
+    }
+
+    #[test]
+    fn snapshot_urls_must_name_this_sessions_file_in_this_store() {
+        let ok = "http://h:8080/files/snapshots/sid/0000007244_42-abc.snap";
+        assert!(snapshot_url_ok(ok, Some("h:8080"), "sid"));
+        assert!(snapshot_url_ok(ok, Some("H:8080"), "sid"));
+        assert!(!snapshot_url_ok(ok, Some("h:8081"), "sid"));
+        assert!(!snapshot_url_ok(ok, None, "sid"));
+        assert!(!snapshot_url_ok(ok, Some("h:8080"), "other"));
+        for bad in [
+            "http://evil/files/snapshots/sid/x.snap",
+            "http://h:8080/files/snapshots/sid/../x.snap",
+            "http://h:8080/files/snapshots/sid/a/b.snap",
+            "http://h:8080/files/snapshots/sidx/a.snap",
+            "ftp://h:8080/files/snapshots/sid/a.snap",
+            "http://h:8080/files/snapshots/sid/",
+            "http://h:8080/files/snapshots/sid/a.snap?x=1",
+        ] {
+            assert!(!snapshot_url_ok(bad, Some("h:8080"), "sid"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_large_sync_is_written_in_chunks_that_reassemble() {
+        let frame = |args: &str| {
+            let f = format!("{{\"x\":{args}}}");
+            (Utf8Bytes::from(f), 5)
+        };
+        let sync = SyncFrame {
+            head: "{\"messages\":[".into(),
+            messages: (0..50).map(|i| frame(&format!("[{i},\"€€ab\"]"))).collect(),
+            tail: "]}".into(),
+        };
+        let whole: String = sync.segments().collect();
+        assert_eq!(whole.len(), sync.len());
+        assert!(serde_json::from_str::<serde_json::Value>(&whole).is_ok());
+        assert_eq!(
+            sync.pieces(whole.len()).collect::<Vec<_>>(),
+            vec![whole.clone()]
+        );
+        let pieces: Vec<String> = sync.pieces(7).collect();
+        assert!(pieces.len() > 10);
+        assert!(pieces[0].starts_with("_CHUNK10"));
+        assert!(pieces.last().is_some_and(|p| p.starts_with("_CHUNK01")));
+        assert!(
+            pieces[1..pieces.len() - 1]
+                .iter()
+                .all(|p| p.starts_with("_CHUNK00"))
+        );
+        assert!(pieces.iter().all(|p| p.len() <= 8 + 7));
+        let joined: String = pieces.iter().map(|p| &p[8..]).collect();
+        assert_eq!(joined, whole);
     }
 }

@@ -22,6 +22,7 @@ use crate::config::Durability;
 const TAG_HEADER: u8 = b'H';
 const TAG_MESSAGE: u8 = b'M';
 const TAG_SNAPSHOT: u8 = b'S';
+const TAG_FALLBACK: u8 = b'F';
 const TAG_TIME: u8 = b'T';
 const RECORD_HEAD: usize = 9;
 const FILE_NAME: &str = "journal";
@@ -38,7 +39,8 @@ pub struct Header {
     pub developer_id: Option<String>,
 }
 
-/// The latest accepted snapshot.
+/// An accepted snapshot. As a fallback, an empty `url` means "replay from the session's
+/// first message" (all of them are retained).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotPointer {
     /// Time as the uploading client wrote it (may be fractional).
@@ -61,7 +63,9 @@ pub struct StoredMessage {
 pub struct Recovered {
     pub header: Option<Header>,
     pub snapshot: Option<SnapshotPointer>,
-    /// Messages after the snapshot, in order.
+    /// What a joiner falls back to when the snapshot cannot be loaded.
+    pub fallback: Option<SnapshotPointer>,
+    /// Messages after the fallback (or, without one, after the snapshot), in order.
     pub messages: Vec<StoredMessage>,
     /// Last sequence number assigned (`None` if no message was ever sent).
     pub last_seq: Option<u32>,
@@ -141,7 +145,9 @@ impl Journal {
             Journal {
                 dir: dir.to_owned(),
                 file: Some(file),
-                buf: Vec::with_capacity(64 * 1024),
+                // Grown on first use: most sessions write little, and thousands of idle
+                // sessions should not hold a buffer each.
+                buf: Vec::new(),
                 durability,
             },
             recovered,
@@ -189,10 +195,11 @@ impl Journal {
     }
 
     /// Replace the journal with a compact one holding only what a new client needs:
-    /// the header, the snapshot pointer and the messages after it.
+    /// the header, the fallback and snapshot pointers and the messages after the fallback.
     pub fn rewrite<'a>(
         &mut self,
         header: &Header,
+        fallback: Option<&SnapshotPointer>,
         snapshot: &SnapshotPointer,
         messages: impl Iterator<Item = &'a str>,
         time: u64,
@@ -200,6 +207,9 @@ impl Journal {
         let mut out = Vec::with_capacity(64 * 1024);
         if let Ok(body) = serde_json::to_vec(header) {
             push_record(&mut out, TAG_HEADER, &body);
+        }
+        if let Some(body) = fallback.and_then(|f| serde_json::to_vec(f).ok()) {
+            push_record(&mut out, TAG_FALLBACK, &body);
         }
         if let Ok(body) = serde_json::to_vec(snapshot) {
             push_record(&mut out, TAG_SNAPSHOT, &body);
@@ -228,6 +238,13 @@ impl Journal {
         );
         Ok(())
     }
+}
+
+/// When the journal in `dir` was last written (`None` if there is none).
+pub fn last_written(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(dir.join(FILE_NAME))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 /// Replay records; returns what they say and the length of the valid prefix.
@@ -292,6 +309,7 @@ fn apply(r: &mut Recovered, tag: u8, body: &[u8]) {
             r.time = r.time.max(s.time.ceil() as u64);
             r.snapshot = Some(s);
         }
+        TAG_FALLBACK => r.fallback = serde_json::from_slice(body).ok(),
         TAG_TIME => {
             if let Some(t) = std::str::from_utf8(body)
                 .ok()
@@ -378,6 +396,7 @@ mod tests {
             j.commit().unwrap();
             j.rewrite(
                 &header(),
+                None,
                 &snap,
                 ["[20,4294967282,\"b\",0]"].into_iter(),
                 25,
@@ -393,5 +412,32 @@ mod tests {
             vec![4294967282, 4294967283]
         );
         assert_eq!(r.time, 30);
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_fallback_and_the_messages_since_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pointer = |seq: u32, url: &str| SnapshotPointer {
+            time_raw: seq.to_string(),
+            time: 1.0,
+            seq,
+            url: url.into(),
+        };
+        let replay = pointer(0, "");
+        let snap = pointer(4294967282, "u");
+        {
+            let (mut j, _) = Journal::open(dir.path(), Durability::Write).unwrap();
+            let messages = ["[10,4294967281,\"a\",0]", "[20,4294967282,\"b\",0]"];
+            j.rewrite(&header(), Some(&replay), &snap, messages.into_iter(), 25)
+                .unwrap();
+        }
+        let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+        assert_eq!(r.fallback, Some(replay));
+        assert_eq!(r.snapshot, Some(snap));
+        assert_eq!(
+            r.messages.len(),
+            2,
+            "messages covered by the snapshot are kept"
+        );
     }
 }

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub messages_refused: AtomicU64,
     pub journal_errors: AtomicU64,
     pub files_stored: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub session_failures: AtomicU64,
+    pub snapshots_refused: AtomicU64,
+    pub stored_bytes: AtomicI64,
 }
 
 impl Metrics {
@@ -38,6 +42,11 @@ impl Metrics {
                 "synq_clients",
                 "Connected WebSocket clients.",
                 &self.clients,
+            ),
+            (
+                "synq_stored_bytes",
+                "Bytes of retained messages in all sessions.",
+                &self.stored_bytes,
             ),
         ];
         for (name, help, v) in gauges {
@@ -108,6 +117,21 @@ impl Metrics {
                 "synq_files_stored_total",
                 "Files stored by the file store.",
                 &self.files_stored,
+            ),
+            (
+                "synq_sessions_refused_total",
+                "JOINs refused because the server holds as many sessions as it may.",
+                &self.sessions_refused,
+            ),
+            (
+                "synq_session_failures_total",
+                "Session tasks that failed (their clients were asked to reconnect).",
+                &self.session_failures,
+            ),
+            (
+                "synq_snapshots_refused_total",
+                "SNAPs refused (not from a participant, unknown seq, future time, foreign URL, too often).",
+                &self.snapshots_refused,
             ),
         ];
         for (name, help, v) in counters {

@@ -2,10 +2,14 @@
 //! where journals and persistent-data records live).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures_util::FutureExt as _;
+use synq_protocol::CloseCode;
 use synq_protocol::client::JoinArgs;
 use tokio::sync::mpsc;
 
@@ -26,13 +30,58 @@ impl SessionHandle {
     pub(crate) fn send(&self, cmd: Command) {
         let _ = self.tx.send(cmd);
     }
+
+    /// Resolves when the session's task has ended.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+/// A session in the registry, and the address that started it (for per-address limits).
+struct Entry {
+    handle: SessionHandle,
+    creator: IpAddr,
 }
 
 pub(crate) struct Ctx {
     pub config: ReflectorConfig,
     pub metrics: Arc<Metrics>,
-    sessions: Mutex<HashMap<String, SessionHandle>>,
+    sessions: Mutex<Sessions>,
     next_conn: AtomicU64,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<String, Entry>,
+    by_creator: HashMap<IpAddr, usize>,
+}
+
+impl Sessions {
+    fn remove(&mut self, id: &str) {
+        if let Some(e) = self.by_id.remove(id)
+            && let Some(n) = self.by_creator.get_mut(&e.creator)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.by_creator.remove(&e.creator);
+            }
+        }
+    }
+}
+
+/// The address that per-address limits count: IPv4 addresses as they are, IPv6 addresses
+/// by their /64 (one subscriber usually has a whole /64), IPv4-mapped IPv6 as IPv4.
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 /// A session id as it appears in the URL: URL-safe characters only, so it is also a safe
@@ -51,12 +100,12 @@ impl Ctx {
         Ctx {
             config,
             metrics,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             next_conn: AtomicU64::new(1),
         }
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<String, SessionHandle>> {
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
         // A panic while holding this lock cannot leave the map inconsistent (single
         // insert/remove calls), so a poisoned lock is still usable.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
@@ -72,28 +121,84 @@ impl Ctx {
 
     /// Hand a JOIN to its session, starting (or resuming) the session if needed. Done
     /// under the registry lock so that it cannot race with the session shutting down.
+    /// Refused with [`CloseCode::ServerFull`] when starting the session would exceed the
+    /// limits on sessions in all or per address.
     pub(crate) fn join(
         self: &Arc<Self>,
         id: &str,
         conn: ConnHandle,
         args: JoinArgs,
-    ) -> SessionHandle {
+    ) -> Result<SessionHandle, CloseCode> {
         let mut sessions = self.sessions();
-        let handle = sessions
-            .entry(id.to_owned())
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let ctx = Arc::clone(self);
-                let id = id.to_owned();
-                tokio::spawn(async move {
-                    Island::load(ctx, id).await.run(rx).await;
-                });
-                SessionHandle { tx }
-            })
-            .clone();
+        let live = sessions
+            .by_id
+            .get(id)
+            .filter(|e| !e.handle.tx.is_closed())
+            .map(|e| e.handle.clone());
+        let handle = match live {
+            Some(h) => h,
+            None => {
+                // A session whose task failed is replaced (its entry may still be here).
+                sessions.remove(id);
+                let limit = self.config.max_sessions_per_address;
+                let by_peer = sessions.by_creator.get(&conn.peer).copied().unwrap_or(0);
+                if sessions.by_id.len() >= self.config.max_sessions || by_peer >= limit {
+                    tracing::warn!(peer = %conn.peer, sessions = sessions.by_id.len(), by_peer, "JOIN refused: too many sessions (--max-sessions {}, --max-sessions-per-address {limit})", self.config.max_sessions);
+                    Metrics::add(&self.metrics.sessions_refused, 1);
+                    return Err(CloseCode::ServerFull);
+                }
+                let handle = self.start(id);
+                sessions.by_id.insert(
+                    id.to_owned(),
+                    Entry {
+                        handle: handle.clone(),
+                        creator: conn.peer,
+                    },
+                );
+                *sessions.by_creator.entry(conn.peer).or_default() += 1;
+                handle
+            }
+        };
         handle.send(Command::Join {
             conn,
             args: Box::new(args),
+        });
+        Ok(handle)
+    }
+
+    /// Starts the task of a session. A panic in it must not leave a session that takes
+    /// JOINs and never answers: the task removes the session, which ends its connections
+    /// (they watch [`SessionHandle::closed`]) and lets the next JOIN start it afresh.
+    fn start(self: &Arc<Self>, id: &str) -> SessionHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Arc::clone(self);
+        let id = id.to_owned();
+        let handle = SessionHandle { tx };
+        let own = handle.clone();
+        tokio::spawn(async move {
+            let run = AssertUnwindSafe(async {
+                Island::load(Arc::clone(&ctx), id.clone())
+                    .await
+                    .run(rx)
+                    .await;
+            });
+            if let Err(panic) = run.catch_unwind().await {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(session = %id, panic = %why, "session failed; its clients are disconnected");
+                Metrics::add(&ctx.metrics.session_failures, 1);
+                let mut sessions = ctx.sessions();
+                if sessions
+                    .by_id
+                    .get(&id)
+                    .is_some_and(|e| e.handle.tx.same_channel(&own.tx))
+                {
+                    sessions.remove(&id);
+                }
+            }
         });
         handle
     }
@@ -106,6 +211,51 @@ impl Ctx {
         }
         sessions.remove(id);
         true
+    }
+
+    /// Deletes the journals of sessions that are not in memory and were last written
+    /// longer ago than the retention period. Returns how many were deleted.
+    pub(crate) fn sweep_journals(&self) -> usize {
+        let Some(retention) = self.config.session_retention else {
+            return 0;
+        };
+        let root = self.config.data_dir.join("sessions");
+        let Ok(dirs) = std::fs::read_dir(&root) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for dir in dirs.flatten() {
+            let name = dir.file_name();
+            let Some(id) = name.to_str().filter(|id| valid_session_id(id)) else {
+                continue;
+            };
+            let written = crate::journal::last_written(&dir.path())
+                .or_else(|| dir.metadata().and_then(|m| m.modified()).ok());
+            let age = written.and_then(|t| now.duration_since(t).ok());
+            if age.is_none_or(|a| a < retention) {
+                continue;
+            }
+            // Under the lock, so that the session cannot be started meanwhile.
+            let sessions = self.sessions();
+            if sessions.by_id.contains_key(id) {
+                continue;
+            }
+            match std::fs::remove_dir_all(dir.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(session = id, error = %e, "cannot delete an expired session journal")
+                }
+            }
+            drop(sessions);
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "deleted the journals of sessions unused for longer than the retention period"
+            );
+        }
+        removed
     }
 
     pub(crate) fn persistent_key(h: &Header) -> Option<String> {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::header;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -60,6 +60,20 @@ impl Reflector {
         })
     }
 
+    /// Starts the reflector's housekeeping in the background: now and every hour, the
+    /// journals of sessions unused for longer than `session_retention` are deleted.
+    pub fn spawn_housekeeping(&self) {
+        let ctx = Arc::clone(&self.ctx);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                let ctx = Arc::clone(&ctx);
+                let _ = tokio::task::spawn_blocking(move || ctx.sweep_journals()).await;
+            }
+        });
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.ctx.metrics)
     }
@@ -108,20 +122,41 @@ impl Reflector {
     }
 }
 
-fn upgrade(ws: WebSocketUpgrade, ctx: Arc<Ctx>, session: Option<String>) -> Response {
+/// Who is upgrading: the peer's address (for per-address limits) and the `Host` it asked
+/// for (snapshots must be stored there).
+struct Peer {
+    addr: SocketAddr,
+    host: Option<String>,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr, headers: &HeaderMap) -> Peer {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        Peer { addr, host }
+    }
+}
+
+fn upgrade(ws: WebSocketUpgrade, ctx: Arc<Ctx>, session: Option<String>, peer: Peer) -> Response {
     // The configured limit is enforced on whole messages by the reader, which closes with
     // 4104 after reading the message (closing with unread input would reset the TCP
     // connection and lose the close frame). The transport limit is only a backstop.
     let hard_limit = ctx.config.max_frame_bytes.saturating_mul(4).max(1 << 20);
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| crate::connection::run(socket, session, ctx))
+        .on_upgrade(move |socket| {
+            crate::connection::run(socket, session, peer.addr.ip(), peer.host, ctx)
+        })
         .into_response()
 }
 
 async fn ws_session(
     State(ctx): State<Arc<Ctx>>,
     Path(path): Path<String>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     // Croquet: the session id is the last path segment; anything before it is accepted.
@@ -131,15 +166,20 @@ async fn ws_session(
         Some(id.to_owned())
     } else {
         if !id.is_empty() {
-            tracing::warn!(path, "refusing WebSocket with an invalid session id");
+            tracing::warn!(path = ?path.get(..path.floor_char_boundary(200)), "refusing WebSocket with an invalid session id");
         }
         None
     };
-    upgrade(ws, ctx, session)
+    upgrade(ws, ctx, session, Peer::new(addr, &headers))
 }
 
-async fn ws_no_session(State(ctx): State<Arc<Ctx>>, ws: WebSocketUpgrade) -> Response {
-    upgrade(ws, ctx, None)
+async fn ws_no_session(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(ws, ctx, None, Peer::new(addr, &headers))
 }
 
 /// Serve `router` on `listener` until the process ends.

@@ -188,6 +188,8 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
     let server = start(|c| {
         c.client_rate_limit = 0;
         c.write_timeout = Duration::from_millis(500);
+        // 64 MiB go through the session: more than it keeps by default.
+        c.max_session_bytes = 128 * 1024 * 1024;
     })
     .await;
     let mut slow = Client::connect(&server, "slow").await;

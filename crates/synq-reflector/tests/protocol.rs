@@ -335,13 +335,14 @@ async fn a_snapshot_trims_the_replay_for_late_joiners() {
         seqs.push(a.recv().await);
     }
     let at = &seqs[3];
-    a.send_json(json!({"id": "snap", "action": "SNAP", "args": {"time": at.time, "seq": at.seq, "hash": "h", "url": "http://x/files/snap1", "dissident": null}})).await;
+    let url = format!("http://{}/files/snapshots/snap/snap1.snap", server.addr);
+    a.send_json(json!({"id": "snap", "action": "SNAP", "args": {"time": at.time, "seq": at.seq, "hash": "h", "url": url, "dissident": null}})).await;
     // A dissident snapshot never replaces the consensus one.
     a.send_json(json!({"id": "snap", "action": "SNAP", "args": {"time": seqs[5].time + 1.0, "seq": seqs[5].seq, "hash": "bad", "url": "http://x/files/bad", "dissident": {"groupVotes": 1}}})).await;
     a.send_json(json!({"action": "PING"})).await;
     a.expect_action("PONG").await;
     let sync = Client::connect(&server, "snap").await.join("vb").await;
-    assert_eq!(sync.args["url"], "http://x/files/snap1");
+    assert_eq!(sync.args["url"], url.as_str());
     assert_eq!(sync.args["snapshotSeq"], at.seq);
     let payloads: Vec<_> = sync
         .sync_messages()
@@ -418,7 +419,8 @@ async fn the_message_cap_requests_a_snapshot_then_refuses_with_a_clear_info() {
         "users + 5 messages fill the buffer of 6; the 6th is refused"
     );
     // A snapshot frees the buffer and messages flow again.
-    a.send_json(json!({"id": "cap", "action": "SNAP", "args": {"time": 1, "seq": INITIAL_SEQ.wrapping_add(6), "hash": "h", "url": "u", "dissident": null}})).await;
+    let url = format!("http://{}/files/snapshots/cap/s.snap", server.addr);
+    a.send_json(json!({"id": "cap", "action": "SNAP", "args": {"time": 1, "seq": INITIAL_SEQ.wrapping_add(6), "hash": "h", "url": url, "dissident": null}})).await;
     a.send_msg("flows-again").await;
     loop {
         if let Some(m) = a.frame().await.message() {
