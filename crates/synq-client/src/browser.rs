@@ -82,7 +82,19 @@ impl Transport for BrowserTransport {
             if !r.ok() {
                 return Err(format!("HTTP {}", r.status()));
             }
-            r.binary().await.map_err(|e| e.to_string())
+            let limit = crate::controller::MAX_SNAPSHOT_BYTES;
+            let declared = r.headers().get("content-length");
+            if declared
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > limit as u64)
+            {
+                return Err(format!("larger than {limit} bytes"));
+            }
+            let body = r.binary().await.map_err(|e| e.to_string())?;
+            if body.len() > limit {
+                return Err(format!("larger than {limit} bytes"));
+            }
+            Ok(body)
         })
     }
 

@@ -22,6 +22,10 @@ pub const KEEPALIVE_MS: f64 = 25_000.0;
 /// under the reflector's frame limit (64 KiB by default).
 pub const MAX_BUNDLE_BYTES: usize = 32 * 1024;
 
+/// Largest snapshot a client downloads (the reflector's file store takes 64 MiB files by
+/// default).
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
 /// What a client needs to know to join.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -120,6 +124,9 @@ enum Phase {
         snapshot_seq: u32,
         held: Vec<StreamMessage>,
         time: u64,
+        /// What to load if this snapshot does not: an older snapshot `(url, seq)`, or
+        /// (url empty) a replay of `held` from the session's start.
+        fallback: Option<(String, u32)>,
     },
     Running,
 }
@@ -173,7 +180,7 @@ impl<M: Model> Controller<M> {
         let data =
             postcard::to_stdvec(view_data).map_err(|e| ClientError::Encode(e.to_string()))?;
         let crypto = |e: crate::crypto::CryptoError| ClientError::Crypto(e.to_string());
-        let sealed_view_data = key.seal_text(Purpose::ViewData, &data).map_err(crypto)?;
+        let sealed_view_data = key.seal_view_data(me.as_str(), &data).map_err(crypto)?;
         let tove = key
             .seal_text(Purpose::SessionCheck, session_id.as_bytes())
             .map_err(crypto)?;
@@ -510,34 +517,74 @@ impl<M: Model> Controller<M> {
                 .and_then(Value::as_u64)
                 .and_then(|s| u32::try_from(s).ok())
                 .unwrap_or(sync_seq);
+            let fallback = args.get("fallback").and_then(|f| {
+                let url = f.get("url").and_then(Value::as_str)?;
+                let seq = f
+                    .get("seq")
+                    .and_then(Value::as_u64)
+                    .and_then(|s| u32::try_from(s).ok())?;
+                if url.is_empty() {
+                    return Some((String::new(), seq));
+                }
+                self.own_snapshot_url(url).map(|u| (u, seq))
+            });
+            // Snapshots are fetched from this client's own server only, whatever host the
+            // SNAP named: the reflector's word decides which file, not where from.
+            let url = self.own_snapshot_url(url).ok_or_else(|| {
+                ClientError::Snapshot(format!(
+                    "the session's snapshot is not in this server's file store: {:?}",
+                    url.get(..url.floor_char_boundary(200)).unwrap_or("")
+                ))
+            })?;
             self.phase = Phase::Loading {
                 snapshot_seq,
                 held: messages,
                 time,
+                fallback,
             };
-            self.loaded_snapshot = Some(url.to_owned());
-            self.effects.push_back(Effect::Download(url.to_owned()));
+            self.loaded_snapshot = Some(url.clone());
+            self.effects.push_back(Effect::Download(url));
         }
         Ok(())
     }
 
+    /// `url` (any host) as the same snapshot of this session in this client's own file
+    /// store, if it names one: `…/files/snapshots/<session id>/<name>`.
+    fn own_snapshot_url(&self, url: &str) -> Option<String> {
+        let marker = format!("/files/snapshots/{}/", self.session_id);
+        let (_, name) = url.split_once(&marker)?;
+        let safe = |b: u8| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=' | b'+' | b'~' | b'@')
+        };
+        if name.is_empty() || name.starts_with('.') || !name.bytes().all(safe) {
+            return None;
+        }
+        Some(format!(
+            "{}/snapshots/{}/{name}",
+            self.config.files_url.trim_end_matches('/'),
+            self.session_id
+        ))
+    }
+
     /// The snapshot download finished.
     pub fn on_snapshot(&mut self, sealed: &[u8]) -> Result<(), ClientError> {
-        let Phase::Loading {
-            snapshot_seq,
-            held,
-            time,
-        } = std::mem::replace(&mut self.phase, Phase::Running)
+        let Phase::Loading { snapshot_seq, .. } = &self.phase else {
+            return Ok(());
+        };
+        let snapshot_seq = *snapshot_seq;
+        let restored = self
+            .key
+            .open(Purpose::Snapshot, sealed)
+            .map_err(|e| format!("it does not decrypt ({e}): a wrong password, or a damaged file"))
+            .and_then(|bytes| Replica::<M>::restore(&bytes).map_err(|e| e.to_string()));
+        let replica = match restored {
+            Ok(r) => r,
+            Err(why) => return self.load_fallback(why),
+        };
+        let Phase::Loading { held, time, .. } = std::mem::replace(&mut self.phase, Phase::Running)
         else {
             return Ok(());
         };
-        let bytes = self.key.open(Purpose::Snapshot, sealed).map_err(|e| {
-            ClientError::Snapshot(format!(
-                "it does not decrypt ({e}): a wrong password, or a damaged file"
-            ))
-        })?;
-        let replica =
-            Replica::<M>::restore(&bytes).map_err(|e| ClientError::Snapshot(e.to_string()))?;
         self.replica = Some(replica);
         self.last_seq = Some(snapshot_seq);
         for m in held {
@@ -550,8 +597,52 @@ impl<M: Model> Controller<M> {
     }
 
     /// The snapshot download failed.
-    pub fn on_snapshot_failed(&mut self, reason: &str) -> ClientError {
-        ClientError::Snapshot(format!("download failed: {reason}"))
+    pub fn on_snapshot_failed(&mut self, reason: &str) -> Result<(), ClientError> {
+        self.load_fallback(format!("download failed: {reason}"))
+    }
+
+    /// The snapshot did not load (`why`): load the fallback the SYNC named instead, an
+    /// older snapshot or a replay from the start; without one the join fails.
+    fn load_fallback(&mut self, why: String) -> Result<(), ClientError> {
+        let phase = std::mem::replace(&mut self.phase, Phase::AwaitingSync);
+        let Phase::Loading {
+            held,
+            time,
+            fallback: Some((url, seq)),
+            ..
+        } = phase
+        else {
+            return Err(ClientError::Snapshot(why));
+        };
+        let from = if url.is_empty() {
+            "a replay from the start"
+        } else {
+            "the snapshot before it"
+        };
+        self.reject(format!(
+            "the session's snapshot did not load ({why}); joining from {from}"
+        ));
+        if url.is_empty() {
+            let (replica, _) = Replica::<M>::new(self.session_id.as_bytes(), 0);
+            self.replica = Some(replica);
+            self.last_seq = None;
+            self.loaded_snapshot = None;
+            self.phase = Phase::Running;
+            for m in held {
+                self.apply_message(m)?;
+            }
+            self.finish_sync(time);
+        } else {
+            self.phase = Phase::Loading {
+                snapshot_seq: seq,
+                held,
+                time,
+                fallback: None,
+            };
+            self.loaded_snapshot = Some(url.clone());
+            self.effects.push_back(Effect::Download(url));
+        }
+        Ok(())
     }
 
     fn finish_sync(&mut self, time: u64) {
@@ -582,6 +673,16 @@ impl<M: Model> Controller<M> {
             Value::String(text) => {
                 let sender = m.rest.last().and_then(Value::as_str).map(str::to_owned);
                 self.apply_payload(time, m.seq, text, sender)
+            }
+            // Reflector events carry no sender stamp (a synq reflector refuses object
+            // payloads from clients, and stamps every client message with a string).
+            Value::Object(_) if m.rest.last().is_some_and(Value::is_string) => {
+                self.reject(format!(
+                    "message {} poses as a reflector event but was sent by {}",
+                    m.seq,
+                    m.rest.last().and_then(Value::as_str).unwrap_or_default()
+                ));
+                Ok(())
             }
             Value::Object(_) => match m.what() {
                 Some("users") => {
@@ -693,7 +794,7 @@ impl<M: Model> Controller<M> {
                 continue;
             };
             let data = entry.get("data").and_then(Value::as_str).unwrap_or("");
-            match self.key.open_text(Purpose::ViewData, data) {
+            match self.key.open_view_data(id, data) {
                 Ok(plain) => {
                     let data = postcard::from_bytes(&plain).unwrap_or_default();
                     joins.push((ViewId(id.to_owned()), data));

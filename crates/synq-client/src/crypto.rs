@@ -82,19 +82,34 @@ impl SessionKey {
         }
     }
 
-    fn aad(&self, purpose: Purpose) -> Vec<u8> {
+    fn aad(&self, purpose: Purpose, bound: Option<&str>) -> Vec<u8> {
         let mut aad = b"synq1/".to_vec();
         aad.extend_from_slice(purpose.label());
         aad.push(b'/');
         aad.extend_from_slice(self.session_id.as_bytes());
+        if let Some(b) = bound {
+            aad.push(0);
+            aad.extend_from_slice(b.as_bytes());
+        }
         aad
     }
 
     /// nonce ‖ ciphertext ‖ tag.
     pub fn seal(&self, purpose: Purpose, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.seal_bound(purpose, None, plaintext)
+    }
+
+    /// [`SessionKey::seal`], bound to `bound` as well: it opens only with the same value
+    /// (a view's data is bound to its view id, so that nobody can replay it as another).
+    fn seal_bound(
+        &self,
+        purpose: Purpose,
+        bound: Option<&str>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::getrandom(&mut nonce).map_err(|e| CryptoError::Random(e.to_string()))?;
-        let aad = self.aad(purpose);
+        let aad = self.aad(purpose, bound);
         let ct = self
             .aead
             .encrypt(
@@ -111,11 +126,20 @@ impl SessionKey {
     }
 
     pub fn open(&self, purpose: Purpose, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.open_bound(purpose, None, sealed)
+    }
+
+    fn open_bound(
+        &self,
+        purpose: Purpose,
+        bound: Option<&str>,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         if sealed.len() < NONCE_LEN + 16 {
             return Err(CryptoError::Truncated);
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        let aad = self.aad(purpose);
+        let aad = self.aad(purpose, bound);
         self.aead
             .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
             .map_err(|_| CryptoError::Authentication)
@@ -129,6 +153,18 @@ impl SessionKey {
     pub fn open_text(&self, purpose: Purpose, text: &str) -> Result<Vec<u8>, CryptoError> {
         let sealed = B64.decode(text).map_err(|_| CryptoError::Encoding)?;
         self.open(purpose, &sealed)
+    }
+
+    /// A view's data, sealed for that view id only.
+    pub fn seal_view_data(&self, view_id: &str, data: &[u8]) -> Result<String, CryptoError> {
+        Ok(B64.encode(self.seal_bound(Purpose::ViewData, Some(view_id), data)?))
+    }
+
+    /// Opens a view's data announced for `view_id`; data sealed for another view id
+    /// (replayed from another participant's join) does not open.
+    pub fn open_view_data(&self, view_id: &str, text: &str) -> Result<Vec<u8>, CryptoError> {
+        let sealed = B64.decode(text).map_err(|_| CryptoError::Encoding)?;
+        self.open_bound(Purpose::ViewData, Some(view_id), &sealed)
     }
 
     /// The value a replica votes with for a snapshot: HMAC of its hash, so that the
@@ -205,6 +241,21 @@ mod tests {
         assert_ne!(
             k.seal(Purpose::Message, b"same").unwrap(),
             k.seal(Purpose::Message, b"same").unwrap()
+        );
+    }
+
+    #[test]
+    fn view_data_opens_only_for_the_view_it_was_sealed_for() {
+        let k = key("pw", "s");
+        let sealed = k.seal_view_data("alice", b"Alice").unwrap();
+        assert_eq!(k.open_view_data("alice", &sealed).unwrap(), b"Alice");
+        assert_eq!(
+            k.open_view_data("mallory", &sealed),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            k.open_text(Purpose::ViewData, &sealed),
+            Err(CryptoError::Authentication)
         );
     }
 

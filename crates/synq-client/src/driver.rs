@@ -345,8 +345,8 @@ async fn connection<M: Model, T: Transport + MaybeSendSync>(
                         r.map(|()| None).map_err(|e| fail_or_rejoin(e, events))
                     }
                     Some(IoResult::Downloaded(Err(reason))) => {
-                        let e = lock(controller).on_snapshot_failed(&reason);
-                        Err(fail_or_rejoin(e, events))
+                        let r = lock(controller).on_snapshot_failed(&reason);
+                        r.map(|()| None).map_err(|e| fail_or_rejoin(e, events))
                     }
                     Some(IoResult::Uploaded { url, then }) => {
                         lock(controller).snapshot_uploaded(url);

@@ -101,14 +101,24 @@ impl Transport for TokioTransport {
     fn get(&self, url: String) -> BoxFut<'static, Result<Vec<u8>, String>> {
         let http = self.http.clone();
         Box::pin(async move {
-            let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
+            let mut r = http.get(&url).send().await.map_err(|e| e.to_string())?;
             if !r.status().is_success() {
                 return Err(format!("HTTP {}", r.status()));
             }
-            r.bytes()
-                .await
-                .map(|b| b.to_vec())
-                .map_err(|e| e.to_string())
+            // A server that sends more than any snapshot can be does not get to fill memory.
+            let limit = crate::controller::MAX_SNAPSHOT_BYTES;
+            let too_large = || format!("larger than {limit} bytes");
+            if r.content_length().is_some_and(|n| n > limit as u64) {
+                return Err(too_large());
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
         })
     }
 
