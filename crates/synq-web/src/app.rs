@@ -64,8 +64,14 @@ fn room_from_url() -> Result<(String, String), String> {
     if let (Some(n), Some(p)) = (&name, &password) {
         return Ok((n.clone(), p.clone()));
     }
-    let name = name.unwrap_or_else(random_token);
-    let password = password.unwrap_or_else(random_token);
+    let name = match name {
+        Some(n) => n,
+        None => random_token()?,
+    };
+    let password = match password {
+        Some(p) => p,
+        None => random_token()?,
+    };
     let url = format!("/?q={name}#pw={password}");
     if let Ok(history) = window.history() {
         let _ = history.replace_state_with_url(&JsValue::NULL, "", Some(&url));
@@ -84,7 +90,13 @@ fn friendly_error(e: &ClientError) -> String {
 pub async fn run() -> Result<(), String> {
     let doc = document()?;
     let loaded = js_sys::Date::now();
-    let (room, password) = room_from_url()?;
+    let (room, password) = match room_from_url() {
+        Ok(r) => r,
+        Err(e) => {
+            status(&e, "error");
+            return Ok(());
+        }
+    };
     let origin = web_sys::window()
         .ok_or("no window")?
         .location()

@@ -9,19 +9,21 @@ const ANIMALS: &[&str] = &[
     "Owl", "Panda", "Puffin", "Rabbit", "Raven", "Seal", "Tiger", "Turtle", "Whale", "Wolf",
 ];
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// The browser's `crypto.getRandomValues` (the OS's random source natively).
+fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
     let mut b = [0u8; N];
-    // The browser's crypto.getRandomValues; if it is missing, the page cannot be private.
-    if getrandom::getrandom(&mut b).is_err() {
-        b = [0; N];
-    }
-    b
+    getrandom::getrandom(&mut b)?;
+    Ok(b)
 }
 
 /// 128 random bits in base-32 (Crockford alphabet, lowercase): URL-safe and easy to read.
-pub fn random_token() -> String {
+/// Fails if the random source does: a room made up without it would be guessable.
+pub fn random_token() -> Result<String, String> {
     const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
-    let bytes = random_bytes::<17>(); // 136 bits, 26 characters of 5 bits = 130 bits
+    // 136 bits, 26 characters of 5 bits = 130 bits
+    let bytes = random_bytes::<17>().map_err(|e| {
+        format!("This browser gave no secure random numbers ({e}), so no private room can be made up. Open a link someone shared, or use another browser.")
+    })?;
     let mut bits: u128 = u128::from_le_bytes(bytes[..16].try_into().unwrap_or([0; 16]));
     let extra = bytes[16];
     let mut out = String::with_capacity(26);
@@ -35,12 +37,13 @@ pub fn random_token() -> String {
         };
         out.push(ALPHABET[v] as char);
     }
-    out
+    Ok(out)
 }
 
 /// "Sunny Otter" and the like.
 pub fn friendly_name() -> String {
-    let b = random_bytes::<2>();
+    // Not a secret: without a random source everybody is an Amber Badger.
+    let b = random_bytes::<2>().unwrap_or_default();
     format!(
         "{} {}",
         ADJECTIVES[b[0] as usize % ADJECTIVES.len()],
@@ -54,9 +57,9 @@ mod tests {
 
     #[test]
     fn tokens_carry_at_least_128_bits_and_differ() {
-        let a = random_token();
+        let a = random_token().unwrap();
         assert_eq!(a.len(), 26, "26 × 5 bits = 130 bits");
-        assert_ne!(a, random_token());
+        assert_ne!(a, random_token().unwrap());
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
     }
 }
