@@ -410,7 +410,8 @@ impl Island {
     /// The session's main loop; returns when the session has been idle long enough and
     /// was removed from the registry.
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let mut batch = Vec::with_capacity(512);
+        // Grown on demand: idle sessions keep no batch buffer of their own.
+        let mut batch = Vec::new();
         // One timer, moved to the next deadline only when that changes (not re-created on
         // every wake-up: that would register a timer per message).
         let far = || Instant::now() + Duration::from_secs(3600);

@@ -73,6 +73,37 @@ struct ServeArgs {
     /// Largest file accepted by the file store, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_file_bytes: usize,
+    /// Participants (connections that joined with a user) per session.
+    #[arg(long, default_value_t = 1000)]
+    max_participants_per_session: usize,
+    /// Connections that joined without a user (observers) per session.
+    #[arg(long, default_value_t = 100)]
+    max_observers_per_session: usize,
+    /// Sessions held in memory at once.
+    #[arg(long, default_value_t = 5000)]
+    max_sessions: usize,
+    /// Sessions in memory started from one address (IPv6: one /64).
+    #[arg(long, default_value_t = 100)]
+    max_sessions_per_address: usize,
+    /// Bytes of messages one session keeps for late joiners before it refuses messages
+    /// until it gets a snapshot.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    max_session_bytes: usize,
+    /// Bytes of messages all sessions together keep.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    max_stored_bytes: usize,
+    /// Shortest tick period a session may ask for, in ms (longest: 60 s).
+    #[arg(long, default_value_t = 20)]
+    min_tick_ms: u64,
+    /// A session accepts at most one snapshot per this many ms.
+    #[arg(long, default_value_t = 2000)]
+    snapshot_min_interval_ms: u64,
+    /// `debounce` message ids remembered per session.
+    #[arg(long, default_value_t = 1000)]
+    max_debounce_ids: usize,
+    /// Delete the journal of a session nobody joined for this many days (0: keep forever).
+    #[arg(long, default_value_t = 30)]
+    session_retention_days: u64,
     #[command(flatten)]
     ai: AiArgs,
 }
@@ -137,7 +168,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.client_burst = args.client_rate_limit.saturating_mul(2);
     config.client_backlog = args.client_backlog.max(16);
     config.max_file_bytes = args.max_file_bytes;
+    config.max_clients_per_session = args.max_participants_per_session;
+    config.max_observers_per_session = args.max_observers_per_session;
+    config.max_sessions = args.max_sessions;
+    config.max_sessions_per_address = args.max_sessions_per_address;
+    config.max_session_bytes = args.max_session_bytes;
+    config.max_stored_bytes = args.max_stored_bytes;
+    config.min_tick = std::time::Duration::from_millis(args.min_tick_ms.clamp(1, 60_000));
+    config.snapshot_min_interval = std::time::Duration::from_millis(args.snapshot_min_interval_ms);
+    config.max_debounce_ids = args.max_debounce_ids;
+    config.session_retention = (args.session_retention_days > 0)
+        .then(|| std::time::Duration::from_secs(args.session_retention_days * 24 * 3600));
     let reflector = Reflector::new(config).context("cannot start the reflector")?;
+    reflector.spawn_housekeeping();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

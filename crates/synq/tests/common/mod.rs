@@ -67,6 +67,20 @@ fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)], keep_stderr: bool
 }
 
 impl Serve {
+    /// The next stderr line that contains `needle` (needs [`serve_with`]).
+    pub fn stderr_containing(&mut self, needle: &str) -> String {
+        let stderr = self.stderr.as_mut().expect("started with serve_with");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stderr.read_line(&mut line).expect("stderr");
+            assert!(n > 0, "synq serve ended before printing {needle:?}");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
     /// The next stderr line that starts with `prefix` (needs [`serve_with`]).
     pub fn stderr_line(&mut self, prefix: &str) -> String {
         let stderr = self.stderr.as_mut().expect("started with serve_with");

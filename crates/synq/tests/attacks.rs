@@ -1,0 +1,746 @@
+//! Attacks on a public `synq serve`, run against the real binary as an attacker would run
+//! them (raw WebSocket frames), each asserting what the participants then see. Two kinds
+//! of attacker: a participant who knows the room's password, and anyone who knows only the
+//! room's name (which gives the session id).
+
+use std::path::Path;
+use std::time::Duration;
+
+mod common;
+
+use common::{Serve, Ws, next_json};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+use synq_client::crypto::SessionKey;
+use synq_client::{ClientConfig, Session, SessionEvent, join, session_id};
+use synq_model::Model;
+use synq_model::demo::{Room, RoomInput, RoomViewData};
+use synq_protocol::identity::view_id_for_proof;
+use tokio_tungstenite::tungstenite::Message;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const APP: &str = "synq.test";
+const KDF_ROUNDS: u32 = 1000;
+
+fn config(base: &str, room: &str) -> ClientConfig {
+    let mut c = ClientConfig::for_server(base, APP, room, "pw");
+    c.tps = 1.0 / 30.0;
+    c.kdf_rounds = KDF_ROUNDS;
+    c.snapshot_every = None;
+    c.max_sends_per_sec = 100.0;
+    c
+}
+
+async fn joined_with(config: ClientConfig, who: &str) -> Session<Room> {
+    let data = RoomViewData { name: who.into() };
+    tokio::time::timeout(PATIENCE, join::<Room>(config, data))
+        .await
+        .expect("joined in time")
+        .expect("join")
+}
+
+async fn joined(base: &str, room: &str, who: &str) -> Session<Room> {
+    joined_with(config(base, room), who).await
+}
+
+/// Waits on session events until `pred` holds for the model.
+async fn until(s: &mut Session<Room>, what: &str, pred: impl Fn(&Room) -> bool) {
+    let wait = async {
+        while !s.read(&pred).unwrap_or(false) {
+            match s.next_event().await {
+                Some(SessionEvent::Failed(e)) => panic!("session failed waiting for {what}: {e}"),
+                Some(_) => {}
+                None => panic!("session ended waiting for {what}"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Waits for a `Rejected` event whose text contains `needle`.
+async fn rejected(s: &mut Session<Room>, needle: &str) -> String {
+    let wait = async {
+        loop {
+            match s.next_event().await {
+                Some(SessionEvent::Rejected(why)) if why.contains(needle) => return why,
+                Some(SessionEvent::Failed(e)) => panic!("session failed: {e}"),
+                Some(_) => {}
+                None => panic!("session ended"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no rejection containing {needle:?}"))
+}
+
+async fn post_and_see(from: &Session<Room>, to: &mut Session<Room>, text: &str) {
+    from.publish(RoomInput::Post(text.into())).expect("publish");
+    until(to, text, |m| m.posts.iter().any(|p| p.text == text)).await;
+}
+
+/// A post by `sessions[0]` that every session has applied; then their states must agree.
+async fn settle(sessions: &mut [&mut Session<Room>], marker: &str) {
+    sessions[0]
+        .publish(RoomInput::Post(marker.into()))
+        .expect("publish");
+    for s in sessions.iter_mut() {
+        until(s, marker, |m| {
+            m.posts.last().is_some_and(|p| p.text == marker)
+        })
+        .await;
+    }
+    let hashes: Vec<_> = sessions.iter().map(|s| s.hash()).collect();
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "replicas agree after {marker}: {hashes:?}"
+    );
+}
+
+/// The plaintext of a synq message, as `synq-client` encodes it (postcard of the same
+/// shape as its private `Wire`).
+#[derive(Serialize)]
+struct Wire {
+    view: String,
+    body: Body,
+}
+
+#[derive(Serialize)]
+enum Body {
+    Inputs { first_n: u64, inputs: Vec<Vec<u8>> },
+}
+
+/// A raw connection, as an attacker writes it.
+struct Raw {
+    ws: Ws,
+    sid: String,
+    id: String,
+}
+
+impl Raw {
+    /// JOINs `sid` with a fresh identity; with `key`, its view data is sealed properly
+    /// (a participant with the password), else it is garbage (anyone else). Returns after
+    /// the SYNC.
+    async fn join(serve: &Serve, sid: &str, key: Option<&SessionKey>, name: &str) -> Raw {
+        let proof = format!("attacker-proof-{name}-{}", std::process::id());
+        let id = view_id_for_proof(&proof);
+        let data = match key {
+            Some(k) => {
+                let plain =
+                    postcard::to_stdvec(&RoomViewData { name: name.into() }).expect("encode");
+                k.seal_view_data(&id, &plain).expect("seal")
+            }
+            None => "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        };
+        let user = json!({"id": id, "data": data, "proof": proof});
+        Raw::join_as(serve, sid, Some(user), json!({"tick": 30000}))
+            .await
+            .with_id(id)
+    }
+
+    async fn join_as(serve: &Serve, sid: &str, user: Option<Value>, ticks: Value) -> Raw {
+        let mut ws = connect(serve, sid).await;
+        let mut args = json!({"name": "x", "version": 1, "apiKey": "none", "ticks": ticks});
+        if let Some(u) = user {
+            args["user"] = u;
+        }
+        send(&mut ws, json!({"id": sid, "action": "JOIN", "args": args})).await;
+        loop {
+            let f = next_json(&mut ws, PATIENCE).await;
+            if f["action"] == "SYNC" {
+                break;
+            }
+        }
+        Raw {
+            ws,
+            sid: sid.into(),
+            id: String::new(),
+        }
+    }
+
+    fn with_id(mut self, id: String) -> Raw {
+        self.id = id;
+        self
+    }
+
+    async fn send(&mut self, frame: Value) {
+        send(&mut self.ws, frame).await;
+    }
+}
+
+async fn connect(serve: &Serve, sid: &str) -> Ws {
+    let url = format!("ws://{}/reflector/{sid}", serve.addr);
+    tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// The close code the server ends this connection with.
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    let wait = async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("connection closed in time")
+}
+
+fn room_key(room: &str) -> (String, SessionKey) {
+    let sid = session_id(APP, room, Room::SCHEMA);
+    let key = SessionKey::derive("pw", &sid, KDF_ROUNDS);
+    (sid, key)
+}
+
+fn sealed_post(key: &SessionKey, claimed: &str, first_n: u64, text: &str) -> String {
+    let input = postcard::to_stdvec(&RoomInput::Post(text.into())).expect("encode");
+    let wire = Wire {
+        view: claimed.into(),
+        body: Body::Inputs {
+            first_n,
+            inputs: vec![input],
+        },
+    };
+    let plain = postcard::to_stdvec(&wire).expect("encode");
+    key.seal_text(synq_client::crypto::Purpose::Message, &plain)
+        .expect("seal")
+}
+
+fn serve(dir: &Path, extra: &[&str]) -> Serve {
+    let mut args = vec!["--no-ai"];
+    args.extend_from_slice(extra);
+    common::serve(dir, &args)
+}
+
+#[tokio::test]
+async fn a_vote_cannot_carry_a_message_in_another_participants_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &[]);
+    let room = "forged-vote";
+    let mut alice = joined(&server.base, room, "alice").await;
+    let mut bob = joined(&server.base, room, "bob").await;
+    let alice_id = alice.view_id().as_str().to_owned();
+    let (sid, key) = room_key(room);
+    // Mallory knows the password: she seals a post that claims to be Alice's, with a huge
+    // input number (which, accepted, would silence Alice's later posts as duplicates), and
+    // sends it as a vote's `firstMsg`, which the reflector broadcasts.
+    let mut mallory = Raw::join(&server, &sid, Some(&key), "mallory").await;
+    let forged = sealed_post(&key, &alice_id, u64::MAX / 2, "FORGED by Mallory: 2+2 is 5");
+    mallory
+        .send(json!({"id": sid, "action": "TUTTI",
+            "args": [0, 0, "vote", [0, 0, forged, 0], false, null, "forged@1"]}))
+        .await;
+    let why = rejected(&mut bob, "claims to come from").await;
+    assert!(
+        why.contains(&mallory.id),
+        "stamped with Mallory's id: {why}"
+    );
+    // A stamp of her own behind the payload does not pass either: the reflector closes her.
+    mallory
+        .send(json!({"id": sid, "action": "TUTTI",
+            "args": [0, 0, "vote", [0, 0, forged, 0, alice_id], false, null, "forged@2"]}))
+        .await;
+    assert_eq!(close_code(&mut mallory.ws).await, Some(4102));
+    // Alice is not silenced, and nobody ever saw the forged post.
+    post_and_see(&alice, &mut bob, "alice is still heard").await;
+    for s in [&alice, &bob] {
+        let texts: Vec<String> = s
+            .read(|m| m.posts.iter().map(|p| p.text.clone()).collect())
+            .expect("model");
+        assert!(!texts.iter().any(|t| t.contains("FORGED")), "{texts:?}");
+    }
+    alice.leave();
+}
+
+#[tokio::test]
+async fn without_the_password_nobody_can_announce_a_leave_or_pose_as_the_reflector() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &[]);
+    let room = "forged-leave";
+    let alice = joined(&server.base, room, "alice").await;
+    let mut bob = joined(&server.base, room, "bob").await;
+    let alice_id = alice.view_id().as_str().to_owned();
+    let (sid, _) = room_key(room);
+    let users = json!({"what": "users", "active": 1, "total": 1, "left": [{"id": alice_id}]});
+    // Eve knows only the room name. As a SEND...
+    let mut eve = Raw::join(&server, &sid, None, "eve").await;
+    eve.send(json!({"id": sid, "action": "SEND", "args": [0, 0, users, 0]}))
+        .await;
+    assert_eq!(close_code(&mut eve.ws).await, Some(4102));
+    // ...and as a vote's firstMsg.
+    let mut eve = Raw::join(&server, &sid, None, "eve2").await;
+    eve.send(json!({"id": sid, "action": "TUTTI",
+        "args": [0, 0, "vote", [0, 0, users, 0], false, null, "leave@1"]}))
+        .await;
+    assert_eq!(close_code(&mut eve.ws).await, Some(4102));
+    // Alice is still in the room for Bob, and her posts still arrive.
+    post_and_see(&alice, &mut bob, "alice after the forged leave").await;
+    let names = bob.read(|m| m.names.clone()).expect("model");
+    assert_eq!(
+        names.get(alice.view_id()).map(String::as_str),
+        Some("alice"),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_profile_cannot_be_replayed_under_another_view_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &[]);
+    let room = "replayed-profile";
+    let alice = joined(&server.base, room, "alice").await;
+    let (sid, _) = room_key(room);
+    // Eve, without the password, copies Alice's sealed profile from the join
+    // announcement that any connection to the room is replayed in its SYNC.
+    let mut bob = joined(&server.base, room, "bob").await;
+    let mut watcher = connect(&server, &sid).await;
+    send(
+        &mut watcher,
+        json!({"id": sid, "action": "JOIN",
+        "args": {"name": "x", "version": 1, "apiKey": "none"}}),
+    )
+    .await;
+    let sync = next_json(&mut watcher, PATIENCE).await;
+    let alice_data = sync["args"]["messages"]
+        .as_array()
+        .and_then(|ms| {
+            ms.iter().find_map(|m| {
+                m[2]["joined"].as_array().and_then(|j| {
+                    j.iter()
+                        .find(|e| e["id"] == alice.view_id().as_str())
+                        .and_then(|e| e["data"].as_str().map(str::to_owned))
+                })
+            })
+        })
+        .expect("Alice's join announcement in the SYNC");
+    let proof = "eve-replays-alice";
+    let eve_id = view_id_for_proof(proof);
+    let _eve = Raw::join_as(
+        &server,
+        &sid,
+        Some(json!({"id": eve_id, "data": alice_data, "proof": proof})),
+        json!({"tick": 30000}),
+    )
+    .await;
+    rejected(&mut bob, &eve_id).await;
+    post_and_see(&alice, &mut bob, "after eve").await;
+    let names = bob.read(|m| m.names.clone()).expect("model");
+    assert_eq!(
+        names.values().filter(|n| *n == "alice").count(),
+        1,
+        "only Alice is called alice: {names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_poisoned_snapshot_is_refused_and_the_room_stays_joinable_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = serve(dir.path(), &[]);
+    let room = "poisoned-snap";
+    let alice = joined(&server.base, room, "alice").await;
+    let mut bob = joined(&server.base, room, "bob").await;
+    post_and_see(&alice, &mut bob, "before the attack").await;
+    let (sid, _) = room_key(room);
+    let first_seq = synq_protocol::INITIAL_SEQ.wrapping_add(1);
+    let own = format!("http://{}/files/snapshots/{sid}/x.snap", server.addr);
+    let attempts = [
+        // Croquet's flow would take each of these: a far-future time, a foreign host, a
+        // sequence number never issued.
+        json!({"time": 1e300, "seq": first_seq, "hash": "h", "url": own}),
+        json!({"time": 1, "seq": first_seq, "hash": "h", "url": "http://evil.example/files/snapshots/x.snap"}),
+        json!({"time": 1, "seq": 7, "hash": "h", "url": own}),
+    ];
+    // An observer (no user) and a participant without the password.
+    let mut observer = Raw::join_as(&server, &sid, None, json!({"tick": 30000})).await;
+    let mut eve = Raw::join(&server, &sid, None, "eve").await;
+    for a in &attempts {
+        observer
+            .send(json!({"id": sid, "action": "SNAP", "args": a}))
+            .await;
+        eve.send(json!({"id": sid, "action": "SNAP", "args": a}))
+            .await;
+    }
+    // Let every SNAP be handled (a post sent after them is sequenced after them).
+    post_and_see(&alice, &mut bob, "after the attack").await;
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("synq_snapshots_total 0"),
+        "no snapshot was registered:\n{metrics}"
+    );
+    // The observer's SNAPs reach the session through another connection than the post
+    // above: wait for the counter (every 10 ms, at most 10 s).
+    let mut metrics = metrics;
+    for _ in 0..1000 {
+        if metrics.contains("synq_snapshots_refused_total 6") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        metrics = reqwest::get(format!("{}/metrics", server.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+    }
+    assert!(
+        metrics.contains("synq_snapshots_refused_total 6"),
+        "each of the observer's and Eve's snapshots was refused:\n{metrics}"
+    );
+    let carol = joined(&server.base, room, "carol").await;
+    assert_eq!(carol.loaded_snapshot(), None);
+    let posts = carol.read(|m| m.posts.len()).expect("model");
+    assert_eq!(posts, 2, "carol replayed the room");
+    drop((carol, alice, bob, observer, eve));
+    // After a restart on the same data, the room is still joinable.
+    let addr = server.addr.to_string();
+    drop(server);
+    server = serve(dir.path(), &[]);
+    let _ = addr;
+    let dan = joined(&server.base, room, "dan").await;
+    assert_eq!(dan.read(|m| m.posts.len()).expect("model"), 2);
+}
+
+#[tokio::test]
+async fn real_snapshots_still_register_and_late_joiners_load_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &[]);
+    let room = "real-snap";
+    let mut c = config(&server.base, room);
+    c.snapshot_every = Some(5);
+    let mut alice = joined_with(c, "alice").await;
+    for i in 0..6 {
+        alice
+            .publish(RoomInput::Post(format!("post {i}")))
+            .expect("publish");
+    }
+    let wait = async {
+        loop {
+            match alice.next_event().await {
+                Some(SessionEvent::SnapshotUploaded { .. }) => break,
+                Some(SessionEvent::Failed(e)) => panic!("{e}"),
+                Some(_) => {}
+                None => panic!("ended"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("a snapshot");
+    // The SNAP follows the upload; a post after it is sequenced after it.
+    let mut bob = joined(&server.base, room, "bob").await;
+    post_and_see(&alice, &mut bob, "after the snapshot").await;
+    let carol = joined(&server.base, room, "carol").await;
+    assert!(
+        carol.loaded_snapshot().is_some(),
+        "a late joiner loads the snapshot"
+    );
+    assert_eq!(carol.hash(), alice.hash());
+}
+
+#[tokio::test]
+async fn huge_or_tiny_tick_values_neither_panic_nor_stall_the_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &[]);
+    let sid = "croquet-style-tick-session";
+    // The JOIN that creates the session asks for a tick of 1e308 ms, then TICKS asks for
+    // 1e308 and for 1 ms.
+    let mut a = Raw::join_as(&server, sid, Some(json!("a")), json!({"tick": 1e308})).await;
+    a.send(json!({"id": sid, "action": "TICKS", "args": {"tick": 1e308, "delay": 1e308, "scale": 1e308}}))
+        .await;
+    a.send(json!({"id": sid, "action": "TICKS", "args": {"tick": 1}}))
+        .await;
+    // The session still answers: another client joins and sees a's message.
+    let mut b = Raw::join_as(&server, sid, Some(json!("b")), json!({"tick": 1e308})).await;
+    a.send(json!({"id": sid, "action": "SEND", "args": [0, 0, "hello", 0]}))
+        .await;
+    loop {
+        let f = next_json(&mut b.ws, PATIENCE).await;
+        if f["action"] == "RECV" && f["args"][2] == "hello" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_observers_cannot_fill_a_room_and_one_address_cannot_hold_every_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(
+        dir.path(),
+        &[
+            "--max-observers-per-session",
+            "2",
+            "--max-sessions-per-address",
+            "2",
+        ],
+    );
+    let sid = "observed-session";
+    let mut observers = Vec::new();
+    for _ in 0..2 {
+        observers.push(Raw::join_as(&server, sid, None, json!({"tick": 30000})).await);
+    }
+    let mut third = connect(&server, sid).await;
+    send(
+        &mut third,
+        json!({"id": sid, "action": "JOIN",
+        "args": {"name": "x", "version": 1, "apiKey": "none"}}),
+    )
+    .await;
+    assert_eq!(close_code(&mut third).await, Some(4106));
+    // A participant still gets in.
+    let _p = Raw::join_as(&server, sid, Some(json!("p")), json!({"tick": 30000})).await;
+    // This address holds one session; a second is fine, a third is refused.
+    let _s2 = Raw::join_as(
+        &server,
+        "second-session",
+        Some(json!("p")),
+        json!({"tick": 30000}),
+    )
+    .await;
+    let mut s3 = connect(&server, "third-session").await;
+    send(
+        &mut s3,
+        json!({"id": "third-session", "action": "JOIN",
+        "args": {"name": "x", "version": 1, "apiKey": "none", "user": "p"}}),
+    )
+    .await;
+    assert_eq!(close_code(&mut s3).await, Some(4108));
+}
+
+#[tokio::test]
+async fn journals_of_long_unused_sessions_are_deleted_at_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sessions = dir.path().join("sessions");
+    for (name, age_days) in [("old-session", 40u64), ("recent-session", 1)] {
+        let d = sessions.join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let f = std::fs::File::create(d.join("journal")).expect("journal");
+        let when = std::time::SystemTime::now() - Duration::from_secs(age_days * 24 * 3600);
+        f.set_modified(when).expect("mtime");
+    }
+    let mut server = common::serve_with(
+        dir.path(),
+        &["--no-ai", "--session-retention-days", "30"],
+        &[],
+    );
+    server.stderr_containing("deleted the journals");
+    assert!(!sessions.join("old-session").exists());
+    assert!(sessions.join("recent-session").exists());
+}
+
+/// Peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_when_big_messages_pile_up_and_joiners_stop_reading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Unlimited rate, so that the flood is quick; the byte cap is what is tested.
+    let server = serve(
+        dir.path(),
+        &[
+            "--max-session-bytes",
+            "16777216",
+            "--client-rate-limit",
+            "0",
+        ],
+    );
+    let sid = "memory-flood-session";
+    let payload = "y".repeat(60_000);
+    // One participant that reads everything; four observers (no user) that only send, so
+    // that nobody but the stalled joiners below stops reading.
+    let first = Raw::join_as(&server, sid, Some(json!("s0")), json!({"tick": 30000})).await;
+    let mut senders = vec![first];
+    for _ in 1..5 {
+        senders.push(Raw::join_as(&server, sid, None, json!({"tick": 30000})).await);
+    }
+    // Each sends 60 KB messages until the session refuses them (it asks for a snapshot
+    // that never comes).
+    let mut refused = false;
+    'flood: for _ in 0..200 {
+        for s in &mut senders {
+            s.send(json!({"id": sid, "action": "SEND", "args": [0, 0, payload, 0]}))
+                .await;
+        }
+        // Drain what arrived; stop at the refusal notice.
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(1), senders[0].ws.next()).await
+        {
+            if let Message::Text(t) = m
+                && t.as_str().contains("Cannot buffer more messages")
+            {
+                refused = true;
+                break 'flood;
+            }
+        }
+    }
+    assert!(
+        refused,
+        "the session refused messages past --max-session-bytes"
+    );
+    // Six clients join and never read their SYNC.
+    let mut stalled = Vec::new();
+    for i in 0..6 {
+        let mut ws = connect(&server, sid).await;
+        send(
+            &mut ws,
+            json!({"id": sid, "action": "JOIN",
+            "args": {"name": "x", "version": 1, "apiKey": "none", "user": format!("j{i}")}}),
+        )
+        .await;
+        stalled.push(ws);
+    }
+    // A late joiner that does read gets the whole SYNC, in pieces.
+    let mut reader = connect(&server, sid).await;
+    send(
+        &mut reader,
+        json!({"id": sid, "action": "JOIN",
+        "args": {"name": "x", "version": 1, "apiKey": "none"}}),
+    )
+    .await;
+    let mut whole = String::new();
+    loop {
+        let m = tokio::time::timeout(PATIENCE, reader.next())
+            .await
+            .expect("sync in time")
+            .expect("open")
+            .expect("frame");
+        let Message::Text(t) = m else { continue };
+        let t = t.as_str();
+        if let Some(rest) = t.strip_prefix("_CHUNK") {
+            whole.push_str(&rest[2..]);
+            if rest.as_bytes()[1] == b'1' {
+                break;
+            }
+        } else if t.contains("\"SYNC\"") {
+            whole = t.to_owned();
+            break;
+        }
+    }
+    let sync: Value = serde_json::from_str(&whole).expect("a SYNC that parses");
+    let n = sync["args"]["messages"].as_array().map_or(0, Vec::len);
+    assert!(n > 100, "the SYNC replays the retained messages ({n})");
+    let peak = peak_rss(server.child.id());
+    assert!(
+        peak < 200 * 1024 * 1024,
+        "peak RSS {} MiB (16 MiB of messages, 6 stalled joiners)",
+        peak / 1024 / 1024
+    );
+    drop(stalled);
+}
+
+/// The `[time, seq]` of the next RECV that carries a client's message.
+async fn next_message_position(ws: &mut Ws) -> (u64, u64) {
+    loop {
+        let f = next_json(ws, PATIENCE).await;
+        if f["action"] == "RECV" && f["args"][2].is_string() {
+            let time = f["args"][0].as_u64().expect("time");
+            let seq = f["args"][1].as_u64().expect("seq");
+            return (time, seq);
+        }
+    }
+}
+
+/// Eve (no password) stores a file of garbage in the room's snapshot folder and registers
+/// it as the room's snapshot at the latest message, which passes every check the reflector
+/// can make without the password.
+async fn poison_snapshot(server: &Serve, eve: &mut Raw, alice: &Session<Room>, name: &str) {
+    alice
+        .publish(RoomInput::Post(format!("before {name}")))
+        .expect("publish");
+    let (time, seq) = next_message_position(&mut eve.ws).await;
+    let url = format!("{}/files/snapshots/{}/{name}", server.base, eve.sid);
+    let put = reqwest::Client::new()
+        .put(&url)
+        .body(vec![7u8; 4096])
+        .send()
+        .await
+        .expect("upload");
+    assert!(put.status().is_success(), "{}", put.status());
+    let sid = eve.sid.clone();
+    eve.send(json!({"id": sid, "action": "SNAP",
+        "args": {"time": time, "seq": seq, "hash": "h", "url": url}}))
+        .await;
+}
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_load_makes_joiners_replay_the_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &[]);
+    let room = "poison-then-replay";
+    let alice = joined(&server.base, room, "alice").await;
+    let mut bob = joined(&server.base, room, "bob").await;
+    let (sid, _) = room_key(room);
+    let mut eve = Raw::join(&server, &sid, None, "eve").await;
+    poison_snapshot(&server, &mut eve, &alice, "poison.snap").await;
+    post_and_see(&alice, &mut bob, "after the poison").await;
+    let mut alice = alice;
+    let mut carol = joined(&server.base, room, "carol").await;
+    assert_eq!(
+        carol.loaded_snapshot(),
+        None,
+        "carol replayed from the start"
+    );
+    settle(&mut [&mut alice, &mut bob, &mut carol], "carol is in").await;
+}
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_load_makes_joiners_use_the_one_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &["--snapshot-min-interval-ms", "0"]);
+    let room = "poison-then-older";
+    let mut c = config(&server.base, room);
+    // Joins and posts count: the poll comes with the 6th message, and fewer than 6 follow
+    // before Bob's join, so the real snapshot is still the one before the poison then.
+    c.snapshot_every = Some(6);
+    let mut alice = joined_with(c, "alice").await;
+    let (sid, _) = room_key(room);
+    let mut eve = Raw::join(&server, &sid, None, "eve").await;
+    for i in 0..5 {
+        alice
+            .publish(RoomInput::Post(format!("post {i}")))
+            .expect("publish");
+    }
+    let real = loop {
+        match tokio::time::timeout(PATIENCE, alice.next_event())
+            .await
+            .expect("a snapshot in time")
+        {
+            Some(SessionEvent::SnapshotUploaded { url }) => break url,
+            Some(SessionEvent::Failed(e)) => panic!("{e}"),
+            Some(_) => {}
+            None => panic!("ended"),
+        }
+    };
+    poison_snapshot(&server, &mut eve, &alice, "poison.snap").await;
+    let mut bob = joined(&server.base, room, "bob").await;
+    assert_eq!(bob.loaded_snapshot().as_deref(), Some(real.as_str()));
+    settle(&mut [&mut alice, &mut bob], "bob is in").await;
+}
