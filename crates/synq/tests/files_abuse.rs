@@ -6,7 +6,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{open_session, serve};
+use common::{open_app_session, open_session, serve};
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -87,6 +87,33 @@ fn files_in(dir: &std::path::Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn persisted_data_goes_to_the_app_and_persistent_id_of_a_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &["--no-ai"]);
+    let _ws = open_app_session(server.addr, "persisting", "com.example.app", Some("pid1")).await;
+    for path in [
+        "apps/com.example.app/pid1/save/h1",
+        "apps/com.example.app/pid1/data/h2",
+    ] {
+        assert_eq!(
+            put(&server.base, path, b"data".to_vec(), None).await,
+            StatusCode::CREATED,
+            "{path}"
+        );
+    }
+    for path in [
+        "apps/com.example.app/otherpid/save/h1",
+        "apps/other.app/pid1/save/h1",
+    ] {
+        assert_eq!(
+            put(&server.base, path, b"data".to_vec(), None).await,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]
