@@ -84,6 +84,9 @@ impl Reflector {
 
     /// Routes: `/reflector/<sessionId>` (any prefix before the last segment is accepted,
     /// e.g. `/reflector/v1/<id>`), `/files/…`, `/healthz`, `/metrics`.
+    /// Serve it with [`crate::serve_with`] (or with axum's
+    /// `into_make_service_with_connect_info::<SocketAddr>`): uploads are counted per peer
+    /// address and need `ConnectInfo<SocketAddr>`.
     pub fn router(&self) -> Router {
         let limits = &self.ctx.config.files;
         let files_state = FilesState {
