@@ -68,6 +68,35 @@ pub struct ReflectorConfig {
     pub idle_grace: Duration,
     /// Largest file accepted by the file store.
     pub max_file_bytes: usize,
+    /// File store and origin limits (see docs/security.md, "File store").
+    pub files: FileLimits,
+}
+
+/// Limits of the file store and of which web pages may use the server.
+#[derive(Debug, Clone)]
+pub struct FileLimits {
+    /// Web origins allowed to open WebSockets and upload, besides the server's own and
+    /// localhost (`*`: any). Requests without `Origin` (native clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Bytes the file store may hold in total (0 = unlimited).
+    pub max_store_bytes: u64,
+    /// Bytes one address (IPv6: one /64) may upload per `upload_quota_window` (0 = unlimited).
+    pub upload_quota_bytes: u64,
+    pub upload_quota_window: Duration,
+    /// An upload that sends nothing for this long is cut off.
+    pub body_timeout: Duration,
+}
+
+impl Default for FileLimits {
+    fn default() -> FileLimits {
+        FileLimits {
+            allowed_origins: Vec::new(),
+            max_store_bytes: 10 << 30,
+            upload_quota_bytes: 512 << 20,
+            upload_quota_window: Duration::from_secs(3600),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl ReflectorConfig {
@@ -97,6 +126,7 @@ impl ReflectorConfig {
             inactivity_timeout: Duration::from_secs(60),
             idle_grace: Duration::from_secs(10),
             max_file_bytes: 64 * 1024 * 1024,
+            files: FileLimits::default(),
         }
     }
 }

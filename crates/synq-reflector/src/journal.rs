@@ -247,6 +247,25 @@ pub fn last_written(dir: &Path) -> Option<std::time::SystemTime> {
         .ok()
 }
 
+/// The header of the journal in `dir` if it is its first record (as every journal
+/// writes it), without reading the rest: a cheap look at a session on disk.
+pub fn read_header(dir: &Path) -> Option<Header> {
+    let mut f = File::open(dir.join(FILE_NAME)).ok()?;
+    let mut head = [0u8; RECORD_HEAD];
+    f.read_exact(&mut head).ok()?;
+    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
+    if head[0] != TAG_HEADER || len > 64 * 1024 {
+        return None;
+    }
+    let mut body = vec![0u8; len];
+    f.read_exact(&mut body).ok()?;
+    if crc32fast::hash(&body) != crc {
+        return None;
+    }
+    serde_json::from_slice(&body).ok()
+}
+
 /// Replay records; returns what they say and the length of the valid prefix.
 fn replay(bytes: &[u8]) -> (Recovered, usize) {
     let mut r = Recovered::default();
@@ -351,6 +370,7 @@ mod tests {
         }
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(r.header, Some(header()));
+        assert_eq!(read_header(dir.path()), Some(header()));
         assert_eq!(r.messages.len(), 2);
         assert_eq!(r.last_seq, Some(4294967282));
         assert_eq!(r.time, 20);

@@ -19,13 +19,18 @@
 pub mod config;
 mod connection;
 mod files;
+mod http;
 mod island;
 pub mod journal;
 pub mod metrics;
+pub mod origin;
+pub mod peer;
+pub mod quota;
 mod registry;
 mod server;
 pub mod store;
 
-pub use config::{Durability, ReflectorConfig};
+pub use config::{Durability, FileLimits, ReflectorConfig};
+pub use http::{HttpLimits, serve, serve_with};
 pub use registry::valid_session_id;
-pub use server::{Reflector, ReflectorError, serve};
+pub use server::{Reflector, ReflectorError};

@@ -119,6 +119,29 @@ impl Ctx {
         self.config.data_dir.join("sessions").join(id)
     }
 
+    /// Whether `id` names a session this reflector holds: running, or with a journal on
+    /// disk. The file store accepts uploads only for such sessions.
+    pub(crate) fn knows_session(&self, id: &str) -> bool {
+        valid_session_id(id)
+            && (self.sessions().by_id.contains_key(id)
+                || self.session_dir(id).join("journal").is_file())
+    }
+
+    /// Whether a session on disk was created by app `app_id` with `persistent_id` (Croquet
+    /// uploads persisted data under those, without the session id). Reads every session's
+    /// journal header: callers cache and throttle it.
+    pub(crate) fn knows_persistent_id(&self, app_id: &str, persistent_id: &str) -> bool {
+        let Ok(dirs) = std::fs::read_dir(self.config.data_dir.join("sessions")) else {
+            return false;
+        };
+        dirs.flatten().any(|d| {
+            crate::journal::read_header(&d.path()).is_some_and(|h| {
+                h.app_id.as_deref() == Some(app_id)
+                    && h.persistent_id.as_deref() == Some(persistent_id)
+            })
+        })
+    }
+
     /// Hand a JOIN to its session, starting (or resuming) the session if needed. Done
     /// under the registry lock so that it cannot race with the session shutting down.
     /// Refused with [`CloseCode::ServerFull`] when starting the session would exceed the

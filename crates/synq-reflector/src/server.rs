@@ -5,17 +5,18 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
 
 use crate::config::ReflectorConfig;
-use crate::files::{self, FilesState};
+use crate::files::{self, AppIndex, FilesState};
 use crate::metrics::Metrics;
+use crate::origin;
+use crate::quota::{AddressQuota, StoreQuota};
 use crate::registry::{Ctx, valid_session_id};
-use crate::store::{BlobStore, LocalDirStore};
+use crate::store::{BlobStore, LocalDirStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReflectorError {
@@ -25,6 +26,8 @@ pub enum ReflectorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot measure the file store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A reflector: build it from a config, mount its [`Reflector::router`] (alone or merged
@@ -32,6 +35,7 @@ pub enum ReflectorError {
 pub struct Reflector {
     ctx: Arc<Ctx>,
     store: Arc<dyn BlobStore>,
+    store_quota: Arc<StoreQuota>,
 }
 
 impl Reflector {
@@ -53,10 +57,21 @@ impl Reflector {
                 source,
             })?;
         }
+        // Counted once, so that the store quota covers files from earlier runs.
+        let stored = store.stored_bytes()?;
+        let store_quota = Arc::new(StoreQuota::new(config.files.max_store_bytes, stored));
+        if store_quota.limit() != 0 && stored >= store_quota.limit() {
+            tracing::warn!(
+                stored,
+                limit = store_quota.limit(),
+                "the file store is full: uploads are refused until files are removed or --max-store-bytes is raised"
+            );
+        }
         let metrics = Arc::new(Metrics::default());
         Ok(Reflector {
             ctx: Arc::new(Ctx::new(config, metrics)),
             store,
+            store_quota,
         })
     }
 
@@ -84,18 +99,32 @@ impl Reflector {
 
     /// Routes: `/reflector/<sessionId>` (any prefix before the last segment is accepted,
     /// e.g. `/reflector/v1/<id>`), `/files/…`, `/healthz`, `/metrics`.
+    /// Serve it with [`crate::serve_with`] (or with axum's
+    /// `into_make_service_with_connect_info::<SocketAddr>`): uploads are counted per peer
+    /// address and need `ConnectInfo<SocketAddr>`.
     pub fn router(&self) -> Router {
+        let limits = &self.ctx.config.files;
         let files_state = FilesState {
             store: Arc::clone(&self.store),
             metrics: Arc::clone(&self.ctx.metrics),
+            ctx: Arc::clone(&self.ctx),
+            store_quota: Arc::clone(&self.store_quota),
+            address_quota: Arc::new(AddressQuota::new(
+                limits.upload_quota_bytes,
+                limits.upload_quota_window,
+            )),
+            apps: Arc::new(AppIndex::default()),
         };
+        // Uploads stream through `files::put`, which enforces the size cap itself.
         let files = Router::new()
             .route(
                 "/files/{*path}",
                 get(files::get).put(files::put).options(files::preflight),
             )
-            .layer(DefaultBodyLimit::max(self.ctx.config.max_file_bytes))
-            .layer(axum::middleware::map_response(files::cors))
+            .layer(axum::middleware::from_fn_with_state(
+                files_state.clone(),
+                files::headers,
+            ))
             .with_state(files_state);
         let ws = Router::new()
             .route("/reflector/{*path}", get(ws_session))
@@ -159,6 +188,9 @@ async fn ws_session(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if !origin::request_allowed(&headers, &ctx.config.files.allowed_origins) {
+        return origin::refused(&headers, "WebSocket");
+    }
     // Croquet: the session id is the last path segment; anything before it is accepted.
     let id = path.rsplit('/').next().unwrap_or("");
     let id = id.split('?').next().unwrap_or("");
@@ -179,23 +211,8 @@ async fn ws_no_session(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if !origin::request_allowed(&headers, &ctx.config.files.allowed_origins) {
+        return origin::refused(&headers, "WebSocket");
+    }
     upgrade(ws, ctx, None, Peer::new(addr, &headers))
-}
-
-/// Serve `router` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Frames are small and latency-sensitive, and the writer already coalesces them:
-    // Nagle's algorithm would hold a frame until the client's next packet ACKs the
-    // previous one (measured: +1 send interval, up to 40 ms, with two senders).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
 }

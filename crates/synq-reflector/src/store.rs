@@ -4,8 +4,13 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
 
 /// A validated relative path inside the store: `/`-separated segments of URL-safe
 /// characters, none of them `.` or `..`, so it can never escape the store's root.
@@ -54,6 +59,12 @@ impl BlobKey {
 pub enum StoreError {
     #[error("{0} already exists with different content (files are write-once)")]
     Conflict(String),
+    #[error("file larger than {0} bytes")]
+    TooLarge(u64),
+    /// Reading the upload failed (the client went away, a timeout, a quota of the
+    /// caller's stream): nothing was stored.
+    #[error("upload body: {0}")]
+    Body(#[source] std::io::Error),
     #[error("storage I/O error on {path}: {source}")]
     Io {
         path: String,
@@ -65,9 +76,19 @@ pub enum StoreError {
 /// Outcome of a successful put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
-    Created,
+    /// Stored; the file holds this many bytes.
+    Created(u64),
     /// The same bytes were already stored under that key.
     Unchanged,
+}
+
+/// An upload or download, chunk by chunk: files are never held in memory whole.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A stored file being read.
+pub struct Blob {
+    pub len: u64,
+    pub body: ByteStream,
 }
 
 /// Where session files live. Files are write-once: Croquet names snapshots and persisted
@@ -75,20 +96,38 @@ pub enum PutOutcome {
 /// a mistake or an attack on other clients, and is refused.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
-    async fn put(&self, key: &BlobKey, data: Bytes) -> Result<PutOutcome, StoreError>;
-    async fn get(&self, key: &BlobKey) -> Result<Option<Bytes>, StoreError>;
+    /// Stores `body` under `key` unless it holds more than `max_bytes`
+    /// ([`StoreError::TooLarge`], nothing stored). Concurrent puts to one new key store
+    /// exactly one of them; the others get `Unchanged` (same bytes) or `Conflict`.
+    async fn put(
+        &self,
+        key: &BlobKey,
+        body: ByteStream,
+        max_bytes: u64,
+    ) -> Result<PutOutcome, StoreError>;
+    async fn get(&self, key: &BlobKey) -> Result<Option<Blob>, StoreError>;
+    /// Bytes stored, counted once at start-up for the store quota.
+    fn stored_bytes(&self) -> Result<u64, StoreError>;
 }
 
-/// Files under a local directory; each put is written to a temporary file and renamed
-/// into place, so readers never see a partial file.
+/// Files under a local directory. An upload is streamed to a temporary file under
+/// `.tmp/` (no key can name it: key segments never start with `.`) and published with
+/// `link(2)`, which fails if the key exists: readers never see a partial file, and of
+/// concurrent uploads to one key exactly one is stored.
 #[derive(Debug, Clone)]
 pub struct LocalDirStore {
     root: PathBuf,
 }
 
+const TMP_DIR: &str = ".tmp";
+const CHUNK: usize = 64 * 1024;
+
 impl LocalDirStore {
+    /// A store under `root`; leftovers of uploads interrupted by a crash are removed.
     pub fn new(root: impl Into<PathBuf>) -> LocalDirStore {
-        LocalDirStore { root: root.into() }
+        let root = root.into();
+        let _ = std::fs::remove_dir_all(root.join(TMP_DIR));
+        LocalDirStore { root }
     }
 
     fn path(&self, key: &BlobKey) -> PathBuf {
@@ -103,41 +142,131 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
+/// Removes the temporary file however the upload ends.
+struct TmpFile(PathBuf);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether two files hold the same bytes, read in chunks.
+fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push(entry.path());
+            } else if ty.is_file() {
+                total = total.saturating_add(entry.metadata()?.len());
+            }
+        }
+    }
+    Ok(total)
+}
+
 #[async_trait]
 impl BlobStore for LocalDirStore {
-    async fn put(&self, key: &BlobKey, data: Bytes) -> Result<PutOutcome, StoreError> {
+    async fn put(
+        &self,
+        key: &BlobKey,
+        mut body: ByteStream,
+        max_bytes: u64,
+    ) -> Result<PutOutcome, StoreError> {
         let path = self.path(key);
-        match tokio::fs::read(&path).await {
-            Ok(existing) if existing == data.as_ref() => return Ok(PutOutcome::Unchanged),
-            Ok(_) => return Err(StoreError::Conflict(key.as_str().to_owned())),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&path, e)),
+        let tmp_dir = self.root.join(TMP_DIR);
+        tokio::fs::create_dir_all(&tmp_dir)
+            .await
+            .map_err(|e| io_err(&tmp_dir, e))?;
+        let tmp = TmpFile(tmp_dir.join(format!("{:016x}", rand::random::<u64>())));
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp.0)
+            .await
+            .map_err(|e| io_err(&tmp.0, e))?;
+        let mut len = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(StoreError::Body)?;
+            len = len.saturating_add(chunk.len() as u64);
+            if len > max_bytes {
+                return Err(StoreError::TooLarge(max_bytes));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| io_err(&tmp.0, e))?;
         }
+        file.flush().await.map_err(|e| io_err(&tmp.0, e))?;
+        drop(file);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| io_err(&dir, e))?;
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        tokio::fs::write(&tmp, &data)
-            .await
-            .map_err(|e| io_err(&tmp, e))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| io_err(&path, e))?;
-        Ok(PutOutcome::Created)
-    }
-
-    async fn get(&self, key: &BlobKey) -> Result<Option<Bytes>, StoreError> {
-        let path = self.path(key);
-        match tokio::fs::read(&path).await {
-            Ok(b) => Ok(Some(Bytes::from(b))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        match tokio::fs::hard_link(&tmp.0, &path).await {
+            Ok(()) => Ok(PutOutcome::Created(len)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let (a, b) = (tmp.0.clone(), path.clone());
+                let same = tokio::task::spawn_blocking(move || same_content(&a, &b))
+                    .await
+                    .map_err(|e| io_err(&path, std::io::Error::other(e)))?
+                    .map_err(|e| io_err(&path, e))?;
+                if same {
+                    Ok(PutOutcome::Unchanged)
+                } else {
+                    Err(StoreError::Conflict(key.as_str().to_owned()))
+                }
+            }
             Err(e) => Err(io_err(&path, e)),
         }
+    }
+
+    async fn get(&self, key: &BlobKey) -> Result<Option<Blob>, StoreError> {
+        let path = self.path(key);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let meta = file.metadata().await.map_err(|e| io_err(&path, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(Blob {
+            len: meta.len(),
+            body: Box::pin(ReaderStream::with_capacity(file, CHUNK)),
+        }))
+    }
+
+    fn stored_bytes(&self) -> Result<u64, StoreError> {
+        dir_bytes(&self.root).map_err(|e| io_err(&self.root, e))
     }
 }
 
@@ -163,28 +292,55 @@ mod tests {
         }
     }
 
+    fn body(bytes: &'static [u8]) -> ByteStream {
+        Box::pin(futures_util::stream::iter(
+            bytes.chunks(2).map(|c| Ok(Bytes::from_static(c))),
+        ))
+    }
+
+    async fn read(store: &LocalDirStore, key: &BlobKey) -> Option<Vec<u8>> {
+        let blob = store.get(key).await.unwrap()?;
+        let chunks: Vec<_> = blob.body.collect().await;
+        Some(chunks.into_iter().flat_map(|c| c.unwrap()).collect())
+    }
+
     #[tokio::test]
     async fn files_are_write_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDirStore::new(dir.path());
         let key = BlobKey::parse("snapshots/s/1.snap").unwrap();
         assert_eq!(
-            store.put(&key, Bytes::from_static(b"one")).await.unwrap(),
-            PutOutcome::Created
+            store.put(&key, body(b"one"), 10).await.unwrap(),
+            PutOutcome::Created(3)
         );
         assert_eq!(
-            store.put(&key, Bytes::from_static(b"one")).await.unwrap(),
+            store.put(&key, body(b"one"), 10).await.unwrap(),
             PutOutcome::Unchanged
         );
         assert!(matches!(
-            store.put(&key, Bytes::from_static(b"two")).await,
+            store.put(&key, body(b"two"), 10).await,
             Err(StoreError::Conflict(_))
         ));
-        assert_eq!(
-            store.get(&key).await.unwrap().unwrap(),
-            Bytes::from_static(b"one")
-        );
+        assert_eq!(read(&store, &key).await.unwrap(), b"one");
         let missing = BlobKey::parse("nope").unwrap();
         assert!(store.get(&missing).await.unwrap().is_none());
+        assert_eq!(
+            store.stored_bytes().unwrap(),
+            3,
+            "no temporary file is left"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_upload_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::new(dir.path());
+        let key = BlobKey::parse("big").unwrap();
+        assert!(matches!(
+            store.put(&key, body(b"0123456789"), 5).await,
+            Err(StoreError::TooLarge(5))
+        ));
+        assert!(store.get(&key).await.unwrap().is_none());
+        assert_eq!(store.stored_bytes().unwrap(), 0);
     }
 }

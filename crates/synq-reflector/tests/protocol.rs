@@ -469,6 +469,9 @@ async fn a_connection_without_user_gets_sync_but_no_stream() {
 #[tokio::test]
 async fn the_files_endpoint_stores_and_serves_with_cors() {
     let server = start(|c| c.max_file_bytes = 1000).await;
+    // Uploads go to sessions the reflector holds.
+    let mut a = Client::connect(&server, "sid").await;
+    a.join("va").await;
     let path = "/files/snapshots/sid/0000007244_4294967284-abc.snap";
     let (status, head, _) = common::http(
         server.addr,
@@ -525,17 +528,26 @@ async fn the_files_endpoint_refuses_traversal_overwrites_and_oversized_uploads()
         );
     }
     assert!(!server.dir.path().join("secret").exists());
-    let (status, _, _) =
-        common::http(server.addr, "PUT", "/files/big", &[], &vec![b'x'; 2000]).await;
+    let mut a = Client::connect(&server, "s").await;
+    a.join("va").await;
+    let (status, _, _) = common::http(
+        server.addr,
+        "PUT",
+        "/files/snapshots/s/big",
+        &[],
+        &vec![b'x'; 2000],
+    )
+    .await;
     assert_eq!(status, 413);
-    let (status, _, _) = common::http(server.addr, "PUT", "/files/once", &[], b"one").await;
+    let once = "/files/snapshots/s/once";
+    let (status, _, _) = common::http(server.addr, "PUT", once, &[], b"one").await;
     assert_eq!(status, 201);
-    let (status, _, _) = common::http(server.addr, "PUT", "/files/once", &[], b"two").await;
+    let (status, _, _) = common::http(server.addr, "PUT", once, &[], b"two").await;
     assert_eq!(
         status, 409,
         "a stored file is never replaced by other content"
     );
-    let (_, _, body) = common::http(server.addr, "GET", "/files/once", &[], b"").await;
+    let (_, _, body) = common::http(server.addr, "GET", once, &[], b"").await;
     assert_eq!(body, b"one");
 }
 

@@ -3,11 +3,12 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use synq_ai::gateway::{self, AiArgs, GatewayState};
-use synq_reflector::{Durability, Reflector, ReflectorConfig};
+use synq_reflector::{Durability, FileLimits, HttpLimits, Reflector, ReflectorConfig};
 use tracing_subscriber::EnvFilter;
 
 mod ai;
@@ -104,6 +105,38 @@ struct ServeArgs {
     /// Delete the journal of a session nobody joined for this many days (0: keep forever).
     #[arg(long, default_value_t = 30)]
     session_retention_days: u64,
+    /// Web origin (e.g. https://app.example.com) allowed to open WebSockets and upload
+    /// files, besides this server's own and localhost; repeatable; `*` allows any.
+    /// Requests without an Origin header (native clients) are always allowed.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Bytes the file store may hold in total (0 = unlimited).
+    #[arg(long, default_value_t = 10 << 30)]
+    max_store_bytes: u64,
+    /// Bytes one address (IPv6: one /64) may upload per --upload-quota-window-secs (0 = unlimited).
+    #[arg(long, default_value_t = 512 << 20)]
+    upload_quota_bytes: u64,
+    #[arg(long, default_value_t = 3600)]
+    upload_quota_window_secs: u64,
+    /// An upload that sends nothing for this many seconds is cut off.
+    #[arg(long, default_value_t = 30)]
+    upload_body_timeout_secs: u64,
+    /// Seconds allowed for a request's headers; also how long an idle kept-alive HTTP
+    /// connection stays open.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// A connection whose response (or WebSocket frame) makes no progress for this many
+    /// seconds is closed (a client that stopped reading).
+    #[arg(long, default_value_t = 30)]
+    http_write_timeout_secs: u64,
+    /// Open connections (HTTP and WebSocket) in total; 0 = unlimited
+    /// [default: half the open-files limit].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Open connections per client address (IPv6: per /64); 0 = unlimited. Behind a
+    /// reverse proxy every connection comes from the proxy: raise this or set 0.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_address: usize,
     #[command(flatten)]
     ai: AiArgs,
 }
@@ -147,12 +180,26 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(open_files = n, "open-files limit"),
-        Err(e) => tracing::warn!(
-            "cannot raise the open-files limit ({e}); each client and session needs a file descriptor"
-        ),
-    }
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => {
+            tracing::debug!(open_files = n, "open-files limit");
+            n
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot raise the open-files limit ({e}); each client and session needs a file descriptor"
+            );
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    // Half: a connection may hold a second descriptor (a stored file it streams), and
+    // session journals need theirs; over the cap new connections are closed at once
+    // instead of accept() failing for everyone.
+    let max_connections = args.max_connections.unwrap_or_else(|| {
+        usize::try_from(open_files / 2)
+            .unwrap_or(usize::MAX)
+            .max(64)
+    });
     // Checked before anything starts, so that a wrong AI flag fails fast.
     let ai_upstream = args.ai.openai_config()?;
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
@@ -179,6 +226,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_debounce_ids = args.max_debounce_ids;
     config.session_retention = (args.session_retention_days > 0)
         .then(|| std::time::Duration::from_secs(args.session_retention_days * 24 * 3600));
+    config.files = FileLimits {
+        allowed_origins: args.allowed_origins.clone(),
+        max_store_bytes: args.max_store_bytes,
+        upload_quota_bytes: args.upload_quota_bytes,
+        upload_quota_window: Duration::from_secs(args.upload_quota_window_secs.max(1)),
+        body_timeout: Duration::from_secs(args.upload_body_timeout_secs.max(1)),
+    };
+    let http_limits = HttpLimits {
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        write_timeout: Duration::from_secs(args.http_write_timeout_secs.max(1)),
+        max_connections,
+        max_connections_per_address: args.max_connections_per_address,
+    };
+    tracing::info!(
+        max_connections,
+        max_connections_per_address = args.max_connections_per_address,
+        "connection caps"
+    );
     let reflector = Reflector::new(config).context("cannot start the reflector")?;
     reflector.spawn_housekeeping();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -205,6 +270,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .merge(web::router())
         .merge(reflector.router())
         .merge(gateway::router(ai));
-    synq_reflector::serve(listener, router).await?;
+    synq_reflector::serve_with(listener, router, http_limits).await?;
     Ok(())
 }

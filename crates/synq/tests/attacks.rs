@@ -233,7 +233,7 @@ async fn a_vote_cannot_carry_a_message_in_another_participants_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = serve(dir.path(), &[]);
     let room = "forged-vote";
-    let mut alice = joined(&server.base, room, "alice").await;
+    let alice = joined(&server.base, room, "alice").await;
     let mut bob = joined(&server.base, room, "bob").await;
     let alice_id = alice.view_id().as_str().to_owned();
     let (sid, key) = room_key(room);

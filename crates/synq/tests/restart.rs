@@ -131,7 +131,8 @@ async fn a_snapshot_pointer_survives_a_restart() {
             ));
         }
     }
-    let snap = json!({"id": "snapped", "action": "SNAP", "args": {"time": seqs[1].0, "seq": seqs[1].1, "hash": "h", "url": "http://example/files/s.snap", "dissident": null}});
+    let url = format!("http://{}/files/snapshots/snapped/s.snap", first.addr);
+    let snap = json!({"id": "snapped", "action": "SNAP", "args": {"time": seqs[1].0, "seq": seqs[1].1, "hash": "h", "url": url, "dissident": null}});
     ws.send(Message::Text(snap.to_string().into()))
         .await
         .expect("send");
@@ -146,7 +147,7 @@ async fn a_snapshot_pointer_survives_a_restart() {
     let _ = first.child.wait();
     let mut second = serve(dir.path(), &["--no-ai"]);
     let (_ws2, sync) = join(second.addr, "snapped", "vb").await;
-    assert_eq!(sync["url"], "http://example/files/s.snap");
+    assert_eq!(sync["url"], url.as_str());
     assert_eq!(sync["snapshotSeq"].as_u64(), Some(seqs[1].1));
     let payloads: Vec<_> = sync["messages"]
         .as_array()

@@ -116,3 +116,29 @@ pub async fn next_json(ws: &mut Ws, patience: std::time::Duration) -> serde_json
         }
     }
 }
+
+/// Joins `session` as a Croquet client would and returns once its SYNC arrived: the
+/// session then exists on the server (e.g. for uploads to its file store).
+pub async fn open_session(addr: SocketAddr, session: &str) -> Ws {
+    open_app_session(addr, session, "t", None).await
+}
+
+/// Like [`open_session`], for Croquet app `app_id` with an optional `persistentId`.
+pub async fn open_app_session(
+    addr: SocketAddr,
+    session: &str,
+    app_id: &str,
+    persistent_id: Option<&str>,
+) -> Ws {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/reflector/{session}"))
+        .await
+        .expect("connect");
+    let join = serde_json::json!({"id": session, "action": "JOIN", "args": {"name": "t/s", "apiKey": "none", "appId": app_id, "persistentId": persistent_id, "version": 1, "user": "u", "ticks": {"tick": 1000}}});
+    ws.send(Message::Text(join.to_string().into()))
+        .await
+        .expect("send JOIN");
+    while next_json(&mut ws, std::time::Duration::from_secs(10)).await["action"] != "SYNC" {}
+    ws
+}
