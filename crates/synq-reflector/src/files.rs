@@ -141,7 +141,7 @@ pub(crate) async fn get(State(st): State<FilesState>, Path(path): Path<String>) 
 ///   `apps/<appId>/<persistentId>/data/<hash>` (Data API): no session id; they belong to
 ///   the sessions of that app and persistent id.
 #[derive(Debug, PartialEq)]
-enum Owner<'a> {
+pub(crate) enum Owner<'a> {
     Session(&'a str),
     App {
         app_id: &'a str,
@@ -149,7 +149,7 @@ enum Owner<'a> {
     },
 }
 
-fn owner(key: &BlobKey) -> Option<Owner<'_>> {
+pub(crate) fn owner(key: &BlobKey) -> Option<Owner<'_>> {
     let segs: Vec<&str> = key.as_str().split('/').collect();
     match *segs.as_slice() {
         ["snapshots", sid, _] => Some(Owner::Session(sid)),

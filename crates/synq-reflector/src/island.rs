@@ -1243,7 +1243,8 @@ impl Drop for Island {
 const MAX_DEBOUNCE_ID: usize = 128;
 
 /// Whether `url` names a snapshot of session `id` in the file store of the server the
-/// client reached as `host`: `http(s)://HOST/files/snapshots/ID/NAME`.
+/// client reached as `host`: `http(s)://HOST/files/PATH`, where PATH is one of the paths
+/// Croquet and synq clients store snapshots at, for this session (see `files::owner`).
 fn snapshot_url_ok(url: &str, host: Option<&str>, id: &str) -> bool {
     let Some(host) = host else {
         return false;
@@ -1257,16 +1258,14 @@ fn snapshot_url_ok(url: &str, host: Option<&str>, id: &str) -> bool {
     let Some((url_host, path)) = rest.split_once('/') else {
         return false;
     };
-    let Some(name) = path
-        .strip_prefix("files/snapshots/")
-        .and_then(|p| p.strip_prefix(id))
-        .and_then(|p| p.strip_prefix('/'))
+    let Some(key) = path
+        .strip_prefix("files/")
+        .and_then(|k| crate::store::BlobKey::parse(k).ok())
     else {
         return false;
     };
     url_host.eq_ignore_ascii_case(host)
-        && !name.contains('/')
-        && crate::store::BlobKey::parse(name).is_ok()
+        && crate::files::owner(&key) == Some(crate::files::Owner::Session(id))
 }
 
 #[cfg(test)]
@@ -1296,6 +1295,9 @@ mod tests {
     fn snapshot_urls_must_name_this_sessions_file_in_this_store() {
         let ok = "http://h:8080/files/snapshots/sid/0000007244_42-abc.snap";
         assert!(snapshot_url_ok(ok, Some("h:8080"), "sid"));
+        let croquet = "https://h/files/apps/com.app/snap/code/pid.sid/0000007244_1.hash";
+        assert!(snapshot_url_ok(croquet, Some("h"), "sid"));
+        assert!(!snapshot_url_ok(croquet, Some("h"), "other"));
         assert!(snapshot_url_ok(ok, Some("H:8080"), "sid"));
         assert!(!snapshot_url_ok(ok, Some("h:8081"), "sid"));
         assert!(!snapshot_url_ok(ok, None, "sid"));
