@@ -90,7 +90,7 @@ pub(crate) async fn run(
     let kill = CancellationToken::new();
     let handle = ConnHandle {
         id: conn_id,
-        peer: crate::registry::address_group(peer),
+        peer: crate::peer::group(peer),
         host: host.map(Arc::from),
         direct: direct_tx,
         kill: kill.clone(),

@@ -69,21 +69,6 @@ impl Sessions {
     }
 }
 
-/// The address that per-address limits count: IPv4 addresses as they are, IPv6 addresses
-/// by their /64 (one subscriber usually has a whole /64), IPv4-mapped IPv6 as IPv4.
-pub fn address_group(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 /// A session id as it appears in the URL: URL-safe characters only, so it is also a safe
 /// directory name. Croquet ids are 43-character base64url hashes.
 pub fn valid_session_id(id: &str) -> bool {

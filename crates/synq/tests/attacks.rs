@@ -483,6 +483,18 @@ async fn huge_or_tiny_tick_values_neither_panic_nor_stall_the_session() {
 }
 
 #[tokio::test]
+async fn a_frame_over_the_transport_limit_is_closed_with_4104() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &[]);
+    let sid = "big-frame-session";
+    let mut a = Raw::join_as(&server, sid, Some(json!("a")), json!({"tick": 30000})).await;
+    let big = "x".repeat(2 * 1024 * 1024);
+    a.send(json!({"id": sid, "action": "SEND", "args": [0, 0, big, 0]}))
+        .await;
+    assert_eq!(close_code(&mut a.ws).await, Some(4104));
+}
+
+#[tokio::test]
 async fn silent_observers_cannot_fill_a_room_and_one_address_cannot_hold_every_session() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = serve(
