@@ -933,6 +933,12 @@ impl Island {
             tracing::debug!(session = %self.id, time = a.time, "snapshot not newer than the current one; ignored");
             return;
         }
+        if self.snapshot.as_ref().is_some_and(|s| s.seq == a.seq) {
+            // A client's periodic snapshot with no message since the last one: it would
+            // spare joiners only ticks.
+            tracing::debug!(session = %self.id, seq = a.seq, "snapshot at the seq of the current one; ignored");
+            return;
+        }
         if let Err(why) = self.check_snapshot(conn, &a) {
             tracing::warn!(session = %self.id, conn, "snapshot refused: {why}");
             Metrics::add(&self.ctx.metrics.snapshots_refused, 1);
@@ -1012,7 +1018,9 @@ impl Island {
             return Err(format!("time {} is not between 0 and now ({now})", a.time));
         }
         let lower = self.snapshot.as_ref().map_or(INITIAL_SEQ, |s| s.seq);
-        let issued = (a.seq == lower || synq_protocol::seq::after(lower, a.seq))
+        // Strictly after the last snapshot: each accepted snapshot rewrites the journal,
+        // so each must cost its sender at least one new message.
+        let issued = synq_protocol::seq::after(lower, a.seq)
             && !synq_protocol::seq::after(self.seq, a.seq);
         if !issued {
             return Err(format!(
