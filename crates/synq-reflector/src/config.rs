@@ -1,6 +1,7 @@
 //! Reflector configuration: limits and durability settings.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How hard the reflector works to keep broadcast messages across crashes.
@@ -48,6 +49,20 @@ pub struct ReflectorConfig {
     pub idle_grace: Duration,
     /// Largest file accepted by the file store.
     pub max_file_bytes: usize,
+    /// Issues the AI capability handed to each participant of a synq session after its
+    /// SYNC: given the session id, the `args` JSON of an `AICAP` frame. `None`: no AI
+    /// capabilities (e.g. `synq serve --no-ai`).
+    pub ai_capability: Option<AiCapabilityIssuer>,
+}
+
+/// See [`ReflectorConfig::ai_capability`].
+#[derive(Clone)]
+pub struct AiCapabilityIssuer(pub Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl std::fmt::Debug for AiCapabilityIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AiCapabilityIssuer")
+    }
 }
 
 impl ReflectorConfig {
@@ -68,6 +83,7 @@ impl ReflectorConfig {
             inactivity_timeout: Duration::from_secs(60),
             idle_grace: Duration::from_secs(10),
             max_file_bytes: 64 * 1024 * 1024,
+            ai_capability: None,
         }
     }
 }

@@ -451,6 +451,41 @@ impl Island {
         if self.next_tick.is_none() {
             self.next_tick = self.tick.map(|p| Instant::now() + p);
         }
+        self.hand_ai_capability();
+    }
+
+    /// synq sessions: hands the participant (an active client) that just joined the AI
+    /// capability that the AI gateway asks for, as `{"id", "action": "AICAP", "args":
+    /// {"token", "expires"}}`, just before its SYNC (the last one queued) so that it holds
+    /// one once it is synced. A rejoin brings a new one. Croquet sessions get nothing new.
+    fn hand_ai_capability(&mut self) {
+        let Some(issue) = &self.ctx.config.ai_capability else {
+            return;
+        };
+        let Some((at, conn)) = self
+            .outbox
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, o)| match o {
+                Out::Sync { conn, .. } => Some((i, *conn)),
+                _ => None,
+            })
+        else {
+            return;
+        };
+        if !synq_protocol::identity::is_synq_session(&self.id)
+            || !self.clients.get(&conn).is_some_and(|c| c.active)
+        {
+            return;
+        }
+        let frame = format!(
+            "{{\"id\":{},\"action\":\"AICAP\",\"args\":{}}}",
+            self.id_json,
+            (issue.0)(&self.id)
+        );
+        self.outbox
+            .insert(at, Out::Direct(conn, Direct::Frame(Utf8Bytes::from(frame))));
     }
 
     fn user_joined(&mut self, user: PendingUser) {

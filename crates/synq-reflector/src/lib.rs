@@ -26,6 +26,6 @@ mod registry;
 mod server;
 pub mod store;
 
-pub use config::{Durability, ReflectorConfig};
+pub use config::{AiCapabilityIssuer, Durability, ReflectorConfig};
 pub use registry::valid_session_id;
 pub use server::{Reflector, ReflectorError, serve};

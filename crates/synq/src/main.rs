@@ -3,11 +3,12 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use synq_ai::gateway::{self, AiArgs, GatewayState};
-use synq_reflector::{Durability, Reflector, ReflectorConfig};
+use synq_ai::gateway::{self, AiArgs, Capabilities, GatewayState};
+use synq_reflector::{AiCapabilityIssuer, Durability, Reflector, ReflectorConfig};
 use tracing_subscriber::EnvFilter;
 
 mod ai;
@@ -137,6 +138,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.client_burst = args.client_rate_limit.saturating_mul(2);
     config.client_backlog = args.client_backlog.max(16);
     config.max_file_bytes = args.max_file_bytes;
+    // The AI capabilities the reflector hands to chat participants and the gateway checks.
+    let capabilities = Arc::new(Capabilities::new(args.ai.capability_ttl()));
+    if !args.ai.no_ai {
+        let caps = Arc::clone(&capabilities);
+        config.ai_capability = Some(AiCapabilityIssuer(Arc::new(move |session: &str| {
+            caps.issue_frame_args(session)
+        })));
+    }
     let reflector = Reflector::new(config).context("cannot start the reflector")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -156,7 +165,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION")
     );
     let slot = ai::start(&args.ai, ai_upstream)?;
-    let ai = GatewayState::new(args.ai.gateway_config(), slot);
+    let ai = GatewayState::with_capabilities(
+        args.ai.gateway_config(),
+        slot,
+        capabilities,
+        Arc::new(reflector.session_liveness()),
+    );
     let router = axum::Router::new()
         .route("/about", axum::routing::get(move || async move { banner }))
         .merge(web::router())

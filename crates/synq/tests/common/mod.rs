@@ -82,6 +82,23 @@ impl Serve {
     }
 }
 
+impl Serve {
+    /// The next stderr line that contains `needle` (log lines start with a timestamp;
+    /// needs [`serve_with`]).
+    pub fn stderr_containing(&mut self, needle: &str) -> String {
+        let stderr = self.stderr.as_mut().expect("started with serve_with");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stderr.read_line(&mut line).expect("stderr");
+            assert!(n > 0, "synq serve ended before logging {needle:?}");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+}
+
 /// A raw WebSocket to the reflector, for tests that speak the protocol themselves.
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
