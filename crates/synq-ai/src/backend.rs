@@ -1,6 +1,7 @@
 //! The backend trait and the request types shared by every backend.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,41 @@ pub struct ChatRequest {
     pub top_p: Option<f32>,
     /// Same seed, same prompt, same model → same text (local backend; upstreams may honour it).
     pub seed: Option<u64>,
+    /// A bearer token for this request only, instead of the backend's configured key: the
+    /// AI capability a chat participant presents to its server's gateway.
+    pub bearer: Option<Bearer>,
+}
+
+/// A secret sent as `Authorization: Bearer …`; never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bearer(pub String);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(…)")
+    }
+}
+
+/// Tokens used by one request, as the service reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// Where a backend puts the service's own token count once the answer has ended (empty
+/// if the service does not report one).
+#[derive(Debug, Clone, Default)]
+pub struct UsageReport(Arc<Mutex<Option<Usage>>>);
+
+impl UsageReport {
+    pub fn set(&self, usage: Usage) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(usage);
+    }
+
+    pub fn get(&self) -> Option<Usage> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl ChatRequest {
@@ -67,6 +103,7 @@ impl ChatRequest {
             temperature: None,
             top_p: None,
             seed: None,
+            bearer: None,
         }
     }
 
@@ -113,6 +150,15 @@ pub trait ChatBackend: Send + Sync + 'static {
     /// unknown model, rate limited, model unavailable) are returned here; later ones are
     /// items of the stream.
     async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError>;
+
+    /// Like [`ChatBackend::stream_chat`], and reports the service's own token count (when
+    /// it gives one) once the stream has ended. The default reports nothing.
+    async fn stream_chat_with_usage(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(TextStream, UsageReport), AiError> {
+        Ok((self.stream_chat(request).await?, UsageReport::default()))
+    }
 
     /// The whole answer at once. The default collects [`ChatBackend::stream_chat`].
     async fn complete(&self, request: ChatRequest) -> Result<String, AiError> {

@@ -19,5 +19,8 @@ mod sse;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use backend::{ChatBackend, ChatMessage, ChatRequest, Role, TextStream, collect_text};
+pub use backend::{
+    Bearer, ChatBackend, ChatMessage, ChatRequest, Role, TextStream, Usage, UsageReport,
+    collect_text,
+};
 pub use error::AiError;

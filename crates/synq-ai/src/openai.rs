@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::AiError;
-use crate::backend::{ChatBackend, ChatRequest, TextStream};
+use crate::backend::{ChatBackend, ChatRequest, TextStream, Usage, UsageReport};
 use crate::sse::SseDecoder;
 
 /// How to reach an OpenAI-compatible server.
@@ -33,6 +33,9 @@ pub struct OpenAiConfig {
     /// First retry delay; doubled each time, capped at `max_retry_delay`.
     pub retry_delay: Duration,
     pub max_retry_delay: Duration,
+    /// Ask a streamed answer to end with the service's token count
+    /// (`stream_options.include_usage`), which the gateway's budget then uses.
+    pub include_usage: bool,
 }
 
 impl OpenAiConfig {
@@ -47,6 +50,7 @@ impl OpenAiConfig {
             max_retries: 3,
             retry_delay: Duration::from_millis(500),
             max_retry_delay: Duration::from_secs(10),
+            include_usage: true,
         }
     }
 }
@@ -79,6 +83,15 @@ impl OpenAiBackend {
         &self.config
     }
 
+    /// The request's own bearer token (a chat participant's AI capability), else the key.
+    fn key<'a>(&'a self, request: &'a ChatRequest) -> Option<&'a str> {
+        request
+            .bearer
+            .as_ref()
+            .map(|b| b.0.as_str())
+            .or(self.config.api_key.as_deref())
+    }
+
     fn body(&self, request: &ChatRequest, stream: bool) -> Value {
         let mut body = json!({
             "model": self.config.model,
@@ -86,6 +99,9 @@ impl OpenAiBackend {
             "max_tokens": request.max_tokens,
             "stream": stream,
         });
+        if stream && self.config.include_usage {
+            body["stream_options"] = json!({"include_usage": true});
+        }
         if let Some(t) = request.temperature {
             body["temperature"] = json!(t);
         }
@@ -100,13 +116,18 @@ impl OpenAiBackend {
 
     /// Sends the request, retrying with exponential backoff on 429, 5xx and failed
     /// connections, until `deadline`. Returns a response with a success status.
-    async fn send(&self, body: &Value, deadline: Instant) -> Result<reqwest::Response, AiError> {
+    async fn send(
+        &self,
+        body: &Value,
+        key: Option<&str>,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, AiError> {
         let url = &self.config.base_url;
         let mut delay = self.config.retry_delay;
         let mut attempt = 0;
         loop {
             let mut req = self.client.post(&self.endpoint).json(body);
-            if let Some(key) = &self.config.api_key {
+            if let Some(key) = key {
                 req = req.bearer_auth(key);
             }
             let err = match tokio::time::timeout_at(deadline, req.send()).await {
@@ -259,9 +280,19 @@ enum Parsed {
     Nothing,
 }
 
-fn parse_event(url: &str, data: &str) -> Result<Parsed, AiError> {
+/// The token count an event or body reports (`usage`), if any.
+fn usage_of(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    Some(Usage {
+        prompt_tokens: n("prompt_tokens")?,
+        completion_tokens: n("completion_tokens").unwrap_or(0),
+    })
+}
+
+fn parse_event(url: &str, data: &str) -> Result<(Parsed, Option<Usage>), AiError> {
     if data.trim() == "[DONE]" {
-        return Ok(Parsed::Done);
+        return Ok((Parsed::Done, None));
     }
     let v: Value = serde_json::from_str(data).map_err(|e| AiError::Protocol {
         url: url.to_string(),
@@ -281,10 +312,11 @@ fn parse_event(url: &str, data: &str) -> Result<Parsed, AiError> {
                 .or_else(|| c.pointer("/message/content"))
         })
         .and_then(Value::as_str);
-    Ok(match text {
+    let parsed = match text {
         Some(t) if !t.is_empty() => Parsed::Delta(t.to_string()),
         _ => Parsed::Nothing,
-    })
+    };
+    Ok((parsed, usage_of(&v)))
 }
 
 struct StreamState {
@@ -298,6 +330,7 @@ struct StreamState {
     done: bool,
     /// `[DONE]` came (and the end of the body was not read yet).
     saw_done: bool,
+    usage: UsageReport,
 }
 
 /// How long to wait for the end of the HTTP body after `[DONE]`.
@@ -365,12 +398,19 @@ impl StreamState {
             return;
         }
         match parse_event(&self.url, data) {
-            Ok(Parsed::Delta(t)) => self.ready.push_back(Ok(t)),
-            Ok(Parsed::Done) => {
-                self.done = true;
-                self.saw_done = true;
+            Ok((parsed, usage)) => {
+                if let Some(u) = usage {
+                    self.usage.set(u);
+                }
+                match parsed {
+                    Parsed::Delta(t) => self.ready.push_back(Ok(t)),
+                    Parsed::Done => {
+                        self.done = true;
+                        self.saw_done = true;
+                    }
+                    Parsed::Nothing => {}
+                }
             }
-            Ok(Parsed::Nothing) => {}
             Err(e) => {
                 self.ready.push_back(Err(e));
                 self.done = true;
@@ -386,9 +426,18 @@ impl ChatBackend for OpenAiBackend {
     }
 
     async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError> {
+        Ok(self.stream_chat_with_usage(request).await?.0)
+    }
+
+    async fn stream_chat_with_usage(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(TextStream, UsageReport), AiError> {
         request.validate()?;
         let deadline = Instant::now() + self.config.first_token_timeout;
-        let resp = self.send(&self.body(&request, true), deadline).await?;
+        let key = self.key(&request);
+        let resp = self.send(&self.body(&request, true), key, deadline).await?;
+        let usage = UsageReport::default();
         let url = self.config.base_url.clone();
         let is_sse = resp
             .headers()
@@ -407,11 +456,15 @@ impl ChatBackend for OpenAiBackend {
                     url: url.clone(),
                     reason: error_chain(&e),
                 })?;
-            let item = match parse_event(&url, &text)? {
+            let (parsed, reported) = parse_event(&url, &text)?;
+            if let Some(u) = reported {
+                usage.set(u);
+            }
+            let item = match parsed {
                 Parsed::Delta(t) => Some(Ok(t)),
                 _ => None,
             };
-            return Ok(Box::pin(stream::iter(item)));
+            return Ok((Box::pin(stream::iter(item)), usage));
         }
         let state = StreamState {
             url,
@@ -423,16 +476,21 @@ impl ChatBackend for OpenAiBackend {
             idle_timeout: self.config.idle_timeout,
             done: false,
             saw_done: false,
+            usage: usage.clone(),
         };
-        Ok(Box::pin(stream::unfold(state, |mut s| async move {
+        let text = stream::unfold(state, |mut s| async move {
             s.next_item().await.map(|item| (item, s))
-        })))
+        });
+        Ok((Box::pin(text), usage))
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<String, AiError> {
         request.validate()?;
         let deadline = Instant::now() + self.config.first_token_timeout;
-        let resp = self.send(&self.body(&request, false), deadline).await?;
+        let key = self.key(&request);
+        let resp = self
+            .send(&self.body(&request, false), key, deadline)
+            .await?;
         let url = self.config.base_url.clone();
         let text = tokio::time::timeout_at(deadline, resp.text())
             .await
@@ -444,7 +502,7 @@ impl ChatBackend for OpenAiBackend {
                 url: url.clone(),
                 reason: error_chain(&e),
             })?;
-        match parse_event(&url, &text)? {
+        match parse_event(&url, &text)?.0 {
             Parsed::Delta(t) => Ok(t),
             _ => Ok(String::new()),
         }

@@ -96,6 +96,9 @@ struct Inner {
     disconnects: watch::Sender<usize>,
     /// TCP connections accepted.
     connections: AtomicUsize,
+    /// Prompt tokens to report in a final `usage` chunk, when a streaming request asks
+    /// for it (`stream_options.include_usage`).
+    usage: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,6 +128,7 @@ impl FakeUpstream {
             requests: watch::channel(0).0,
             disconnects: watch::channel(0).0,
             connections: AtomicUsize::new(0),
+            usage: Mutex::new(None),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -166,6 +170,12 @@ impl FakeUpstream {
             message: format!("scripted failure {status}"),
             retry_after,
         }));
+    }
+
+    /// From now on, streams that ask for it end with a `usage` chunk reporting
+    /// `prompt_tokens` and one completion token per delta, as OpenAI does.
+    pub fn report_usage(&self, prompt_tokens: u64) {
+        *lock(&self.inner.usage) = Some(prompt_tokens);
     }
 
     /// Lets a gated or slow stream send its next delta.
@@ -255,7 +265,21 @@ fn sse(
     gate_first: bool,
     gate_rest: bool,
     inner: Arc<Inner>,
+    prompt_tokens: Option<u64>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
+    let usage = prompt_tokens.map(|p| {
+        let n = deltas.len() as u64;
+        Event::default().data(
+            json!({
+                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": FAKE_MODEL,
+                "choices": [],
+                "usage": {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+            })
+            .to_string(),
+        )
+    });
+    let gated = deltas.len();
+    let deltas: Vec<Event> = deltas.iter().map(|d| chunk(d)).chain(usage).collect();
     let guard = DropGuard {
         finished: false,
         inner,
@@ -267,11 +291,11 @@ fn sse(
                 return None;
             }
             match it.next() {
-                Some((i, d)) => {
-                    if (i == 0 && gate_first) || (i > 0 && gate_rest) {
+                Some((i, event)) => {
+                    if (i == 0 && gate_first) || (i > 0 && i < gated && gate_rest) {
                         guard.inner.release.notified().await;
                     }
-                    Some((chunk(&d), (it, guard, false)))
+                    Some((event, (it, guard, false)))
                 }
                 None => {
                     guard.finished = true;
@@ -293,6 +317,11 @@ async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String)
         }
     };
     let stream = body["stream"].as_bool().unwrap_or(false);
+    let prompt_tokens = if body["stream_options"]["include_usage"] == json!(true) {
+        *lock(&inner.usage)
+    } else {
+        None
+    };
     lock(&inner.headers).push(headers);
     lock(&inner.bodies).push(body);
     inner.requests.send_modify(|c| *c += 1);
@@ -335,7 +364,7 @@ async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String)
         Reply::SlowFirst(d) => (d, true, false),
     };
     if stream {
-        return Sse::new(sse(deltas, gate_first, gate_rest, inner)).into_response();
+        return Sse::new(sse(deltas, gate_first, gate_rest, inner, prompt_tokens)).into_response();
     }
     if gate_first || gate_rest {
         let guard = DropGuard {

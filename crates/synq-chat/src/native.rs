@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use synq_ai::{ChatBackend, ChatMessage, ChatRequest, Role};
+use synq_ai::{AiError, Bearer, ChatBackend, ChatMessage, ChatRequest, Role};
 use synq_client::{ClientConfig, ClientError, Session, SessionEvent, SessionHandle, join};
 use synq_relay::{AgentConfig, BoxFut, RelayAgent, RelayService, TextStream};
 use tokio::sync::{mpsc, watch};
@@ -20,25 +20,60 @@ pub const MAX_ANSWER_TOKENS: u32 = 400;
 /// OpenAI-compatible upstream, or the embedded model).
 pub struct AiService(pub Arc<dyn ChatBackend>);
 
+fn chat_request(request: AiRequest) -> ChatRequest {
+    let messages = request
+        .messages
+        .into_iter()
+        .map(|m| ChatMessage {
+            role: match m.role.as_str() {
+                "system" => Role::System,
+                "assistant" => Role::Assistant,
+                _ => Role::User,
+            },
+            content: m.content,
+        })
+        .collect();
+    ChatRequest::new(messages).max_tokens(MAX_ANSWER_TOKENS)
+}
+
 impl RelayService<AiRequest> for AiService {
     fn call(&self, request: AiRequest) -> BoxFut<Result<TextStream, String>> {
         let backend = Arc::clone(&self.0);
         Box::pin(async move {
-            let messages = request
-                .messages
-                .into_iter()
-                .map(|m| ChatMessage {
-                    role: match m.role.as_str() {
-                        "system" => Role::System,
-                        "assistant" => Role::Assistant,
-                        _ => Role::User,
-                    },
-                    content: m.content,
-                })
-                .collect();
-            let req = ChatRequest::new(messages).max_tokens(MAX_ANSWER_TOKENS);
-            let stream = backend.stream_chat(req).await.map_err(|e| e.to_string())?;
+            let stream = backend
+                .stream_chat(chat_request(request))
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(stream.map(|r| r.map_err(|e| e.to_string())).boxed())
+        })
+    }
+}
+
+/// The AI service as a participant calls it: with the AI capability its server handed it
+/// (the gateway of `synq serve` asks for one). If the gateway refuses the capability (it
+/// expired: the participant stayed connected longer than its lifetime), the participant
+/// rejoins, which brings a new one for the next request.
+struct WithCapability {
+    service: Arc<AiService>,
+    handle: SessionHandle<ChatModel>,
+}
+
+impl RelayService<AiRequest> for WithCapability {
+    fn call(&self, request: AiRequest) -> BoxFut<Result<TextStream, String>> {
+        let backend = Arc::clone(&self.service.0);
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let token = handle.ai_token();
+            let mut req = chat_request(request);
+            req.bearer = token.clone().map(Bearer);
+            match backend.stream_chat(req).await {
+                Ok(stream) => Ok(stream.map(|r| r.map_err(|e| e.to_string())).boxed()),
+                Err(AiError::Unauthorized { .. }) if token.is_some() => {
+                    handle.reconnect();
+                    Err("the server did not accept this participant's AI capability; it rejoins to get a new one, try again".into())
+                }
+                Err(e) => Err(e.to_string()),
+            }
         })
     }
 }
@@ -131,6 +166,12 @@ async fn pump(
 ) {
     let me = session.view_id().clone();
     let handle = session.handle();
+    let service = service.map(|service| {
+        Arc::new(WithCapability {
+            service,
+            handle: handle.clone(),
+        })
+    });
     let mut agent = RelayAgent::new(me.clone());
     let mut calls = tokio::task::JoinSet::new();
     let (relay_tx, mut relay_rx) = mpsc::unbounded_channel();

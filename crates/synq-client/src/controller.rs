@@ -168,6 +168,9 @@ pub struct Controller<M: Model> {
     events: VecDeque<SessionEvent<M::Output>>,
     chunks: Option<String>,
     loaded_snapshot: Option<String>,
+    /// The AI capability the reflector handed this view (synq sessions), for its server's
+    /// AI gateway.
+    ai_token: Option<String>,
 }
 
 impl<M: Model> Controller<M> {
@@ -210,6 +213,7 @@ impl<M: Model> Controller<M> {
             events: VecDeque::new(),
             chunks: None,
             loaded_snapshot: None,
+            ai_token: None,
         })
     }
 
@@ -233,6 +237,12 @@ impl<M: Model> Controller<M> {
     /// The URL of the snapshot this replica was loaded from, if it was.
     pub fn loaded_snapshot(&self) -> Option<&str> {
         self.loaded_snapshot.as_deref()
+    }
+
+    /// The latest AI capability from the reflector: sent as `Authorization: Bearer …` to
+    /// the server's AI gateway when this view relays an AI request.
+    pub fn ai_token(&self) -> Option<&str> {
+        self.ai_token.as_deref()
     }
 
     /// The socket URL of this session.
@@ -436,6 +446,18 @@ impl<M: Model> Controller<M> {
             }
             "REQU" => {
                 self.on_snapshot_request();
+                Ok(())
+            }
+            "AICAP" => {
+                // Goes into an HTTP header: base64url only, bounded.
+                if let Some(t) = frame.args.get("token").and_then(Value::as_str)
+                    && !t.is_empty()
+                    && t.len() <= 1024
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    self.ai_token = Some(t.to_owned());
+                }
                 Ok(())
             }
             "INFO" => {

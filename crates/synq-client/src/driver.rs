@@ -144,6 +144,17 @@ impl<M: Model> SessionHandle<M> {
     pub fn is_synced(&self) -> bool {
         lock(&self.controller).is_synced()
     }
+
+    /// The AI capability the reflector handed this view, if any (see
+    /// [`Controller::ai_token`]).
+    pub fn ai_token(&self) -> Option<String> {
+        lock(&self.controller).ai_token().map(str::to_owned)
+    }
+
+    /// Drops the connection and rejoins (e.g. to get a new AI capability).
+    pub fn reconnect(&self) {
+        let _ = self.cmds.unbounded_send(Cmd::Reconnect);
+    }
 }
 
 impl<M: Model> Session<M> {

@@ -1,6 +1,7 @@
 //! Reflector configuration: limits and durability settings.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How hard the reflector works to keep broadcast messages across crashes.
@@ -70,6 +71,10 @@ pub struct ReflectorConfig {
     pub max_file_bytes: usize,
     /// File store and origin limits (see docs/security.md, "File store").
     pub files: FileLimits,
+    /// Issues the AI capability handed to each participant of a synq session after its
+    /// SYNC: given the session id, the `args` JSON of an `AICAP` frame. `None`: no AI
+    /// capabilities (e.g. `synq serve --no-ai`).
+    pub ai_capability: Option<AiCapabilityIssuer>,
 }
 
 /// Limits of the file store and of which web pages may use the server.
@@ -96,6 +101,16 @@ impl Default for FileLimits {
             upload_quota_window: Duration::from_secs(3600),
             body_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// See [`ReflectorConfig::ai_capability`].
+#[derive(Clone)]
+pub struct AiCapabilityIssuer(pub Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl std::fmt::Debug for AiCapabilityIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AiCapabilityIssuer")
     }
 }
 
@@ -127,6 +142,7 @@ impl ReflectorConfig {
             idle_grace: Duration::from_secs(10),
             max_file_bytes: 64 * 1024 * 1024,
             files: FileLimits::default(),
+            ai_capability: None,
         }
     }
 }

@@ -625,6 +625,41 @@ impl Island {
         if self.next_tick.is_none() {
             self.next_tick = self.tick.map(|p| Instant::now() + p);
         }
+        self.hand_ai_capability();
+    }
+
+    /// synq sessions: hands the participant (an active client) that just joined the AI
+    /// capability that the AI gateway asks for, as `{"id", "action": "AICAP", "args":
+    /// {"token", "expires"}}`, just before its SYNC (the last one queued) so that it holds
+    /// one once it is synced. A rejoin brings a new one. Croquet sessions get nothing new.
+    fn hand_ai_capability(&mut self) {
+        let Some(issue) = &self.ctx.config.ai_capability else {
+            return;
+        };
+        let Some((at, conn)) = self
+            .outbox
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, o)| match o {
+                Out::Sync { conn, .. } => Some((i, *conn)),
+                _ => None,
+            })
+        else {
+            return;
+        };
+        if !synq_protocol::identity::is_synq_session(&self.id)
+            || !self.clients.get(&conn).is_some_and(|c| c.active)
+        {
+            return;
+        }
+        let frame = format!(
+            "{{\"id\":{},\"action\":\"AICAP\",\"args\":{}}}",
+            self.id_json,
+            (issue.0)(&self.id)
+        );
+        self.outbox
+            .insert(at, Out::Direct(conn, Direct::Frame(Utf8Bytes::from(frame))));
     }
 
     fn user_joined(&mut self, user: PendingUser) {
@@ -1020,8 +1055,8 @@ impl Island {
         let lower = self.snapshot.as_ref().map_or(INITIAL_SEQ, |s| s.seq);
         // Strictly after the last snapshot: each accepted snapshot rewrites the journal,
         // so each must cost its sender at least one new message.
-        let issued = synq_protocol::seq::after(lower, a.seq)
-            && !synq_protocol::seq::after(self.seq, a.seq);
+        let issued =
+            synq_protocol::seq::after(lower, a.seq) && !synq_protocol::seq::after(self.seq, a.seq);
         if !issued {
             return Err(format!(
                 "seq {} was not issued since the last snapshot (last seq {})",

@@ -30,7 +30,7 @@ mod registry;
 mod server;
 pub mod store;
 
-pub use config::{Durability, FileLimits, ReflectorConfig};
+pub use config::{AiCapabilityIssuer, Durability, FileLimits, ReflectorConfig};
 pub use http::{HttpLimits, serve, serve_with};
 pub use registry::valid_session_id;
 pub use server::{Reflector, ReflectorError};

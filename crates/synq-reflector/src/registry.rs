@@ -211,6 +211,11 @@ impl Ctx {
         handle
     }
 
+    /// Whether the session is running (it has clients, or had them moments ago).
+    pub(crate) fn is_live(&self, id: &str) -> bool {
+        self.sessions().by_id.contains_key(id)
+    }
+
     /// Called by an idle session: removes it unless a command (a JOIN) is waiting.
     pub(crate) fn remove_if_idle(&self, id: &str, rx: &mpsc::UnboundedReceiver<Command>) -> bool {
         let mut sessions = self.sessions();

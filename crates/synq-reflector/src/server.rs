@@ -97,6 +97,13 @@ impl Reflector {
         &self.ctx.config
     }
 
+    /// Whether a session is running now (has clients, or had them moments ago), for
+    /// services that serve only the members of live sessions (the AI gateway).
+    pub fn session_liveness(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let ctx = Arc::clone(&self.ctx);
+        move |id| ctx.is_live(id)
+    }
+
     /// Routes: `/reflector/<sessionId>` (any prefix before the last segment is accepted,
     /// e.g. `/reflector/v1/<id>`), `/files/…`, `/healthz`, `/metrics`.
     /// Serve it with [`crate::serve_with`] (or with axum's

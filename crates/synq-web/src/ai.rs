@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use futures_util::StreamExt;
-use synq_chat::AiRequest;
+use synq_chat::{AiRequest, ChatModel};
+use synq_client::SessionHandle;
 use synq_relay::{BoxFut, RelayService, TextStream};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -17,8 +18,9 @@ use crate::sse::{SseEvent, SseLines};
 const MAX_TOKENS: u32 = 400;
 
 pub struct GatewayService {
-    /// The session id, sent as `X-Synq-Session` for the gateway's per-session limit.
-    pub session: String,
+    /// This page's session: its AI capability goes with each call (`Authorization:
+    /// Bearer …`); if the gateway refuses it, the page rejoins to get a new one.
+    pub session: SessionHandle<ChatModel>,
 }
 
 fn js_err(e: wasm_bindgen::JsValue) -> String {
@@ -52,6 +54,7 @@ impl RelayService<AiRequest> for GatewayService {
     fn call(&self, request: AiRequest) -> BoxFut<Result<TextStream, String>> {
         let session = self.session.clone();
         Box::pin(async move {
+            let token = session.ai_token();
             let body = serde_json::json!({
                 "model": "default",
                 "messages": request.messages,
@@ -67,7 +70,11 @@ impl RelayService<AiRequest> for GatewayService {
             headers
                 .set("content-type", "application/json")
                 .map_err(js_err)?;
-            headers.set("x-synq-session", &session).map_err(js_err)?;
+            if let Some(token) = &token {
+                headers
+                    .set("authorization", &format!("Bearer {token}"))
+                    .map_err(js_err)?;
+            }
             init.set_headers(&headers);
             let window = web_sys::window().ok_or("no window")?;
             let resp: Response =
@@ -78,6 +85,11 @@ impl RelayService<AiRequest> for GatewayService {
                     .map_err(js_err)?;
             if !resp.ok() {
                 let status = resp.status();
+                if status == 401 && token.is_some() {
+                    // Expired (this page stayed longer than its lifetime): a rejoin
+                    // brings a new one for the next request.
+                    session.reconnect();
+                }
                 let text = match resp.text() {
                     Ok(p) => JsFuture::from(p)
                         .await

@@ -283,7 +283,7 @@ async fn pump(mut session: Session<ChatModel>, doc: Document, me: String) {
     let handle = session.handle();
     let view = handle.view_id().clone();
     let service = Arc::new(GatewayService {
-        session: session.session_id().to_owned(),
+        session: handle.clone(),
     });
     let mut agent = RelayAgent::new(view.clone());
     let (relay_tx, mut relay_rx) = mpsc::unbounded();

@@ -3,12 +3,15 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use synq_ai::gateway::{self, AiArgs, GatewayState};
-use synq_reflector::{Durability, FileLimits, HttpLimits, Reflector, ReflectorConfig};
+use synq_ai::gateway::{self, AiArgs, Capabilities, GatewayState};
+use synq_reflector::{
+    AiCapabilityIssuer, Durability, FileLimits, HttpLimits, Reflector, ReflectorConfig,
+};
 use tracing_subscriber::EnvFilter;
 
 mod ai;
@@ -244,6 +247,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_address = args.max_connections_per_address,
         "connection caps"
     );
+    // The AI capabilities the reflector hands to chat participants and the gateway checks.
+    let capabilities = Arc::new(Capabilities::new(args.ai.capability_ttl()));
+    if !args.ai.no_ai {
+        let caps = Arc::clone(&capabilities);
+        config.ai_capability = Some(AiCapabilityIssuer(Arc::new(move |session: &str| {
+            caps.issue_frame_args(session)
+        })));
+    }
     let reflector = Reflector::new(config).context("cannot start the reflector")?;
     reflector.spawn_housekeeping();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -264,7 +275,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION")
     );
     let slot = ai::start(&args.ai, ai_upstream)?;
-    let ai = GatewayState::new(args.ai.gateway_config(), slot);
+    let ai = GatewayState::with_capabilities(
+        args.ai.gateway_config(),
+        slot,
+        capabilities,
+        Arc::new(reflector.session_liveness()),
+    );
     let router = axum::Router::new()
         .route("/about", axum::routing::get(move || async move { banner }))
         .merge(web::router())

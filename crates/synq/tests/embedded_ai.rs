@@ -6,9 +6,12 @@ mod common;
 
 use std::path::PathBuf;
 
+/// `synq serve` answering anonymous calls (these tests ask the AI like curl would).
 fn serve(args: &[&str], env: &[(&str, &str)]) -> common::Serve {
     let data = tempfile::tempdir().expect("tempdir");
-    common::serve_with(&data.keep(), args, env)
+    let mut args = args.to_vec();
+    args.push("--ai-allow-anonymous");
+    common::serve_with(&data.keep(), &args, env)
 }
 
 /// The line in which `synq serve` says which AI serves (or why none does), printed once

@@ -49,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
         rate_per_minute: 0,
         session_rate_per_minute: 0,
         daily_token_budget: 0,
+        address_daily_token_budget: 0,
+        allow_anonymous: true,
         ..GatewayConfig::default()
     };
     let app = gateway::router(GatewayState::new(config, slot));

@@ -47,19 +47,40 @@ pub struct AiArgs {
     /// Largest answer, in tokens: a client's max_tokens is clamped to this.
     #[arg(long, default_value_t = 1024)]
     pub ai_max_tokens: u32,
-    /// AI requests per minute per client IP address (0 = unlimited).
+    /// AI requests per minute per client address (IPv6: per /64 network; 0 = unlimited).
     #[arg(long, default_value_t = 30)]
     pub ai_rate_per_minute: u32,
-    /// AI requests per minute per session (the X-Synq-Session header; 0 = unlimited).
+    /// AI requests per minute per chat session (the session of the caller's AI capability;
+    /// 0 = unlimited).
     #[arg(long, default_value_t = 20)]
     pub ai_session_rate_per_minute: u32,
-    /// Generated tokens per UTC day over all clients (approximate; 0 = unlimited).
+    /// Prompt and answer tokens per UTC day over all clients (estimated, corrected by the
+    /// upstream's own count when it reports one; 0 = unlimited).
     #[arg(long, default_value_t = 1_000_000)]
     pub ai_daily_token_budget: u64,
+    /// Prompt and answer tokens per UTC day per client address (IPv6: per /64 network), so
+    /// that one caller cannot use up the whole budget (0 = unlimited).
+    #[arg(long, default_value_t = 200_000)]
+    pub ai_address_daily_token_budget: u64,
     /// Web origin allowed to call the AI besides this server's own and localhost
     /// (repeatable; "*" allows any).
     #[arg(long = "ai-allowed-origin", value_name = "ORIGIN")]
     pub ai_allowed_origins: Vec<String>,
+    /// Host name under which this server is reached, besides IP addresses and localhost
+    /// (repeatable; "*" allows any). Behind a domain name (e.g. a reverse proxy for
+    /// chat.example.org) add it: AI requests naming any other host are refused, which
+    /// defeats DNS rebinding.
+    #[arg(long = "ai-allowed-host", value_name = "NAME")]
+    pub ai_allowed_hosts: Vec<String>,
+    /// Accept AI calls without an AI capability (the token the reflector hands to the
+    /// participants of a live chat session). Anyone who can reach the server may then use
+    /// the AI, within the per-address limits.
+    #[arg(long)]
+    pub ai_allow_anonymous: bool,
+    /// Seconds an AI capability stays valid (participants get a new one each time they
+    /// join; it is honoured only while its session is live).
+    #[arg(long, default_value_t = 24 * 3600, value_name = "SECS")]
+    pub ai_capability_ttl: u64,
     /// Largest AI request body, in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     pub ai_max_request_bytes: usize,
@@ -80,8 +101,16 @@ impl AiArgs {
             rate_per_minute: self.ai_rate_per_minute,
             session_rate_per_minute: self.ai_session_rate_per_minute,
             daily_token_budget: self.ai_daily_token_budget,
+            address_daily_token_budget: self.ai_address_daily_token_budget,
             allowed_origins: self.ai_allowed_origins.clone(),
+            allowed_hosts: self.ai_allowed_hosts.clone(),
+            allow_anonymous: self.ai_allow_anonymous,
         }
+    }
+
+    /// How long the AI capabilities handed to participants stay valid.
+    pub fn capability_ttl(&self) -> Duration {
+        Duration::from_secs(self.ai_capability_ttl.max(1))
     }
 
     /// The upstream to use, if `--ai-url` was given. Errors say which flag to fix.

@@ -1,8 +1,74 @@
-//! The gateway's guards: origin allowlist, token-bucket rate limits, daily token budget.
+//! The gateway's guards: host and origin allowlists, token-bucket rate limits, daily token
+//! budgets (all callers together and per address), and what of a caller's input may go
+//! into the server's log.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The host name of an HTTP authority (`name:port`, `[v6]:port`, `1.2.3.4`), lowercased,
+/// without a trailing dot; IPv6 literals keep their brackets.
+fn host_name(authority: &str) -> String {
+    let authority = authority.trim();
+    let name = if let Some(rest) = authority.strip_prefix('[') {
+        format!("[{}]", rest.split(']').next().unwrap_or(""))
+    } else {
+        authority.split(':').next().unwrap_or("").to_string()
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a request that names `host` (its `Host` header) may use the gateway.
+///
+/// DNS rebinding makes a hostile page's own name resolve to this server: the browser
+/// then treats the server as the page's origin and sends `Host: evil.example`. Allowed are
+/// IP literals (a page can only be served from an IP literal by that very address, so
+/// rebinding needs a name), `localhost`, and the names in `extra` (`*` allows any).
+pub fn host_allowed(host: &str, extra: &[String]) -> bool {
+    let name = host_name(host);
+    if name == "localhost" {
+        return true;
+    }
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    extra.iter().any(|h| {
+        let h = h.trim();
+        h == "*" || host_name(h) == name
+    })
+}
+
+/// The key under which per-address limits count a client: its IPv4 address, or the /64
+/// network of its IPv6 address (one subscriber gets a whole /64 and could otherwise
+/// rotate through 2^64 addresses).
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Text from a client or an upstream, made safe for one log line: control characters and
+/// quotes escaped, at most `max` characters.
+pub fn log_safe(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
+}
 
 /// Whether a browser page at `origin` may call the gateway of a server reached as `host`.
 ///
@@ -89,8 +155,9 @@ impl RateLimiter {
     }
 }
 
-/// Generated tokens per UTC day, across all clients. Counting is approximate (see
-/// [`approx_tokens`]); it protects a paid upstream account from runaway use.
+/// Prompt and answer tokens per UTC day, across all clients. Counting is estimated (see
+/// [`approx_tokens`]) and corrected by the upstream's own figures when it reports them; it
+/// protects a paid upstream account from runaway use.
 pub struct TokenBudget {
     per_day: u64,
     /// (UTC day number, tokens used that day)
@@ -140,8 +207,119 @@ impl TokenBudget {
         self.per_day.saturating_sub(used.1)
     }
 
+    /// Takes `tokens` if that many are left today; otherwise takes nothing and says how
+    /// many are left.
+    pub fn try_spend(&self, tokens: u64) -> Result<(), u64> {
+        if self.per_day == 0 {
+            return Ok(());
+        }
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let today = utc_day();
+        if used.0 != today {
+            *used = (today, 0);
+        }
+        let left = self.per_day.saturating_sub(used.1);
+        if tokens > left {
+            return Err(left);
+        }
+        used.1 += tokens;
+        Ok(())
+    }
+
+    /// Gives back `tokens` counted too many (an estimate above the upstream's figure).
+    pub fn refund(&self, tokens: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.1 = used.1.saturating_sub(tokens);
+    }
+
     pub fn per_day(&self) -> u64 {
         self.per_day
+    }
+}
+
+/// A [`TokenBudget`] per client address (see [`address_key`]), so that one caller cannot
+/// use up the whole server's budget and switch the AI off for every room.
+pub struct AddressBudgets {
+    per_day: u64,
+    /// (UTC day number, tokens used that day by each address)
+    used: Mutex<(u64, HashMap<String, u64>)>,
+}
+
+/// Addresses tracked per day; past this, new addresses share one budget (the map stays
+/// bounded whatever the number of callers).
+const MAX_ADDRESSES: usize = 100_000;
+const OTHERS: &str = "(others)";
+
+impl AddressBudgets {
+    /// `per_day == 0` means unlimited.
+    pub fn new(per_day: u64) -> Self {
+        Self {
+            per_day,
+            used: Mutex::new((utc_day(), HashMap::new())),
+        }
+    }
+
+    pub fn per_day(&self) -> u64 {
+        self.per_day
+    }
+
+    fn with<R>(&self, key: &str, f: impl FnOnce(&mut u64) -> R) -> R {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let today = utc_day();
+        if used.0 != today {
+            *used = (today, HashMap::new());
+        }
+        let map = &mut used.1;
+        let key = if map.contains_key(key) || map.len() < MAX_ADDRESSES {
+            key
+        } else {
+            OTHERS
+        };
+        f(map.entry(key.to_string()).or_insert(0))
+    }
+
+    /// Tokens `key` has left today (`u64::MAX` when unlimited).
+    pub fn remaining(&self, key: &str) -> u64 {
+        if self.per_day == 0 {
+            return u64::MAX;
+        }
+        let per_day = self.per_day;
+        self.with(key, |used| per_day.saturating_sub(*used))
+    }
+
+    /// Like [`TokenBudget::try_spend`], for `key`.
+    pub fn try_spend(&self, key: &str, tokens: u64) -> Result<(), u64> {
+        if self.per_day == 0 {
+            return Ok(());
+        }
+        let per_day = self.per_day;
+        self.with(key, |used| {
+            let left = per_day.saturating_sub(*used);
+            if tokens > left {
+                return Err(left);
+            }
+            *used += tokens;
+            Ok(())
+        })
+    }
+
+    /// Records `tokens` for `key`; returns what `key` has left today.
+    pub fn spend(&self, key: &str, tokens: u64) -> u64 {
+        if self.per_day == 0 {
+            return u64::MAX;
+        }
+        let per_day = self.per_day;
+        self.with(key, |used| {
+            *used = used.saturating_add(tokens);
+            per_day.saturating_sub(*used)
+        })
+    }
+
+    pub fn refund(&self, key: &str, tokens: u64) {
+        if self.per_day == 0 {
+            return;
+        }
+        self.with(key, |used| *used = used.saturating_sub(tokens));
     }
 }
 
@@ -159,6 +337,16 @@ pub fn until_budget_reset() -> Duration {
 /// estimate.
 pub fn approx_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4).max(1)
+}
+
+/// Tokens a prompt costs, estimated before it is sent: its text plus a few tokens of
+/// framing per message (as chat templates add).
+pub fn approx_prompt_tokens<'a>(contents: impl IntoIterator<Item = &'a str>) -> u64 {
+    contents
+        .into_iter()
+        .map(|c| (c.chars().count() as u64).div_ceil(4) + 4)
+        .sum::<u64>()
+        .max(1)
 }
 
 #[cfg(test)]
@@ -213,5 +401,72 @@ mod tests {
         assert_eq!(TokenBudget::new(0).spend(1_000), u64::MAX);
         assert_eq!(approx_tokens("Hello"), 2);
         assert_eq!(approx_tokens(""), 1);
+        assert_eq!(approx_prompt_tokens(["Hello", ""]), 2 + 4 + 4);
+        assert_eq!(b.try_spend(1), Err(0));
+        b.refund(7); // 14 used: 7
+        assert_eq!(b.try_spend(4), Err(3));
+        assert_eq!(b.try_spend(3), Ok(()));
+    }
+
+    #[test]
+    fn address_budgets_are_separate_and_bounded() {
+        let b = AddressBudgets::new(10);
+        assert_eq!(b.try_spend("a", 8), Ok(()));
+        assert_eq!(
+            b.try_spend("a", 3),
+            Err(2),
+            "over a's budget: nothing taken"
+        );
+        assert_eq!(b.remaining("a"), 2);
+        assert_eq!(b.try_spend("b", 10), Ok(()), "b has its own");
+        assert_eq!(b.spend("a", 5), 0);
+        b.refund("a", 4); // 13 used: 9
+        assert_eq!(b.remaining("a"), 1);
+        assert_eq!(AddressBudgets::new(0).try_spend("a", u64::MAX), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_their_64_and_mapped_v4_is_v4() {
+        let k = |s: &str| address_key(s.parse().expect("ip"));
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::2"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(k("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(k("192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn hosts_allowed_are_ip_literals_localhost_and_listed_names() {
+        let none: Vec<String> = vec![];
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:80",
+            "192.168.1.5",
+            "[2001:db8::1]",
+        ] {
+            assert!(host_allowed(ok, &none), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "",
+        ] {
+            assert!(!host_allowed(bad, &none), "{bad}");
+        }
+        let listed = vec!["Chat.Example.org".to_string()];
+        assert!(host_allowed("chat.example.org:443", &listed));
+        assert!(host_allowed("chat.example.org.", &listed));
+        assert!(!host_allowed("example.org", &listed));
+        assert!(host_allowed("any.where", &["*".to_string()]));
+    }
+
+    #[test]
+    fn log_safe_escapes_and_cuts() {
+        assert_eq!(log_safe("a\nb\"c", 100), "a\\nb\\\"c");
+        assert_eq!(log_safe("abcdef", 3), "abc…");
     }
 }

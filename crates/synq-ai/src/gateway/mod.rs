@@ -8,12 +8,17 @@
 //! - `POST /ai`: the seed app's Cloudflare-worker shape,
 //!   `{"run": {"model", "options": {"messages", "max_tokens"}}}` → `{"response": "…"}`.
 //!
-//! Guards: origin allowlist, per-IP and per-session rate limits, a daily token budget, a
-//! cap on `max_tokens` and on the request size. The model is the server's: a client's
-//! `model` field is ignored. When the caller goes away, the backend stream is dropped,
-//! which cancels the upstream request or the local generation.
+//! Guards: a host allowlist (against DNS rebinding) and an origin allowlist; an AI
+//! capability (`Authorization: Bearer …`, see [`capability`]) from a participant of a live
+//! session unless the operator allows anonymous calls; per-address (IPv6: per /64) and
+//! per-session rate limits; daily token budgets, for all callers together and per address,
+//! that count prompt and answer tokens; a cap on `max_tokens` and on the request size. The
+//! model is the server's: a client's `model` field is ignored. Upstream errors are logged,
+//! and the caller is told only what it can act on. When the caller goes away, the backend
+//! stream is dropped, which cancels the upstream request or the local generation.
 
 mod args;
+pub mod capability;
 pub mod guards;
 
 use std::net::SocketAddr;
@@ -31,13 +36,20 @@ use futures_util::{Stream, StreamExt, stream};
 use serde_json::{Value, json};
 
 use crate::AiError;
-use crate::backend::{ChatBackend, ChatMessage, ChatRequest, Role, TextStream};
+use crate::backend::{ChatBackend, ChatMessage, ChatRequest, Role, TextStream, Usage, UsageReport};
 
 pub use args::{API_KEY_ENV, AiArgs, AiConfigError};
-use guards::{RateLimiter, TokenBudget, approx_tokens, origin_allowed, until_budget_reset};
+pub use capability::{Capabilities, CapabilityError};
+use guards::{
+    AddressBudgets, RateLimiter, TokenBudget, address_key, approx_prompt_tokens, approx_tokens,
+    host_allowed, log_safe, origin_allowed, until_budget_reset,
+};
 
-/// The header a client may send to be rate-limited per chat session as well as per IP.
-pub const SESSION_HEADER: &str = "x-synq-session";
+/// Whether a session is live right now (asked of the reflector).
+pub type SessionLive = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Most characters of an upstream's error written to the log.
+const LOG_ERROR_CHARS: usize = 300;
 
 /// What serves the answers, as it is now.
 #[derive(Clone)]
@@ -74,14 +86,23 @@ pub struct GatewayConfig {
     pub max_tokens: u32,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
-    /// Requests per minute per client IP (0 = unlimited).
+    /// Requests per minute per client address (IPv6: per /64; 0 = unlimited).
     pub rate_per_minute: u32,
-    /// Requests per minute per `X-Synq-Session` (0 = unlimited).
+    /// Requests per minute per session (the session of the caller's AI capability; 0 =
+    /// unlimited).
     pub session_rate_per_minute: u32,
-    /// Generated tokens per UTC day, all clients together (0 = unlimited).
+    /// Prompt and answer tokens per UTC day, all clients together (0 = unlimited).
     pub daily_token_budget: u64,
+    /// Prompt and answer tokens per UTC day per client address (IPv6: per /64; 0 =
+    /// unlimited).
+    pub address_daily_token_budget: u64,
     /// Origins allowed besides the server's own and localhost (`*`: any).
     pub allowed_origins: Vec<String>,
+    /// Host names (the `Host` header) allowed besides IP literals and `localhost` (`*`: any).
+    pub allowed_hosts: Vec<String>,
+    /// Accept calls without an AI capability (anyone who can reach the server may then
+    /// spend the budget, within the per-address limits).
+    pub allow_anonymous: bool,
 }
 
 impl Default for GatewayConfig {
@@ -92,7 +113,10 @@ impl Default for GatewayConfig {
             rate_per_minute: 30,
             session_rate_per_minute: 20,
             daily_token_budget: 1_000_000,
+            address_daily_token_budget: 200_000,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allow_anonymous: false,
         }
     }
 }
@@ -104,17 +128,44 @@ pub struct GatewayState {
     per_ip: RateLimiter,
     per_session: RateLimiter,
     budget: TokenBudget,
+    per_address_budget: AddressBudgets,
+    /// How AI capabilities are checked; `None`: none are issued, so only anonymous calls
+    /// (if allowed) get through.
+    access: Option<(Arc<Capabilities>, SessionLive)>,
 }
 
 impl GatewayState {
+    /// A gateway that accepts no AI capabilities (anonymous calls only, if the config
+    /// allows them): for tests and benchmarks of the gateway alone.
     pub fn new(config: GatewayConfig, slot: BackendSlot) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::build(config, slot, None))
+    }
+
+    /// A gateway that accepts the capabilities of `caps` for sessions that `live` says
+    /// are running.
+    pub fn with_capabilities(
+        config: GatewayConfig,
+        slot: BackendSlot,
+        caps: Arc<Capabilities>,
+        live: SessionLive,
+    ) -> Arc<Self> {
+        Arc::new(Self::build(config, slot, Some((caps, live))))
+    }
+
+    fn build(
+        config: GatewayConfig,
+        slot: BackendSlot,
+        access: Option<(Arc<Capabilities>, SessionLive)>,
+    ) -> Self {
+        Self {
             per_ip: RateLimiter::new(config.rate_per_minute),
             per_session: RateLimiter::new(config.session_rate_per_minute),
             budget: TokenBudget::new(config.daily_token_budget),
+            per_address_budget: AddressBudgets::new(config.address_daily_token_budget),
+            access,
             slot,
             config,
-        })
+        }
     }
 
     pub fn slot(&self) -> &BackendSlot {
@@ -176,6 +227,14 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "ai_unavailable", message)
     }
 
+    fn unauthorized(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, kind, message)
+    }
+
+    fn budget_exhausted(message: String) -> Self {
+        Self::rate_limited(message, until_budget_reset())
+    }
+
     fn rate_limited(message: String, retry_after: Duration) -> Self {
         Self {
             retry_after: Some(retry_after),
@@ -192,19 +251,40 @@ impl ApiError {
     }
 }
 
+/// What the caller is told of a backend error: only what it can act on. The error itself
+/// (which may name the upstream's URL, internal addresses, or echo the upstream's error
+/// body) goes to the server's log, escaped and cut.
 impl From<AiError> for ApiError {
     fn from(e: AiError) -> Self {
-        let status =
-            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let retry_after = match &e {
-            AiError::RateLimited { retry_after, .. } => *retry_after,
-            _ => None,
-        };
-        Self {
-            status,
-            kind: e.kind(),
-            message: e.to_string(),
-            retry_after,
+        if let AiError::InvalidRequest(why) = &e {
+            // The caller's own request, described by our own code.
+            return Self::bad_request(format!("invalid chat request: {why}"));
+        }
+        tracing::warn!(
+            kind = e.kind(),
+            error = %log_safe(&e.to_string(), LOG_ERROR_CHARS),
+            "AI backend failed"
+        );
+        match e {
+            AiError::RateLimited { retry_after, .. } => Self::rate_limited(
+                "the AI service is busy; wait and try again".into(),
+                retry_after
+                    .unwrap_or(Duration::from_secs(10))
+                    .min(Duration::from_secs(300)),
+            ),
+            AiError::Timeout { .. } => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "ai_timeout",
+                "the AI service did not answer in time; try again later",
+            ),
+            AiError::ModelUnavailable { .. } | AiError::Generation(_) => {
+                Self::unavailable("the AI is unavailable right now; try again later")
+            }
+            _ => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "ai_unavailable",
+                "the AI service is unavailable right now; try again later (the server's log says why)",
+            ),
         }
     }
 }
@@ -220,28 +300,45 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Refuses foreign web origins (403) and answers CORS for the allowed ones, so that a page
-/// served elsewhere on localhost (a dev server, the seed app) can call the gateway.
-/// Requests without `Origin` (curl, native clients) are not from a browser page: allowed.
+/// Refuses requests for host names that are not this server's (403: DNS rebinding) and
+/// foreign web origins (403), and answers CORS for the allowed ones, so that a page served
+/// elsewhere on localhost (a dev server, the seed app) can call the gateway. Requests
+/// without `Origin` (curl, native clients) are not from a browser page; they still need
+/// an AI capability (see [`admit`]).
 async fn cors_and_origin(
     State(state): State<Arc<GatewayState>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
-        return next.run(req).await;
-    };
     // HTTP/2 carries the host in the URI authority instead of a Host header.
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(str::to_owned);
+    // A request without any host name cannot come from a browser page (browsers always
+    // send one), so it cannot be a rebinding attack.
+    if let Some(h) = &host
+        && !host_allowed(h, &state.config.allowed_hosts)
+    {
+        tracing::info!(host = %log_safe(h, 100), path = %req.uri().path(), "AI request for a foreign host name refused");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            "this server does not answer AI requests for this host name; the operator can allow it with --ai-allowed-host",
+        )
+        .into_response();
+    }
+    let host = host.as_deref();
+    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
+        return next.run(req).await;
+    };
     let allowed = origin
         .to_str()
         .is_ok_and(|o| origin_allowed(o, host, &state.config.allowed_origins));
     if !allowed {
-        tracing::info!(origin = ?origin, path = %req.uri().path(), "AI request from a foreign origin refused");
+        tracing::info!(origin = %log_safe(origin.to_str().unwrap_or("?"), 100), path = %req.uri().path(), "AI request from a foreign origin refused");
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -261,7 +358,7 @@ async fn cors_and_origin(
         );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type, authorization, x-synq-session"),
+            HeaderValue::from_static("content-type, authorization"),
         );
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,
@@ -277,31 +374,73 @@ async fn cors_and_origin(
     resp
 }
 
-/// Who is asking: the peer IP, and the session if the client names one.
+/// Who is asking: the peer's address key (IPv6: its /64), and the session of its AI
+/// capability (`None` for an anonymous call).
 struct Caller {
-    ip: String,
+    addr: String,
     session: Option<String>,
 }
 
-fn caller(req: &Request) -> Caller {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let session = req
-        .headers()
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(128).collect::<String>())
-        .filter(|s| !s.is_empty());
-    Caller { ip, session }
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The session whose AI capability the request presents, or `None` for an anonymous
+/// call the operator allows.
+fn authorize(state: &GatewayState, req: &Request, addr: &str) -> Result<Option<String>, ApiError> {
+    let Some(token) = bearer(req) else {
+        if state.config.allow_anonymous {
+            return Ok(None);
+        }
+        return Err(ApiError::unauthorized(
+            "ai_capability_missing",
+            "this server's AI answers the participants of its chat rooms only: join a room to get an AI capability and send it as `Authorization: Bearer …` (operators can allow anonymous calls with --ai-allow-anonymous)",
+        ));
+    };
+    let refused = |kind, why: &str| {
+        tracing::info!(client = %addr, why, "AI request with an unusable capability refused");
+        Err(ApiError::unauthorized(
+            kind,
+            format!("{why}; rejoin the room to get a new one"),
+        ))
+    };
+    let Some((caps, live)) = &state.access else {
+        return refused(
+            "ai_capability_invalid",
+            "this server issues no AI capabilities",
+        );
+    };
+    let session = match caps.verify(token) {
+        Ok(session) => session,
+        Err(CapabilityError::Expired) => {
+            return refused("ai_capability_expired", "the AI capability has expired");
+        }
+        Err(e) => return refused("ai_capability_invalid", &e.to_string()),
+    };
+    if !live(&session) {
+        return refused(
+            "session_not_live",
+            "the AI capability is for a session that is not running now",
+        );
+    }
+    Ok(Some(session))
 }
 
 /// The guards every generation request passes, then its parsed JSON body.
 async fn admit(state: &GatewayState, req: Request) -> Result<(Caller, Value), ApiError> {
-    let who = caller(&req);
-    if let Err(wait) = state.per_ip.check(&who.ip) {
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| address_key(c.0.ip()))
+        .unwrap_or_else(|| "unknown".into());
+    // Before the capability check: failed attempts count too.
+    if let Err(wait) = state.per_ip.check(&addr) {
         return Err(ApiError::rate_limited(
             format!(
                 "too many AI requests from your address (limit: {} per minute); wait and try again",
@@ -310,6 +449,8 @@ async fn admit(state: &GatewayState, req: Request) -> Result<(Caller, Value), Ap
             wait,
         ));
     }
+    let session = authorize(state, &req, &addr)?;
+    let who = Caller { addr, session };
     if let Some(session) = &who.session
         && let Err(wait) = state.per_session.check(session)
     {
@@ -322,13 +463,16 @@ async fn admit(state: &GatewayState, req: Request) -> Result<(Caller, Value), Ap
         ));
     }
     if state.budget.remaining() == 0 {
-        return Err(ApiError::rate_limited(
-            format!(
-                "this server's daily AI budget ({} tokens) is used up; it resets at midnight UTC",
-                state.budget.per_day()
-            ),
-            until_budget_reset(),
-        ));
+        return Err(ApiError::budget_exhausted(format!(
+            "this server's daily AI budget ({} tokens) is used up; it resets at midnight UTC",
+            state.budget.per_day()
+        )));
+    }
+    if state.per_address_budget.remaining(&who.addr) == 0 {
+        return Err(ApiError::budget_exhausted(format!(
+            "your address's daily AI budget ({} tokens) is used up; it resets at midnight UTC",
+            state.per_address_budget.per_day()
+        )));
     }
     let limit = state.config.max_body_bytes;
     let bytes = axum::body::to_bytes(req.into_body(), limit)
@@ -413,26 +557,100 @@ enum Piece {
     Error(AiError),
 }
 
-/// Wraps a backend stream: counts tokens against the daily budget and ends the answer
-/// (dropping the backend stream, so cancelling it) when the budget runs out.
-fn metered(inner: TextStream, state: Arc<GatewayState>) -> impl Stream<Item = Piece> + Send {
+/// What one request has cost so far, counted against both daily budgets.
+struct Charge {
+    state: Arc<GatewayState>,
+    addr: String,
+    /// The prompt's estimate plus the answer's tokens so far.
+    tokens: u64,
+}
+
+impl Charge {
+    /// Counts the prompt before anything is sent upstream, or refuses the request (429)
+    /// if it would take either budget past its limit: a huge prompt costs the operator
+    /// even if the answer is cut at once.
+    fn reserve(
+        state: &Arc<GatewayState>,
+        who: &Caller,
+        request: &ChatRequest,
+    ) -> Result<Charge, ApiError> {
+        let prompt = approx_prompt_tokens(request.messages.iter().map(|m| m.content.as_str()));
+        let too_big = |left: u64, whose: &str, per_day: u64| {
+            ApiError::budget_exhausted(format!(
+                "this request needs about {prompt} tokens but only {left} are left today of {whose} daily AI budget ({per_day} tokens); send a shorter conversation, or wait until midnight UTC"
+            ))
+        };
+        state
+            .per_address_budget
+            .try_spend(&who.addr, prompt)
+            .map_err(|left| too_big(left, "your address's", state.per_address_budget.per_day()))?;
+        if let Err(left) = state.budget.try_spend(prompt) {
+            state.per_address_budget.refund(&who.addr, prompt);
+            return Err(too_big(left, "this server's", state.budget.per_day()));
+        }
+        Ok(Charge {
+            state: state.clone(),
+            addr: who.addr.clone(),
+            tokens: prompt,
+        })
+    }
+
+    /// Counts answer tokens; `false` once either budget is used up.
+    fn spend(&mut self, tokens: u64) -> bool {
+        self.tokens += tokens;
+        let server = self.state.budget.spend(tokens);
+        let address = self.state.per_address_budget.spend(&self.addr, tokens);
+        server > 0 && address > 0
+    }
+
+    /// Replaces the estimate with the service's own count.
+    fn settle(&mut self, usage: Usage) {
+        let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        if actual > self.tokens {
+            let more = actual - self.tokens;
+            self.state.budget.spend(more);
+            self.state.per_address_budget.spend(&self.addr, more);
+        } else {
+            let less = self.tokens - actual;
+            self.state.budget.refund(less);
+            self.state.per_address_budget.refund(&self.addr, less);
+        }
+        self.tokens = actual;
+    }
+}
+
+/// Wraps a backend stream: counts tokens against the daily budgets and ends the answer
+/// (dropping the backend stream, so cancelling it) when one runs out; at the end, uses
+/// the service's own count if it reported one.
+fn metered(
+    inner: TextStream,
+    usage: UsageReport,
+    charge: Charge,
+) -> impl Stream<Item = Piece> + Send {
     struct Meter {
         inner: Option<TextStream>,
-        state: Arc<GatewayState>,
+        usage: UsageReport,
+        charge: Charge,
         ended: bool,
-        tokens: u64,
+        answer_tokens: u64,
         started: Instant,
     }
     impl Meter {
         fn end(mut self, piece: Piece) -> Option<(Piece, Meter)> {
             self.inner = None;
             self.ended = true;
+            let reported = self.usage.get();
+            if let Some(u) = reported {
+                self.charge.settle(u);
+            }
             let outcome = match &piece {
                 Piece::End(finish) => *finish,
                 _ => "error",
             };
             tracing::info!(
-                tokens = self.tokens,
+                tokens = self.charge.tokens,
+                answer_tokens = self.answer_tokens,
+                reported = reported.is_some(),
                 ms = self.started.elapsed().as_millis() as u64,
                 outcome,
                 "AI answer ended"
@@ -444,7 +662,7 @@ fn metered(inner: TextStream, state: Arc<GatewayState>) -> impl Stream<Item = Pi
         fn drop(&mut self) {
             if !self.ended {
                 tracing::info!(
-                    tokens = self.tokens,
+                    tokens = self.charge.tokens,
                     ms = self.started.elapsed().as_millis() as u64,
                     "AI answer cancelled: the caller went away"
                 );
@@ -453,9 +671,10 @@ fn metered(inner: TextStream, state: Arc<GatewayState>) -> impl Stream<Item = Pi
     }
     let meter = Meter {
         inner: Some(inner),
-        state,
+        usage,
+        charge,
         ended: false,
-        tokens: 0,
+        answer_tokens: 0,
         started: Instant::now(),
     };
     stream::unfold(meter, |mut m| async move {
@@ -470,8 +689,8 @@ fn metered(inner: TextStream, state: Arc<GatewayState>) -> impl Stream<Item = Pi
                 Some(Ok(d)) if d.is_empty() => continue,
                 Some(Ok(d)) => {
                     let tokens = approx_tokens(&d);
-                    m.tokens += tokens;
-                    if m.state.budget.spend(tokens) == 0 {
+                    m.answer_tokens += tokens;
+                    if !m.charge.spend(tokens) {
                         tracing::warn!("daily AI token budget used up; ending the answer");
                         m.inner = None; // cancels the backend now
                     }
@@ -484,28 +703,29 @@ fn metered(inner: TextStream, state: Arc<GatewayState>) -> impl Stream<Item = Pi
     })
 }
 
-/// Starts the answer: guards, backend, first response from it.
+/// Starts the answer: counts the prompt against the budgets, asks the backend, and
+/// returns the model and the metered answer.
 async fn start(
     state: &Arc<GatewayState>,
     request: ChatRequest,
     who: &Caller,
     stream: bool,
-) -> Result<(String, TextStream), ApiError> {
+) -> Result<(String, impl Stream<Item = Piece> + Send + use<>), ApiError> {
     let backend = state.backend()?;
+    let charge = Charge::reserve(state, who, &request)?;
     tracing::info!(
-        client = %who.ip,
+        client = %who.addr,
         session = who.session.as_deref().unwrap_or("-"),
         stream,
         max_tokens = request.max_tokens,
         messages = request.messages.len(),
+        prompt_tokens = charge.tokens,
         "AI request"
     );
     let model = backend.model();
-    let s = backend.stream_chat(request).await.map_err(|e| {
-        tracing::warn!(error = %e, "AI backend failed");
-        ApiError::from(e)
-    })?;
-    Ok((model, s))
+    // On failure the prompt stays counted: the upstream may have read it.
+    let (s, usage) = backend.stream_chat_with_usage(request).await?;
+    Ok((model, metered(s, usage, charge)))
 }
 
 /// Collects a metered answer: (text, finish_reason).
@@ -548,8 +768,7 @@ async fn chat_completions_inner(
     let messages = body.get("messages").cloned().unwrap_or(Value::Null);
     let request = chat_request(&state, &body, &messages)?;
     let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let (model, s) = start(&state, request, &who, streaming).await?;
-    let pieces = metered(s, state.clone());
+    let (model, pieces) = start(&state, request, &who, streaming).await?;
     let id = completion_id();
     let created = unix_now();
     if !streaming {
@@ -591,10 +810,8 @@ async fn chat_completions_inner(
                 chunk(json!({}), Some(finish)),
                 Event::default().data("[DONE]"),
             ],
-            Piece::Error(e) => {
-                tracing::warn!(error = %e, "AI answer broke off");
-                vec![Event::default().data(ApiError::from(e).body().to_string())]
-            }
+            // Logged by the conversion; the caller gets the safe message.
+            Piece::Error(e) => vec![Event::default().data(ApiError::from(e).body().to_string())],
         };
         stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
@@ -626,8 +843,8 @@ async fn seed_worker(State(state): State<Arc<GatewayState>>, req: Request) -> Re
         let options = run.get("options").unwrap_or(run);
         let messages = options.get("messages").cloned().unwrap_or(Value::Null);
         let request = chat_request(&state, options, &messages)?;
-        let (_, s) = start(&state, request, &who, false).await?;
-        let (text, _) = collect(metered(s, state.clone())).await?;
+        let (_, pieces) = start(&state, request, &who, false).await?;
+        let (text, _) = collect(pieces).await?;
         Ok::<_, ApiError>(axum::Json(json!({"response": text})).into_response())
     }
     .await;

@@ -67,29 +67,25 @@ fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)], keep_stderr: bool
 }
 
 impl Serve {
-    /// The next stderr line that contains `needle` (needs [`serve_with`]).
+    /// The next stderr line that contains `needle` (log lines start with a timestamp;
+    /// needs [`serve_with`]).
     pub fn stderr_containing(&mut self, needle: &str) -> String {
-        let stderr = self.stderr.as_mut().expect("started with serve_with");
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = stderr.read_line(&mut line).expect("stderr");
-            assert!(n > 0, "synq serve ended before printing {needle:?}");
-            if line.contains(needle) {
-                return line;
-            }
-        }
+        self.next_stderr(needle, |line| line.contains(needle))
     }
 
     /// The next stderr line that starts with `prefix` (needs [`serve_with`]).
     pub fn stderr_line(&mut self, prefix: &str) -> String {
+        self.next_stderr(prefix, |line| line.starts_with(prefix))
+    }
+
+    fn next_stderr(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
         let stderr = self.stderr.as_mut().expect("started with serve_with");
         let mut line = String::new();
         loop {
             line.clear();
             let n = stderr.read_line(&mut line).expect("stderr");
-            assert!(n > 0, "synq serve ended before printing {prefix:?}");
-            if line.starts_with(prefix) {
+            assert!(n > 0, "synq serve ended before printing {what:?}");
+            if wanted(&line) {
                 return line;
             }
         }
