@@ -915,6 +915,19 @@ async fn debounce_flood(args: &Args) -> anyhow::Result<Value> {
         .await)
 }
 
+/// The JSON line with `bench` and `scenario` first (serde_json sorts the other keys).
+fn bench_first(mut line: Value) -> String {
+    let head = match line.as_object_mut() {
+        Some(m) => json!({"bench": m.remove("bench"), "scenario": m.remove("scenario")}),
+        None => return line.to_string(),
+    };
+    let (head, rest) = (head.to_string(), line.to_string());
+    match (head.strip_suffix('}'), rest.strip_prefix('{')) {
+        (Some(h), Some(r)) if r != "}" => format!("{h},{r}"),
+        _ => head,
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -934,7 +947,7 @@ async fn main() -> anyhow::Result<()> {
             _ => tokio::time::timeout(limit, debounce_flood(&args)).await,
         };
         match result {
-            Ok(Ok(line)) => println!("{line}"),
+            Ok(Ok(line)) => println!("{}", bench_first(line)),
             Ok(Err(e)) => {
                 failed = true;
                 eprintln!("attack-bench: {name} failed: {e:#}");
