@@ -18,6 +18,12 @@ use crate::wire::{Body, Wire, session_id};
 /// reflector closes connections silent for 60 s).
 pub const KEEPALIVE_MS: f64 = 25_000.0;
 
+/// Largest step of session time one frame may make (a year). The replica runs every
+/// timer that falls due on the way, so a reflector time of `1e308` would keep a model
+/// with a periodic timer busy forever; no live session goes a year without a message or
+/// a tick.
+pub const MAX_TIME_JUMP_MS: u64 = 366 * 24 * 3600 * 1000;
+
 /// Largest plaintext of one bundle of inputs. Sealed and base64-encoded it stays well
 /// under the reflector's frame limit (64 KiB by default).
 pub const MAX_BUNDLE_BYTES: usize = 32 * 1024;
@@ -345,7 +351,7 @@ impl<M: Model> Controller<M> {
         let mut size = 0;
         for input in queued {
             let n = self.next_n;
-            self.next_n += 1;
+            self.next_n = self.next_n.saturating_add(1);
             size += input.len() + 4;
             self.unacked.insert(n, input);
             batch.push(n);
@@ -436,11 +442,12 @@ impl<M: Model> Controller<M> {
                 }
             }
             "TICK" => {
-                if let (Some(t), Phase::Running) = (frame.tick_time(), &self.phase)
-                    && let Some(r) = &mut self.replica
-                {
-                    let outputs = r.advance_to(t.max(0.0) as u64);
-                    self.emit(outputs);
+                if let (Some(t), Phase::Running) = (frame.tick_time(), &self.phase) {
+                    let t = self.checked_time(t)?;
+                    if let Some(r) = &mut self.replica {
+                        let outputs = r.advance_to(t);
+                        self.emit(outputs);
+                    }
                 }
                 Ok(())
             }
@@ -517,7 +524,7 @@ impl<M: Model> Controller<M> {
                         self.apply_message(m)?;
                     }
                 }
-                self.finish_sync(time);
+                self.finish_sync(time)?;
                 return Ok(());
             }
         }
@@ -532,7 +539,7 @@ impl<M: Model> Controller<M> {
                 self.apply_message(m)?;
             }
             self.last_seq = Some(sync_seq);
-            self.finish_sync(time);
+            self.finish_sync(time)?;
         } else {
             let snapshot_seq = args
                 .get("snapshotSeq")
@@ -614,7 +621,7 @@ impl<M: Model> Controller<M> {
                 self.apply_message(m)?;
             }
         }
-        self.finish_sync(time);
+        self.finish_sync(time)?;
         Ok(())
     }
 
@@ -653,7 +660,7 @@ impl<M: Model> Controller<M> {
             for m in held {
                 self.apply_message(m)?;
             }
-            self.finish_sync(time);
+            self.finish_sync(time)?;
         } else {
             self.phase = Phase::Loading {
                 snapshot_seq: seq,
@@ -667,11 +674,28 @@ impl<M: Model> Controller<M> {
         Ok(())
     }
 
-    fn finish_sync(&mut self, time: u64) {
+    fn finish_sync(&mut self, time: u64) -> Result<(), ClientError> {
+        let time = self.checked_time(time as f64)?;
         if let Some(r) = &mut self.replica {
             r.advance_to(time);
         }
         self.after_progress();
+        Ok(())
+    }
+
+    /// A reflector time as the replica's time, refused if it jumps too far ahead (see
+    /// [`MAX_TIME_JUMP_MS`]). Negative times count as 0.
+    fn checked_time(&self, time: f64) -> Result<u64, ClientError> {
+        let now = self.replica.as_ref().map_or(0, |r| r.now());
+        let limit = now.saturating_add(MAX_TIME_JUMP_MS);
+        // `as` saturates (and maps NaN to 0), so huge values compare as u64::MAX.
+        let t = time.max(0.0) as u64;
+        if t > limit {
+            return Err(ClientError::Protocol(format!(
+                "the reflector's time jumps from {now} ms to {time} ms"
+            )));
+        }
+        Ok(t)
     }
 
     /// Applies one message of the stream, in order.
@@ -688,8 +712,8 @@ impl<M: Model> Controller<M> {
                 });
             }
         }
+        let time = self.checked_time(m.time)?;
         self.last_seq = Some(m.seq);
-        let time = m.time.max(0.0) as u64;
         self.events_since_snapshot += 1;
         match &m.payload {
             Value::String(text) => {
@@ -768,7 +792,11 @@ impl<M: Model> Controller<M> {
                 // Snapshots are due by model events, not by (bundled) messages.
                 self.events_since_snapshot += inputs.len().saturating_sub(1) as u64;
                 for (i, bytes) in inputs.into_iter().enumerate() {
-                    let n = first_n + i as u64;
+                    // Numbers past u64::MAX: every replica drops the rest alike.
+                    let Some(n) = first_n.checked_add(i as u64) else {
+                        self.reject(format!("inputs from {from} numbered past the last number"));
+                        break;
+                    };
                     if from == self.me {
                         self.unacked.remove(&n);
                     }
@@ -869,7 +897,7 @@ impl<M: Model> Controller<M> {
         if !self.synced && self.own_join_seen {
             self.synced = true;
             if let Some(r) = &self.replica {
-                self.next_n = self.next_n.max(r.last_input(&self.me) + 1);
+                self.next_n = self.next_n.max(r.last_input(&self.me).saturating_add(1));
             }
             // Inputs sent on a lost connection and never seen: send them again (the
             // replicas drop any that did arrive, by number).
@@ -977,7 +1005,7 @@ impl<M: Model> Controller<M> {
                 };
                 let count = count.as_u64().unwrap_or(1) as u32;
                 let e = by_vote.entry(vote.to_owned()).or_default();
-                e.0 += count;
+                e.0 = e.0.saturating_add(count);
                 e.1.push(view.to_owned());
             }
         }
