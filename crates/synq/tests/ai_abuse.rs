@@ -419,3 +419,35 @@ async fn an_upstream_error_body_is_logged_but_not_handed_to_the_caller() {
     let logged = s.stderr_containing("AI backend failed");
     assert!(logged.contains("acme-corp"), "{logged}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_participants_of_synq_sessions_get_a_capability() {
+    let up = FakeUpstream::start().await;
+    let (s, _d) = serve(&up, &[]);
+    // A Croquet session, and a synq session joined without a user (a silent connection).
+    for (session, user) in [
+        ("croquet-app-session", json!("alice")),
+        ("synq1-silent-test", Value::Null),
+    ] {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/reflector/{session}", s.addr))
+                .await
+                .expect("connect");
+        let mut args =
+            json!({"name": "x/y", "apiKey": "none", "version": 1, "ticks": {"tick": 30000}});
+        if !user.is_null() {
+            args["user"] = user;
+        }
+        let join = json!({"id": session, "action": "JOIN", "args": args});
+        ws.send(Message::text(join.to_string()))
+            .await
+            .expect("send JOIN");
+        loop {
+            let f = common::next_json(&mut ws, PATIENCE).await;
+            assert_ne!(f["action"], "AICAP", "{session}");
+            if f["action"] == "SYNC" {
+                break;
+            }
+        }
+    }
+}
