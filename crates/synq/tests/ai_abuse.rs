@@ -419,3 +419,81 @@ async fn an_upstream_error_body_is_logged_but_not_handed_to_the_caller() {
     let logged = s.stderr_containing("AI backend failed");
     assert!(logged.contains("acme-corp"), "{logged}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_participants_of_synq_sessions_get_a_capability() {
+    let up = FakeUpstream::start().await;
+    let (s, _d) = serve(&up, &[]);
+    // A Croquet session, and a synq session joined without a user (a silent connection).
+    for (session, user) in [
+        ("croquet-app-session", json!("alice")),
+        ("synq1-silent-test", Value::Null),
+    ] {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/reflector/{session}", s.addr))
+                .await
+                .expect("connect");
+        let mut args =
+            json!({"name": "x/y", "apiKey": "none", "version": 1, "ticks": {"tick": 30000}});
+        if !user.is_null() {
+            args["user"] = user;
+        }
+        let join = json!({"id": session, "action": "JOIN", "args": args});
+        ws.send(Message::text(join.to_string()))
+            .await
+            .expect("send JOIN");
+        loop {
+            let f = common::next_json(&mut ws, PATIENCE).await;
+            assert_ne!(f["action"], "AICAP", "{session}");
+            if f["action"] == "SYNC" {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_capability_expired_rejoins_and_the_next_question_is_answered() {
+    use std::sync::Arc;
+    use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
+    use synq_chat::native::{AiService, Participant};
+    use synq_chat::{AiState, EntryKind};
+
+    let up = FakeUpstream::start().await;
+    let (s, _d) = serve(&up, &["--ai-capability-ttl", "3"]);
+    let mut cfg = OpenAiConfig::new(format!("{}/ai/v1", s.base), "any");
+    cfg.max_retries = 0;
+    let service = Arc::new(AiService(Arc::new(
+        OpenAiBackend::new(cfg).expect("backend"),
+    )));
+    let mut config =
+        synq_client::ClientConfig::for_server(&s.base, "synq.chat.test", "expiry", "pw");
+    config.kdf_rounds = 1000;
+    let mut p = within(Participant::join(config, "Ann", Some(service)))
+        .await
+        .expect("join");
+    within(p.until(|m| m.elected().is_some()))
+        .await
+        .expect("elected");
+    // Stay connected past the capability's lifetime.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    p.post("first").expect("post");
+    within(p.until(|m| {
+        m.history().any(|e| {
+            matches!(&e.kind, EntryKind::Notice { text } if text.starts_with("AI could not answer"))
+        })
+    }))
+    .await
+    .expect("a notice for the refused call");
+    assert_eq!(up.request_count(), 0);
+    // It rejoined and holds a new capability: the next question is answered.
+    p.post("second").expect("post");
+    within(p.until(|m| {
+        m.history().any(|e| {
+            matches!(&e.kind, EntryKind::Ai { text, state: AiState::Done, .. } if text == "Hello world")
+        })
+    }))
+    .await
+    .expect("the second answer");
+    assert_eq!(up.request_count(), 1);
+}
