@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Serve the reflector (WebSocket at /reflector/<session>), the file store (/files/…),
     /// the AI gateway (/ai/v1/chat/completions, /ai), /healthz and /metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Join a chat room in the terminal, by its link (http://HOST:PORT/?q=ROOM#pw=PASSWORD);
     /// or post one message with --say (and print the AI's answer with --wait-answer).
     Chat(chat::ChatArgs),
@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
             .init();
     }
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Chat(args) => {
             if let Err(e) = chat::run(args).await {
                 // One clear line for people and scripts, rather than a debug dump.
