@@ -45,8 +45,9 @@ pub struct ReflectorConfig {
     /// that silent connections cannot fill a room.
     pub max_observers_per_session: usize,
     /// Sessions in memory at once; a JOIN that would start another is refused (4108).
+    /// 0: unlimited.
     pub max_sessions: usize,
-    /// Sessions in memory started by one address (IPv6: one /64).
+    /// Sessions in memory started by one address (IPv6: one /64). 0: unlimited.
     pub max_sessions_per_address: usize,
     /// Bytes of retained messages one session may hold before it refuses messages until
     /// a snapshot arrives (the message-count limit applies as well).

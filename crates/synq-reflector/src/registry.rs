@@ -150,7 +150,9 @@ impl Ctx {
                 sessions.remove(id);
                 let limit = self.config.max_sessions_per_address;
                 let by_peer = sessions.by_creator.get(&conn.peer).copied().unwrap_or(0);
-                if sessions.by_id.len() >= self.config.max_sessions || by_peer >= limit {
+                // 0: unlimited, as for the other per-address limits.
+                let over = |n: usize, max: usize| max != 0 && n >= max;
+                if over(sessions.by_id.len(), self.config.max_sessions) || over(by_peer, limit) {
                     tracing::warn!(peer = %conn.peer, sessions = sessions.by_id.len(), by_peer, "JOIN refused: too many sessions (--max-sessions {}, --max-sessions-per-address {limit})", self.config.max_sessions);
                     Metrics::add(&self.metrics.sessions_refused, 1);
                     return Err(CloseCode::ServerFull);

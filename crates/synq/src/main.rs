@@ -83,10 +83,11 @@ struct ServeArgs {
     /// Connections that joined without a user (observers) per session.
     #[arg(long, default_value_t = 100)]
     max_observers_per_session: usize,
-    /// Sessions held in memory at once.
+    /// Sessions held in memory at once (0 = unlimited).
     #[arg(long, default_value_t = 5000)]
     max_sessions: usize,
-    /// Sessions in memory started from one address (IPv6: one /64).
+    /// Sessions in memory started from one address (IPv6: one /64; 0 = unlimited). Behind
+    /// a reverse proxy every session comes from the proxy: raise this or set 0.
     #[arg(long, default_value_t = 100)]
     max_sessions_per_address: usize,
     /// Bytes of messages one session keeps for late joiners before it refuses messages
