@@ -95,6 +95,10 @@ struct Args {
     /// many_sessions: sessions (one connection each).
     #[arg(long, default_value_t = 5000)]
     sessions: usize,
+    /// many_sessions: seconds between closing a wave and opening the next (a server that
+    /// counts sessions per address frees them only once they are gone from memory).
+    #[arg(long, default_value_t = 12.0)]
+    wave_pause: f64,
     /// debounce_flood: seconds of sending.
     #[arg(long, default_value_t = 20.0)]
     debounce_seconds: f64,
@@ -186,7 +190,7 @@ impl Server {
         let first = lines
             .iter()
             .take(3)
-            .map(|l| l.chars().take(200).collect())
+            .map(|l| strip_ansi(l).chars().take(200).collect())
             .collect();
         (lines.len(), first)
     }
@@ -195,6 +199,24 @@ impl Server {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
+}
+
+/// The log line without terminal colour codes (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
@@ -816,7 +838,7 @@ async fn many_sessions(args: &Args) -> anyhow::Result<Value> {
             "attack-bench: many_sessions: wave {waves}: {opened} open, {} refused",
             refused_now.len()
         );
-        if opened == 0 || refused_now.is_empty() {
+        if opened == 0 || refused_now.is_empty() || Instant::now() >= deadline {
             pending = refused_now;
             break;
         }
@@ -826,6 +848,8 @@ async fn many_sessions(args: &Args) -> anyhow::Result<Value> {
             let _ = sink.close().await;
             reader.abort();
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(Duration::from_secs_f64(args.wave_pause).min(left)).await;
     }
     let unjoined = pending.len();
     tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds.min(5.0))).await;
