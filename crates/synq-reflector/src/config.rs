@@ -130,7 +130,7 @@ impl ReflectorConfig {
             write_timeout: Duration::from_secs(10),
             max_clients_per_session: 1000,
             max_observers_per_session: 100,
-            max_sessions: 5000,
+            max_sessions: 1000,
             max_sessions_per_address: 100,
             max_session_bytes: 32 * 1024 * 1024,
             max_stored_bytes: 1024 * 1024 * 1024,

@@ -158,33 +158,30 @@ impl Reflector {
     }
 }
 
-/// Who is upgrading: the peer's address (for per-address limits) and the `Host` it asked
-/// for (snapshots must be stored there).
-struct Peer {
+/// Upgrades to a WebSocket for `session`, if the request's Origin may. The connection
+/// learns the peer's address (for per-address limits) and the `Host` it asked for
+/// (snapshots must be stored there).
+fn upgrade(
+    ws: WebSocketUpgrade,
+    ctx: Arc<Ctx>,
+    session: Option<String>,
     addr: SocketAddr,
-    host: Option<String>,
-}
-
-impl Peer {
-    fn new(addr: SocketAddr, headers: &HeaderMap) -> Peer {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
-        Peer { addr, host }
+    headers: &HeaderMap,
+) -> Response {
+    if !origin::request_allowed(headers, &ctx.config.files.allowed_origins) {
+        return origin::refused(headers, "WebSocket");
     }
-}
-
-fn upgrade(ws: WebSocketUpgrade, ctx: Arc<Ctx>, session: Option<String>, peer: Peer) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     // The configured limit is enforced on whole messages by the reader, which closes with
     // 4104 after reading the message (closing with unread input would reset the TCP
     // connection and lose the close frame). The transport limit is only a backstop.
     let hard_limit = ctx.config.max_frame_bytes.saturating_mul(4).max(1 << 20);
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| {
-            crate::connection::run(socket, session, peer.addr.ip(), peer.host, ctx)
-        })
+        .on_upgrade(move |socket| crate::connection::run(socket, session, addr.ip(), host, ctx))
         .into_response()
 }
 
@@ -195,9 +192,6 @@ async fn ws_session(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin::request_allowed(&headers, &ctx.config.files.allowed_origins) {
-        return origin::refused(&headers, "WebSocket");
-    }
     // Croquet: the session id is the last path segment; anything before it is accepted.
     let id = path.rsplit('/').next().unwrap_or("");
     let id = id.split('?').next().unwrap_or("");
@@ -209,7 +203,7 @@ async fn ws_session(
         }
         None
     };
-    upgrade(ws, ctx, session, Peer::new(addr, &headers))
+    upgrade(ws, ctx, session, addr, &headers)
 }
 
 async fn ws_no_session(
@@ -218,8 +212,5 @@ async fn ws_no_session(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin::request_allowed(&headers, &ctx.config.files.allowed_origins) {
-        return origin::refused(&headers, "WebSocket");
-    }
-    upgrade(ws, ctx, None, Peer::new(addr, &headers))
+    upgrade(ws, ctx, None, addr, &headers)
 }

@@ -83,8 +83,9 @@ struct ServeArgs {
     /// Connections that joined without a user (observers) per session.
     #[arg(long, default_value_t = 100)]
     max_observers_per_session: usize,
-    /// Sessions held in memory at once (0 = unlimited).
-    #[arg(long, default_value_t = 5000)]
+    /// Sessions held in memory at once (0 = unlimited). A session with participants
+    /// costs about 400 KB (its broadcast ring of --client-backlog frames).
+    #[arg(long, default_value_t = 1000)]
     max_sessions: usize,
     /// Sessions in memory started from one address (IPv6: one /64; 0 = unlimited). Behind
     /// a reverse proxy every session comes from the proxy: raise this or set 0.
