@@ -530,9 +530,10 @@ async fn feed_text(sink: &mut WebSocket, text: Utf8Bytes, batch: &mut Batch) -> 
 /// A SYNC: one frame if it is small, else `_CHUNK` pieces made one at a time as the socket
 /// takes them, so that a SYNC of a large session never exists as one string.
 async fn feed_sync(sink: &mut WebSocket, sync: SyncFrame, batch: &mut Batch) -> Option<Exit> {
+    let total = sync.len();
     batch.frames += 1;
-    batch.bytes += sync.len() as u64;
-    for piece in sync.pieces(synq_protocol::CHUNK_SIZE) {
+    batch.bytes += total as u64;
+    for piece in sync.pieces(total, synq_protocol::CHUNK_SIZE) {
         if sink
             .feed(Message::Text(Utf8Bytes::from(piece)))
             .await

@@ -159,10 +159,10 @@ impl SyncFrame {
         self.segments().map(str::len).sum()
     }
 
-    /// The frame whole if it is at most `size` bytes, else `_CHUNK<first><last>` pieces of
-    /// at most `size` bytes of it, split on character boundaries (as `frames::chunk`).
-    pub(crate) fn pieces(&self, size: usize) -> impl Iterator<Item = String> + '_ {
-        let total = self.len();
+    /// The frame (of `total` bytes, its [`SyncFrame::len`]) whole if it is at most `size`
+    /// bytes, else `_CHUNK<first><last>` pieces of at most `size` bytes of it, split on
+    /// character boundaries (as `frames::chunk`).
+    pub(crate) fn pieces(&self, total: usize, size: usize) -> impl Iterator<Item = String> + '_ {
         let whole = total <= size;
         let mut segments = self.segments();
         let mut rest = "";
@@ -1373,10 +1373,10 @@ mod tests {
         assert_eq!(whole.len(), sync.len());
         assert!(serde_json::from_str::<serde_json::Value>(&whole).is_ok());
         assert_eq!(
-            sync.pieces(whole.len()).collect::<Vec<_>>(),
+            sync.pieces(whole.len(), whole.len()).collect::<Vec<_>>(),
             vec![whole.clone()]
         );
-        let pieces: Vec<String> = sync.pieces(7).collect();
+        let pieces: Vec<String> = sync.pieces(whole.len(), 7).collect();
         assert!(pieces.len() > 10);
         assert!(pieces[0].starts_with("_CHUNK10"));
         assert!(pieces.last().is_some_and(|p| p.starts_with("_CHUNK01")));
