@@ -13,12 +13,59 @@ use crate::driver::{Session, join_with};
 use crate::error::ClientError;
 use crate::transport::{BoxFut, BoxSocket, Incoming, Socket, Transport};
 
-/// Joins from a web page; see [`join_with`].
+/// Joins from a web page; see [`join_with`]. The session key is derived with the
+/// browser's WebCrypto when the page has it (a secure context: https or localhost), else
+/// in wasm, which is several times slower.
 pub async fn join<M: Model>(
-    config: ClientConfig,
+    mut config: ClientConfig,
     view_data: M::ViewData,
 ) -> Result<Session<M>, ClientError> {
+    if config.master_key.is_none() {
+        let session = crate::wire::session_id(&config.app_id, &config.session_name, M::SCHEMA);
+        match webcrypto_master(&config.password, &session, config.kdf_rounds).await {
+            Ok(master) => config.master_key = Some(master),
+            Err(why) => tracing::info!(%why, "no WebCrypto PBKDF2; deriving the key in wasm"),
+        }
+    }
     join_with(BrowserTransport, config, view_data).await
+}
+
+/// [`crate::crypto::derive_master`] through `crypto.subtle` (same bytes: standard
+/// PBKDF2-HMAC-SHA256).
+async fn webcrypto_master(
+    password: &str,
+    session_id: &str,
+    rounds: u32,
+) -> Result<crate::crypto::MasterKey, String> {
+    use js_sys::{Array, Object, Reflect, Uint8Array};
+    use wasm_bindgen::{JsCast, JsValue};
+    use wasm_bindgen_futures::JsFuture;
+    let why = |e: JsValue| format!("{e:?}");
+    let crypto = Reflect::get(&js_sys::global(), &JsValue::from_str("crypto")).map_err(why)?;
+    let subtle: web_sys::SubtleCrypto = Reflect::get(&crypto, &JsValue::from_str("subtle"))
+        .map_err(why)?
+        .dyn_into()
+        .map_err(|_| "crypto.subtle is not available (not a secure context)".to_owned())?;
+    let raw = Uint8Array::from(password.as_bytes());
+    let usages = Array::of1(&JsValue::from_str("deriveBits"));
+    let base = subtle
+        .import_key_with_str("raw", &raw, "PBKDF2", false, &usages)
+        .map_err(why)?;
+    let base: web_sys::CryptoKey = JsFuture::from(base)
+        .await
+        .map_err(why)?
+        .dyn_into()
+        .map_err(|_| "importKey did not give a CryptoKey".to_owned())?;
+    let salt = Uint8Array::from(crate::crypto::kdf_salt(session_id).as_bytes());
+    let params = web_sys::Pbkdf2Params::new_with_str("PBKDF2", "SHA-256", rounds, &salt);
+    let bits = subtle
+        .derive_bits_with_object(params.as_ref() as &Object, &base, 256)
+        .map_err(why)?;
+    let bits = JsFuture::from(bits).await.map_err(why)?;
+    let bytes = Uint8Array::new(&bits).to_vec();
+    bytes
+        .try_into()
+        .map_err(|_| "deriveBits gave other than 32 bytes".to_owned())
 }
 
 /// WebSocket + fetch + timers of the browser.

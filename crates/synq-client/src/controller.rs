@@ -46,6 +46,10 @@ pub struct ClientConfig {
     pub tps: f64,
     /// PBKDF2 rounds (see [`crate::crypto::PBKDF2_ROUNDS`]).
     pub kdf_rounds: u32,
+    /// The session's master key when the caller derived it already (the web page does,
+    /// with WebCrypto: [`crate::crypto::derive_master`] of the same password, session and
+    /// rounds); `None` derives it here.
+    pub master_key: Option<crate::crypto::MasterKey>,
     /// Ask for a snapshot after this many events since the last one (`None`: only when
     /// the reflector asks).
     pub snapshot_every: Option<u64>,
@@ -73,6 +77,7 @@ impl ClientConfig {
             password: password.to_owned(),
             tps: 20.0,
             kdf_rounds: crate::crypto::PBKDF2_ROUNDS,
+            master_key: None,
             snapshot_every: Some(5_000),
             max_sends_per_sec: 30.0,
         }
@@ -183,7 +188,10 @@ impl<M: Model> Controller<M> {
     /// A controller for a new view of the session in `config`, with `view_data`.
     pub fn new(config: ClientConfig, view_data: &M::ViewData) -> Result<Self, ClientError> {
         let session_id = session_id(&config.app_id, &config.session_name, M::SCHEMA);
-        let key = SessionKey::derive(&config.password, &session_id, config.kdf_rounds);
+        let key = match &config.master_key {
+            Some(master) => SessionKey::from_master(master, &session_id),
+            None => SessionKey::derive(&config.password, &session_id, config.kdf_rounds),
+        };
         let proof = random_hex(16).map_err(|e| ClientError::Crypto(e.to_string()))?;
         let me = ViewId(view_id_for_proof(&proof));
         let data =
@@ -273,7 +281,12 @@ impl<M: Model> Controller<M> {
                 "apiKey": "none",
                 "version": synq_protocol::PROTOCOL_VERSION,
                 "sdk": concat!("synq-client/", env!("CARGO_PKG_VERSION")),
-                "user": {"id": self.me.as_str(), "data": self.sealed_view_data, "proof": self.proof},
+                "user": {
+                    "id": self.me.as_str(),
+                    "data": self.sealed_view_data,
+                    "proof": self.proof,
+                    "room": self.key.room_key(),
+                },
                 "ticks": {"tick": tick, "delay": 0},
                 "tove": self.tove,
                 // A reconnect within this time keeps the view in the session.

@@ -9,10 +9,40 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// PBKDF2 rounds. Session passwords made by synq are random (≥ 128 bits), for which any
-/// count is enough; the count protects passwords that people choose themselves, and stays
-/// around a tenth of a second in a browser.
-pub const PBKDF2_ROUNDS: u32 = 100_000;
+/// PBKDF2 rounds: OWASP's figure for PBKDF2-HMAC-SHA256 (2023). Session passwords made
+/// by synq are random (≥ 128 bits), for which any count is enough; the count protects
+/// passwords that people choose themselves. Browsers derive with WebCrypto, natively
+/// fast; the wasm fallback (pages on plain http, where WebCrypto is absent) takes longer.
+pub const PBKDF2_ROUNDS: u32 = 600_000;
+
+/// The PBKDF2 output that every session key is expanded from.
+pub type MasterKey = [u8; 32];
+
+/// The PBKDF2 salt of a session: `"synq2/" ‖ session id`.
+pub fn kdf_salt(session_id: &str) -> String {
+    format!("synq2/{session_id}")
+}
+
+/// PBKDF2-HMAC-SHA256(password, [`kdf_salt`], `rounds`) → 32 bytes. One output block:
+/// longer outputs would cost a full run of `rounds` per 32 bytes.
+pub fn derive_master(password: &str, session_id: &str, rounds: u32) -> MasterKey {
+    let mut master = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(
+        password.as_bytes(),
+        kdf_salt(session_id).as_bytes(),
+        rounds,
+        &mut master,
+    );
+    master
+}
+
+fn expand(master: &MasterKey, label: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(master).expect("HMAC accepts any key length");
+    mac.update(b"synq2/");
+    mac.update(label);
+    mac.finalize().into_bytes().into()
+}
 
 const NONCE_LEN: usize = 24;
 
@@ -55,6 +85,7 @@ pub enum CryptoError {
 pub struct SessionKey {
     aead: XChaCha20Poly1305,
     vote_key: [u8; 32],
+    room_key: String,
     session_id: String,
 }
 
@@ -65,21 +96,30 @@ impl std::fmt::Debug for SessionKey {
 }
 
 impl SessionKey {
-    /// PBKDF2-HMAC-SHA256(password, salt = "synq1/" ‖ session id, `rounds`) → 64 bytes:
-    /// the AEAD key and a key for snapshot votes.
+    /// [`derive_master`], then [`SessionKey::from_master`].
     pub fn derive(password: &str, session_id: &str, rounds: u32) -> SessionKey {
-        let mut okm = [0u8; 64];
-        let salt = format!("synq1/{session_id}");
-        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt.as_bytes(), rounds, &mut okm);
-        let (enc, vote) = okm.split_at(32);
-        let aead = XChaCha20Poly1305::new(enc.into());
-        let mut vote_key = [0u8; 32];
-        vote_key.copy_from_slice(vote);
+        SessionKey::from_master(&derive_master(password, session_id, rounds), session_id)
+    }
+
+    /// The session's keys from its master key, each an HMAC of the master with its own
+    /// label: the AEAD key, a key for snapshot votes, and the room key that the reflector
+    /// checks at JOIN. Knowing the room key (the reflector does) yields neither of the
+    /// others.
+    pub fn from_master(master: &MasterKey, session_id: &str) -> SessionKey {
+        let enc = expand(master, b"enc");
+        let room = expand(master, b"room");
         SessionKey {
-            aead,
-            vote_key,
+            aead: XChaCha20Poly1305::new((&enc).into()),
+            vote_key: expand(master, b"vote"),
+            room_key: room.iter().map(|b| format!("{b:02x}")).collect(),
             session_id: session_id.to_owned(),
         }
+    }
+
+    /// The room key (64 hex digits) that proves to the reflector that a JOIN knows the
+    /// password (see `synq_protocol::identity`).
+    pub fn room_key(&self) -> &str {
+        &self.room_key
     }
 
     fn aad(&self, purpose: Purpose, bound: Option<&str>) -> Vec<u8> {
@@ -257,6 +297,31 @@ mod tests {
             k.open_text(Purpose::ViewData, &sealed),
             Err(CryptoError::Authentication)
         );
+    }
+
+    #[test]
+    fn the_room_key_depends_on_password_and_session_and_is_none_of_the_other_keys() {
+        let k = key("pw", "s");
+        assert_eq!(k.room_key().len(), 64);
+        assert_eq!(k.room_key(), key("pw", "s").room_key());
+        assert_ne!(k.room_key(), key("pw2", "s").room_key());
+        assert_ne!(k.room_key(), key("pw", "s2").room_key());
+        let master = derive_master("pw", "s", 1000);
+        assert_eq!(
+            SessionKey::from_master(&master, "s").room_key(),
+            k.room_key()
+        );
+        assert_ne!(k.vote(&[0; 32]), k.room_key());
+    }
+
+    #[test]
+    fn the_master_key_is_standard_pbkdf2_hmac_sha256() {
+        // RFC 7914 section 11's PBKDF2-HMAC-SHA256 vector ("passwd", "salt", c = 1): the
+        // browser derives the same bytes with WebCrypto.
+        let mut out = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(b"passwd", b"salt", 1, &mut out);
+        assert_eq!(out[..8], [0x55, 0xac, 0x04, 0x6e, 0x56, 0xe3, 0x08, 0x9f]);
+        assert_eq!(kdf_salt("synq2-x"), "synq2/synq2-x");
     }
 
     #[test]

@@ -334,7 +334,7 @@ async fn connection<M: Model, T: Transport + MaybeSendSync>(
                         r.map(|()| None).map_err(|e| fail_or_rejoin(e, events))
                     }
                     Some(Ok(Incoming::Closed { code, reason })) => {
-                        Err(fail_or_rejoin(ClientError::Closed { code, reason }, events))
+                        Err(fail_or_rejoin(ClientError::closed(code, reason), events))
                     }
                     Some(Err(e)) => Err(Done::Rejoin(format!("connection error: {e}"))),
                     None => Err(Done::Rejoin("connection closed".into())),

@@ -28,6 +28,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The error for the reflector's close frame: a refused room key (4110) is a wrong
+    /// password.
+    pub fn closed(code: u16, reason: String) -> ClientError {
+        if code == synq_protocol::CloseCode::WrongRoomKey.code() {
+            ClientError::WrongPassword
+        } else {
+            ClientError::Closed { code, reason }
+        }
+    }
+
     /// Whether the client should rejoin by itself after this error.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -17,7 +17,11 @@
 //!   the session check value) and keyed hashes (snapshot votes);
 //! - the session id is derived from app id, session name and the model's schema, never
 //!   from the password;
-//! - a wrong password fails the join with [`ClientError::WrongPassword`] before anything is
+//! - every JOIN carries the room key, derived from the password apart from the encryption
+//!   key: the reflector lets in only those whose key matches the session creator's, so
+//!   nobody without the password can join, send or register a snapshot;
+//! - a wrong password fails the join with [`ClientError::WrongPassword`] (the reflector
+//!   refuses the room key, or the session check value does not open) before anything is
 //!   applied; a message that does not authenticate, claims another sender than the one the
 //!   reflector stamped, or does not decode is dropped by every replica alike and reported
 //!   as [`SessionEvent::Rejected`].
@@ -36,6 +40,7 @@ mod wire;
 #[cfg(target_arch = "wasm32")]
 pub use browser::join;
 pub use controller::{ClientConfig, Controller, Effect, SessionEvent};
+pub use crypto::{MasterKey, PBKDF2_ROUNDS, derive_master, kdf_salt};
 pub use driver::{Session, SessionHandle, join_with};
 pub use error::ClientError;
 #[cfg(not(target_arch = "wasm32"))]

@@ -23,10 +23,11 @@ pub(crate) enum Body {
 
 /// The reflector session id for an app, a session name and a model schema. The schema is
 /// part of it so that replicas of incompatible models never meet; the password is not, so
-/// that a wrong password is reported as such instead of opening an empty session.
+/// that a wrong password is reported as such (the reflector refuses its room key)
+/// instead of opening an empty session.
 pub fn session_id(app_id: &str, session_name: &str, schema: &str) -> String {
     let digest = Sha256::new()
-        .chain_update(b"synq1/session\0")
+        .chain_update(b"synq2/session\0")
         .chain_update(app_id.as_bytes())
         .chain_update(b"\0")
         .chain_update(session_name.as_bytes())
@@ -44,7 +45,7 @@ mod tests {
     #[test]
     fn the_session_id_depends_on_app_name_and_schema() {
         let a = session_id("app", "room", "chat/1");
-        assert!(a.starts_with("synq1-"));
+        assert!(a.starts_with("synq2-"));
         assert_eq!(a, session_id("app", "room", "chat/1"));
         assert_ne!(a, session_id("app", "room", "chat/2"));
         assert_ne!(a, session_id("app", "room2", "chat/1"));

@@ -37,6 +37,9 @@ pub enum CloseCode {
     ServerFull,
     /// 4109: an internal error while handling a message.
     UnknownError,
+    /// 4110: in a synq session, a JOIN whose room key is not the session's (a wrong
+    /// password; see `identity`).
+    WrongRoomKey,
     /// 4121: no JOIN within the allowed time after connecting.
     NeverJoined,
 }
@@ -58,6 +61,7 @@ impl CloseCode {
             CloseCode::BadIdentity => 4107,
             CloseCode::ServerFull => 4108,
             CloseCode::UnknownError => 4109,
+            CloseCode::WrongRoomKey => 4110,
             CloseCode::NeverJoined => 4121,
         }
     }
@@ -78,6 +82,7 @@ impl CloseCode {
             CloseCode::BadIdentity => "view id does not match its proof",
             CloseCode::ServerFull => "server full",
             CloseCode::UnknownError => "unknown error",
+            CloseCode::WrongRoomKey => "wrong room key (password)",
             CloseCode::NeverJoined => "client never joined",
         }
     }
@@ -92,7 +97,7 @@ impl CloseCode {
     }
 }
 
-const ALL: [CloseCode; 15] = [
+const ALL: [CloseCode; 16] = [
     CloseCode::UnknownSession,
     CloseCode::ClientUnresponsive,
     CloseCode::ClientInactive,
@@ -107,6 +112,7 @@ const ALL: [CloseCode; 15] = [
     CloseCode::BadIdentity,
     CloseCode::ServerFull,
     CloseCode::UnknownError,
+    CloseCode::WrongRoomKey,
     CloseCode::NeverJoined,
 ];
 

@@ -1,15 +1,21 @@
-//! synq's extension of the Croquet protocol: authenticated senders.
+//! synq's extension of the Croquet protocol: a room key and authenticated senders.
 //!
-//! The Croquet reflector protocol does not say who sent a message (the sender's view id is
-//! a claim inside the encrypted payload, which any participant who knows the password can
-//! forge). In sessions whose id starts with [`SYNQ_SESSION_PREFIX`] the synq reflector
-//! therefore:
+//! The Croquet reflector protocol lets anyone who knows a session id join it, and does not
+//! say who sent a message (the sender's view id is a claim inside the encrypted payload,
+//! which any participant who knows the password can forge). In sessions whose id starts
+//! with [`SYNQ_SESSION_PREFIX`] the synq reflector therefore:
 //!
-//! 1. requires the JOIN's `user` to be `{"id": ID, "data"?: D, "proof": P}` with
-//!    `ID == view_id_for_proof(P)`: a view id is a commitment to a secret that only the
-//!    view and the reflector see, so nobody else can join under that id (a reconnecting
-//!    view presents the same proof and keeps its id). The proof is removed before the
-//!    `user` value is announced to the session.
+//! 1. requires the JOIN's `user` to be `{"id": ID, "data"?: D, "proof": P, "room": R}`:
+//!    - `ID == view_id_for_proof(P)`: a view id is a commitment to a secret that only the
+//!      view and the reflector see, so nobody else can join under that id (a reconnecting
+//!      view presents the same proof and keeps its id);
+//!    - `R` is the room key, derived from the password (the client's `SessionKey`). The
+//!      JOIN that creates the session fixes [`room_verifier`]`(R)`; every later JOIN must
+//!      present a key with the same verifier, or it is refused (4110). Without the password
+//!      nobody can join, send, vote or register a snapshot; the key opens nothing (the
+//!      encryption key is derived apart from it).
+//!
+//!    The proof and the room key are removed before the `user` value is announced.
 //! 2. appends the sending connection's view id as the last element of every message it
 //!    sequences (`[time, seq, payload, latency, "ID"]`).
 //!
@@ -18,16 +24,41 @@
 //! stamps the connection's id), and the reflector cannot re-attribute a message without
 //! every client noticing (it cannot change the encrypted claim). Every client sees the
 //! same frames and so drops the same messages: rejection never makes replicas diverge.
-//! Croquet sessions (ids without the prefix) are not affected.
+//! Croquet sessions (ids without the prefix) are not affected. Sessions of an older synq
+//! ([`OBSOLETE_SYNQ_PREFIXES`]) are refused as outdated: they have no room key.
 
 use serde_json::Value;
 
-/// Session ids with this prefix get authenticated senders.
-pub const SYNQ_SESSION_PREFIX: &str = "synq1-";
+/// Session ids with this prefix need the room key and get authenticated senders.
+pub const SYNQ_SESSION_PREFIX: &str = "synq2-";
 
-/// Whether the session uses authenticated senders.
+/// Session ids of older synq versions, refused (their clients send no room key).
+pub const OBSOLETE_SYNQ_PREFIXES: &[&str] = &["synq1-"];
+
+/// Whether the session needs the room key and uses authenticated senders.
 pub fn is_synq_session(session_id: &str) -> bool {
     session_id.starts_with(SYNQ_SESSION_PREFIX)
+}
+
+/// Whether the session id is one of an older synq, which this reflector refuses.
+pub fn is_obsolete_synq_session(session_id: &str) -> bool {
+    OBSOLETE_SYNQ_PREFIXES
+        .iter()
+        .any(|p| session_id.starts_with(p))
+}
+
+/// Longest room key accepted (a client sends 64 hex digits).
+const MAX_ROOM_KEY_LEN: usize = 128;
+
+/// What the reflector keeps of a room key: 64 hex digits of SHA-256("synq2/room/" ‖ key).
+/// The key itself is never stored, so a journal does not let anyone join.
+pub fn room_verifier(room_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"synq2/room/")
+        .chain_update(room_key.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The view id that a proof commits to: 20 hex digits (80 bits) of
@@ -48,12 +79,18 @@ pub enum IdentityError {
     Shape,
     #[error("the view id does not match its proof")]
     Mismatch,
+    #[error(
+        "a JOIN to a synq session must carry the room key (field room, at most {MAX_ROOM_KEY_LEN} characters)"
+    )]
+    NoRoomKey,
 }
 
-/// A checked synq user: its view id and the `user` JSON to announce (without the proof).
+/// A checked synq user: its view id, the verifier of its room key, and the `user` JSON to
+/// announce (without the proof and the room key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedUser {
     pub view_id: String,
+    pub room_verifier: String,
     pub announced: String,
 }
 
@@ -109,6 +146,11 @@ pub fn check_user(user_json: &str) -> Result<CheckedUser, IdentityError> {
     if view_id_for_proof(proof) != id {
         return Err(IdentityError::Mismatch);
     }
+    let room = obj
+        .get("room")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty() && r.len() <= MAX_ROOM_KEY_LEN)
+        .ok_or(IdentityError::NoRoomKey)?;
     let mut announced = serde_json::Map::new();
     announced.insert("id".into(), Value::String(id.to_owned()));
     if let Some(data) = obj.get("data") {
@@ -116,6 +158,7 @@ pub fn check_user(user_json: &str) -> Result<CheckedUser, IdentityError> {
     }
     Ok(CheckedUser {
         view_id: id.to_owned(),
+        room_verifier: room_verifier(room),
         announced: Value::Object(announced).to_string(),
     })
 }
@@ -128,10 +171,12 @@ mod tests {
     fn a_matching_proof_is_accepted_and_removed_from_the_announcement() {
         let id = view_id_for_proof("secret");
         assert_eq!(id.len(), 20);
-        let user = format!(r#"{{"id":"{id}","data":"enc","proof":"secret"}}"#);
+        let user = format!(r#"{{"id":"{id}","data":"enc","proof":"secret","room":"roomkey"}}"#);
         let checked = check_user(&user).unwrap();
         assert_eq!(checked.view_id, id);
+        assert_eq!(checked.room_verifier, room_verifier("roomkey"));
         assert!(!checked.announced.contains("secret"));
+        assert!(!checked.announced.contains("roomkey"));
         assert!(checked.announced.contains(r#""data":"enc""#));
     }
 
@@ -160,12 +205,29 @@ mod tests {
     #[test]
     fn a_wrong_or_missing_proof_is_refused() {
         let id = view_id_for_proof("secret");
-        let forged = format!(r#"{{"id":"{id}","proof":"guess"}}"#);
+        let forged = format!(r#"{{"id":"{id}","proof":"guess","room":"k"}}"#);
         assert_eq!(check_user(&forged), Err(IdentityError::Mismatch));
         assert_eq!(check_user(r#""plainviewid""#), Err(IdentityError::Shape));
         assert_eq!(
             check_user(&format!(r#"{{"id":"{id}"}}"#)),
             Err(IdentityError::Shape)
         );
+        for room in ["", r#","room":"""#, r#","room":7"#] {
+            let user = format!(r#"{{"id":"{id}","proof":"secret"{room}}}"#);
+            assert_eq!(check_user(&user), Err(IdentityError::NoRoomKey), "{user}");
+        }
+        let long = "k".repeat(129);
+        let user = format!(r#"{{"id":"{id}","proof":"secret","room":"{long}"}}"#);
+        assert_eq!(check_user(&user), Err(IdentityError::NoRoomKey));
+    }
+
+    #[test]
+    fn only_synq2_sessions_need_the_room_key_and_synq1_ones_are_obsolete() {
+        assert!(is_synq_session("synq2-abc"));
+        assert!(!is_synq_session("synq1-abc"));
+        assert!(is_obsolete_synq_session("synq1-abc"));
+        assert!(!is_obsolete_synq_session("croquet-session"));
+        assert_ne!(room_verifier("a"), room_verifier("b"));
+        assert_eq!(room_verifier("a").len(), 64);
     }
 }

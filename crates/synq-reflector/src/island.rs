@@ -16,7 +16,7 @@ use synq_protocol::client::{
     JoinArgs, MessageTail, SaveArgs, SendArgs, SendTags, SnapArgs, TickConfig, TuttiArgs,
 };
 use synq_protocol::frames::{self, RecvFrame, SnapshotRef};
-use synq_protocol::identity::{check_content, is_synq_session};
+use synq_protocol::identity::{self, check_content, is_synq_session};
 use synq_protocol::{CloseCode, INITIAL_SEQ};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -478,28 +478,46 @@ impl Island {
     }
 
     fn join(&mut self, conn: ConnHandle, mut args: JoinArgs) {
-        // synq sessions: the view id must match its proof; the proof is not announced.
+        if synq_protocol::identity::is_obsolete_synq_session(&self.id) {
+            tracing::info!(session = %self.id, conn = conn.id, "JOIN refused: a session of an older synq");
+            conn.close(CloseCode::OutdatedProtocol);
+            return;
+        }
+        // synq sessions: every JOIN is a view with the room key, and its id matches its
+        // proof; neither the proof nor the key is announced.
         let mut view_id = None;
-        if synq_protocol::identity::is_synq_session(&self.id)
-            && let Some(user) = &args.user
-        {
-            match synq_protocol::identity::check_user(user.get()) {
-                Ok(checked) => {
-                    match serde_json::value::RawValue::from_string(checked.announced) {
-                        Ok(raw) => args.user = Some(raw),
-                        Err(_) => {
-                            conn.close(CloseCode::BadIdentity);
-                            return;
-                        }
-                    }
-                    view_id = Some(checked.view_id);
-                }
-                Err(e) => {
+        let mut room_verifier = None;
+        if is_synq_session(&self.id) {
+            let checked = match args.user.as_deref().map(|u| identity::check_user(u.get())) {
+                Some(Ok(checked)) => checked,
+                Some(Err(e)) => {
                     tracing::warn!(session = %self.id, conn = conn.id, error = %e, "JOIN refused");
                     conn.close(CloseCode::BadIdentity);
                     return;
                 }
+                None => {
+                    tracing::warn!(session = %self.id, conn = conn.id, "JOIN refused: no user");
+                    conn.close(CloseCode::BadIdentity);
+                    return;
+                }
+            };
+            // The session's first JOIN fixes the verifier; a session without one (a journal
+            // from before room keys) is never opened to a key that merely came first.
+            let fixed = self.header.as_ref().map(|h| h.room_verifier.as_deref());
+            if fixed.is_some_and(|v| v != Some(checked.room_verifier.as_str())) {
+                tracing::info!(session = %self.id, conn = conn.id, "JOIN refused: wrong room key");
+                conn.close(CloseCode::WrongRoomKey);
+                return;
             }
+            match serde_json::value::RawValue::from_string(checked.announced) {
+                Ok(raw) => args.user = Some(raw),
+                Err(_) => {
+                    conn.close(CloseCode::BadIdentity);
+                    return;
+                }
+            }
+            view_id = Some(checked.view_id);
+            room_verifier = Some(checked.room_verifier);
         }
         // Participants and observers are counted apart: silent observers cannot fill a room.
         let participant = args.user.is_some();
@@ -530,6 +548,7 @@ impl Island {
                 app_id: args.app_id.clone(),
                 persistent_id: args.persistent_id.clone(),
                 developer_id: args.developer_id.clone(),
+                room_verifier,
             };
             self.tick = tick_period(header.tick_ms, self.ctx.config.min_tick);
             if let Some(j) = &mut self.journal {

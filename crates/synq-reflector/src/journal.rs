@@ -37,6 +37,10 @@ pub struct Header {
     pub app_id: Option<String>,
     pub persistent_id: Option<String>,
     pub developer_id: Option<String>,
+    /// synq sessions: the verifier of the room key fixed by the creating JOIN (see
+    /// `synq_protocol::identity`). Absent in Croquet sessions and older journals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_verifier: Option<String>,
 }
 
 /// An accepted snapshot. As a fallback, an empty `url` means "replay from the session's
@@ -349,6 +353,7 @@ mod tests {
         Header {
             timeline: "tl".into(),
             tove: Some("tove".into()),
+            room_verifier: Some("verifier".into()),
             tick_ms: Some(50.0),
             delay_ms: None,
             app_id: None,

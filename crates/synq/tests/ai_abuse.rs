@@ -80,7 +80,7 @@ async fn participant(addr: SocketAddr, session: &str) -> (Ws, String, u64) {
     let proof = format!("proof-of-{session}");
     let id = synq_protocol::identity::view_id_for_proof(&proof);
     let join = json!({"id": session, "action": "JOIN", "args": {"name": "x/y", "apiKey": "none", "version": 1,
-        "user": {"id": id, "data": "sealed", "proof": proof}, "ticks": {"tick": 30000}}});
+        "user": {"id": id, "data": "sealed", "proof": proof, "room": "room-key"}, "ticks": {"tick": 30000}}});
     ws.send(Message::text(join.to_string()))
         .await
         .expect("send JOIN");
@@ -115,7 +115,7 @@ async fn a_call_without_a_capability_is_refused_unless_the_operator_allows_anony
     );
     assert!(msg.contains("--ai-allow-anonymous"), "{msg}");
     // The old per-session header buys nothing.
-    let with_header = post(&api, &body("hi"), &[("x-synq-session", "synq1-x")]).await;
+    let with_header = post(&api, &body("hi"), &[("x-synq-session", "synq2-x")]).await;
     assert_eq!(with_header.status(), 401);
     let seed = post(
         &url(&s, "/ai"),
@@ -127,7 +127,7 @@ async fn a_call_without_a_capability_is_refused_unless_the_operator_allows_anony
     assert_eq!(up.request_count(), 0, "nothing reached the upstream");
 
     // A participant of a live session gets through.
-    let (_ws, token, _) = participant(s.addr, "synq1-anon-test").await;
+    let (_ws, token, _) = participant(s.addr, "synq2-anon-test").await;
     let ok = post(&api, &body("hi"), &[("authorization", &bearer(&token))]).await;
     assert_eq!(ok.status(), 200);
     assert_eq!(up.request_count(), 1);
@@ -144,7 +144,7 @@ async fn forged_foreign_expired_and_dead_session_capabilities_are_refused() {
     let up = FakeUpstream::start().await;
     let (s, _d) = serve(&up, &["--ai-capability-ttl", "1"]);
     let api = url(&s, "/ai/v1/chat/completions");
-    let (ws, token, expires) = participant(s.addr, "synq1-forge-test").await;
+    let (ws, token, expires) = participant(s.addr, "synq2-forge-test").await;
 
     // Forged: the token's last character changed, and one made up from scratch.
     let mut tampered = token.clone();
@@ -161,7 +161,7 @@ async fn forged_foreign_expired_and_dead_session_capabilities_are_refused() {
     }
     // A capability of another server (another secret) for the same session name.
     let (other, _d2) = serve(&up, &[]);
-    let (_ws2, foreign, _) = participant(other.addr, "synq1-forge-test").await;
+    let (_ws2, foreign, _) = participant(other.addr, "synq2-forge-test").await;
     let (status, code, _) =
         refusal(post(&api, &body("hi"), &[("authorization", &bearer(&foreign))]).await).await;
     assert_eq!((status, code.as_str()), (401, "ai_capability_invalid"));
@@ -190,7 +190,7 @@ async fn forged_foreign_expired_and_dead_session_capabilities_are_refused() {
     // and the session closed.
     let (mut s2, _d3) = serve(&up, &[]);
     let api = url(&s2, "/ai/v1/chat/completions");
-    let (ws2, token, _) = participant(s2.addr, "synq1-dead-test").await;
+    let (ws2, token, _) = participant(s2.addr, "synq2-dead-test").await;
     let live = post(&api, &body("hi"), &[("authorization", &bearer(&token))]).await;
     assert_eq!(live.status(), 200);
     drop(ws2);
@@ -216,8 +216,8 @@ async fn the_per_session_limit_keys_on_the_capabilitys_session_not_on_a_header()
     );
     let api = url(&s, "/ai");
     let seed = json!({"run": {"options": body("hi")}});
-    let (_a, token_a, _) = participant(s.addr, "synq1-room-a").await;
-    let (_b, token_b, _) = participant(s.addr, "synq1-room-b").await;
+    let (_a, token_a, _) = participant(s.addr, "synq2-room-a").await;
+    let (_b, token_b, _) = participant(s.addr, "synq2-room-b").await;
     let auth_a = bearer(&token_a);
     for _ in 0..2 {
         assert_eq!(
@@ -424,30 +424,23 @@ async fn an_upstream_error_body_is_logged_but_not_handed_to_the_caller() {
 async fn only_participants_of_synq_sessions_get_a_capability() {
     let up = FakeUpstream::start().await;
     let (s, _d) = serve(&up, &[]);
-    // A Croquet session, and a synq session joined without a user (a silent connection).
-    for (session, user) in [
-        ("croquet-app-session", json!("alice")),
-        ("synq1-silent-test", Value::Null),
-    ] {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(format!("ws://{}/reflector/{session}", s.addr))
-                .await
-                .expect("connect");
-        let mut args =
-            json!({"name": "x/y", "apiKey": "none", "version": 1, "ticks": {"tick": 30000}});
-        if !user.is_null() {
-            args["user"] = user;
-        }
-        let join = json!({"id": session, "action": "JOIN", "args": args});
-        ws.send(Message::text(join.to_string()))
+    // A Croquet session. (A synq session refuses a JOIN without a user, or without the
+    // room key: see attacks.rs.)
+    let session = "croquet-app-session";
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/reflector/{session}", s.addr))
             .await
-            .expect("send JOIN");
-        loop {
-            let f = common::next_json(&mut ws, PATIENCE).await;
-            assert_ne!(f["action"], "AICAP", "{session}");
-            if f["action"] == "SYNC" {
-                break;
-            }
+            .expect("connect");
+    let join = json!({"id": session, "action": "JOIN", "args": {"name": "x/y", "apiKey": "none",
+        "version": 1, "ticks": {"tick": 30000}, "user": "alice"}});
+    ws.send(Message::text(join.to_string()))
+        .await
+        .expect("send JOIN");
+    loop {
+        let f = common::next_json(&mut ws, PATIENCE).await;
+        assert_ne!(f["action"], "AICAP", "{session}");
+        if f["action"] == "SYNC" {
+            break;
         }
     }
 }

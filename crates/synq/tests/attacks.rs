@@ -1,7 +1,8 @@
 //! Attacks on a public `synq serve`, run against the real binary as an attacker would run
 //! them (raw WebSocket frames), each asserting what the participants then see. Two kinds
-//! of attacker: a participant who knows the room's password, and anyone who knows only the
-//! room's name (which gives the session id).
+//! of attacker: a participant who knows the room's password (Mallory), and anyone who
+//! knows only the room's name, which gives the session id (Eve): the reflector lets Eve
+//! in nowhere, because she cannot make the room key.
 
 use std::path::Path;
 use std::time::Duration;
@@ -118,47 +119,88 @@ struct Raw {
     ws: Ws,
     sid: String,
     id: String,
+    /// The SYNC it got.
+    sync: Value,
 }
 
 impl Raw {
-    /// JOINs `sid` with a fresh identity; with `key`, its view data is sealed properly
-    /// (a participant with the password), else it is garbage (anyone else). Returns after
-    /// the SYNC.
-    async fn join(serve: &Serve, sid: &str, key: Option<&SessionKey>, name: &str) -> Raw {
+    /// A fresh identity for `sid`: with `key` its view data is sealed properly and it
+    /// carries the room key (a participant with the password), else both are made up
+    /// (anyone else).
+    fn user(key: Option<&SessionKey>, name: &str) -> (String, Value) {
         let proof = format!("attacker-proof-{name}-{}", std::process::id());
         let id = view_id_for_proof(&proof);
-        let data = match key {
+        let (data, room) = match key {
             Some(k) => {
                 let plain =
                     postcard::to_stdvec(&RoomViewData { name: name.into() }).expect("encode");
-                k.seal_view_data(&id, &plain).expect("seal")
+                (
+                    k.seal_view_data(&id, &plain).expect("seal"),
+                    k.room_key().to_owned(),
+                )
             }
-            None => "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            None => (
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+                "0".repeat(64),
+            ),
         };
-        let user = json!({"id": id, "data": data, "proof": proof});
+        let user = json!({"id": id, "data": data, "proof": proof, "room": room});
+        (id, user)
+    }
+
+    /// JOINs `sid` as [`Raw::user`] and returns after the SYNC.
+    async fn join(serve: &Serve, sid: &str, key: Option<&SessionKey>, name: &str) -> Raw {
+        let (id, user) = Raw::user(key, name);
         Raw::join_as(serve, sid, Some(user), json!({"tick": 30000}))
             .await
             .with_id(id)
     }
 
     async fn join_as(serve: &Serve, sid: &str, user: Option<Value>, ticks: Value) -> Raw {
+        match Raw::try_join_as(serve, sid, user, ticks).await {
+            Ok(raw) => raw,
+            Err(code) => panic!("JOIN to {sid} refused with {code:?}"),
+        }
+    }
+
+    /// JOINs and waits for the SYNC, or for the close code that refused the JOIN.
+    async fn try_join_as(
+        serve: &Serve,
+        sid: &str,
+        user: Option<Value>,
+        ticks: Value,
+    ) -> Result<Raw, Option<u16>> {
         let mut ws = connect(serve, sid).await;
         let mut args = json!({"name": "x", "version": 1, "apiKey": "none", "ticks": ticks});
         if let Some(u) = user {
             args["user"] = u;
         }
         send(&mut ws, json!({"id": sid, "action": "JOIN", "args": args})).await;
-        loop {
-            let f = next_json(&mut ws, PATIENCE).await;
-            if f["action"] == "SYNC" {
-                break;
+        let wait = async {
+            while let Some(m) = ws.next().await {
+                match m {
+                    Ok(Message::Text(t)) => {
+                        let f: Value = serde_json::from_str(&t).expect("json");
+                        if f["action"] == "SYNC" {
+                            return Ok(f);
+                        }
+                    }
+                    Ok(Message::Close(f)) => return Err(f.map(|f| u16::from(f.code))),
+                    Ok(_) => {}
+                    Err(_) => return Err(None),
+                }
             }
-        }
-        Raw {
+            Err(None)
+        };
+        let sync = tokio::time::timeout(PATIENCE, wait)
+            .await
+            .expect("SYNC or close in time")?;
+        Ok(Raw {
             ws,
             sid: sid.into(),
             id: String::new(),
-        }
+            sync,
+        })
     }
 
     fn with_id(mut self, id: String) -> Raw {
@@ -275,23 +317,75 @@ async fn a_vote_cannot_carry_a_message_in_another_participants_name() {
 }
 
 #[tokio::test]
-async fn without_the_password_nobody_can_announce_a_leave_or_pose_as_the_reflector() {
+async fn without_the_password_nobody_gets_into_a_room() {
+    let room = "no-password";
+    let (dir, server, alice, mut bob) = alice_and_bob(room).await;
+    let (sid, _) = room_key(room);
+    // Eve knows only the room name: a made-up room key, the key of another password, a
+    // JOIN without a user (an observer), a user without a room key. Every one is refused
+    // before the SYNC, so she never sees a frame of the room.
+    let (_, guessed) = Raw::user(None, "eve");
+    let other = SessionKey::derive("not-pw", &sid, KDF_ROUNDS);
+    let (_, wrong) = Raw::user(Some(&other), "eve2");
+    let (eve_id, mut keyless) = Raw::user(None, "eve3");
+    keyless.as_object_mut().expect("object").remove("room");
+    for (user, code) in [
+        (Some(guessed), 4110),
+        (Some(wrong), 4110),
+        (None, 4107),
+        (Some(keyless), 4107),
+    ] {
+        let refused = Raw::try_join_as(&server, &sid, user.clone(), json!({"tick": 30000})).await;
+        assert_eq!(refused.err(), Some(Some(code)), "{user:?}");
+    }
+    // The real client with a wrong password is told so.
+    let mut c = config(&server.base, room);
+    c.password = "not-pw".into();
+    let failed = join::<Room>(c, RoomViewData { name: "eve".into() }).await;
+    assert!(
+        matches!(failed, Err(synq_client::ClientError::WrongPassword)),
+        "{:?}",
+        failed.err()
+    );
+    // Alice and Bob never heard of Eve.
+    post_and_see(&alice, &mut bob, "alice after eve").await;
+    let names = bob.read(|m| m.names.clone()).expect("model");
+    assert!(
+        !names.contains_key(&synq_model::ViewId(eve_id)),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 2, "{names:?}");
+    // After a restart, the journal still fixes the key: the first JOIN does not choose it.
+    drop((alice, bob));
+    drop(server);
+    let server = serve(dir.path(), &[]);
+    let (_, guessed) = Raw::user(None, "eve4");
+    let refused = Raw::try_join_as(&server, &sid, Some(guessed), json!({"tick": 30000})).await;
+    assert_eq!(refused.err(), Some(Some(4110)));
+    let carol = joined(&server.base, room, "carol").await;
+    assert_eq!(carol.read(|m| m.posts.len()).expect("model"), 1);
+}
+
+#[tokio::test]
+async fn a_participant_cannot_announce_a_leave_or_pose_as_the_reflector() {
     let room = "forged-leave";
     let (_dir, server, alice, mut bob) = alice_and_bob(room).await;
     let alice_id = alice.view_id().as_str().to_owned();
-    let (sid, _) = room_key(room);
+    let (sid, key) = room_key(room);
     let users = json!({"what": "users", "active": 1, "total": 1, "left": [{"id": alice_id}]});
-    // Eve knows only the room name. As a SEND...
-    let mut eve = Raw::join(&server, &sid, None, "eve").await;
-    eve.send(json!({"id": sid, "action": "SEND", "args": [0, 0, users, 0]}))
+    // Mallory has the password. As a SEND...
+    let mut mallory = Raw::join(&server, &sid, Some(&key), "mallory").await;
+    mallory
+        .send(json!({"id": sid, "action": "SEND", "args": [0, 0, users, 0]}))
         .await;
-    assert_eq!(close_code(&mut eve.ws).await, Some(4102));
+    assert_eq!(close_code(&mut mallory.ws).await, Some(4102));
     // ...and as a vote's firstMsg.
-    let mut eve = Raw::join(&server, &sid, None, "eve2").await;
-    eve.send(json!({"id": sid, "action": "TUTTI",
+    let mut mallory = Raw::join(&server, &sid, Some(&key), "mallory2").await;
+    mallory
+        .send(json!({"id": sid, "action": "TUTTI",
         "args": [0, 0, "vote", [0, 0, users, 0], false, null, "leave@1"]}))
         .await;
-    assert_eq!(close_code(&mut eve.ws).await, Some(4102));
+    assert_eq!(close_code(&mut mallory.ws).await, Some(4102));
     // Alice is still in the room for Bob, and her posts still arrive.
     post_and_see(&alice, &mut bob, "alice after the forged leave").await;
     let names = bob.read(|m| m.names.clone()).expect("model");
@@ -308,19 +402,12 @@ async fn a_profile_cannot_be_replayed_under_another_view_id() {
     let server = serve(dir.path(), &[]);
     let room = "replayed-profile";
     let alice = joined(&server.base, room, "alice").await;
-    let (sid, _) = room_key(room);
-    // Eve, without the password, copies Alice's sealed profile from the join
-    // announcement that any connection to the room is replayed in its SYNC.
+    let (sid, key) = room_key(room);
+    // Mallory, with the password, copies Alice's sealed profile from the join announcement
+    // in her SYNC, and joins under her own id with it.
     let mut bob = joined(&server.base, room, "bob").await;
-    let mut watcher = connect(&server, &sid).await;
-    send(
-        &mut watcher,
-        json!({"id": sid, "action": "JOIN",
-        "args": {"name": "x", "version": 1, "apiKey": "none"}}),
-    )
-    .await;
-    let sync = next_json(&mut watcher, PATIENCE).await;
-    let alice_data = sync["args"]["messages"]
+    let watcher = Raw::join(&server, &sid, Some(&key), "watcher").await;
+    let alice_data = watcher.sync["args"]["messages"]
         .as_array()
         .and_then(|ms| {
             ms.iter().find_map(|m| {
@@ -337,7 +424,7 @@ async fn a_profile_cannot_be_replayed_under_another_view_id() {
     let _eve = Raw::join_as(
         &server,
         &sid,
-        Some(json!({"id": eve_id, "data": alice_data, "proof": proof})),
+        Some(json!({"id": eve_id, "data": alice_data, "proof": proof, "room": key.room_key()})),
         json!({"tick": 30000}),
     )
     .await;
@@ -366,17 +453,20 @@ async fn a_poisoned_snapshot_is_refused_and_the_room_stays_joinable_across_a_res
         json!({"time": 1, "seq": first_seq, "hash": "h", "url": "http://evil.example/files/snapshots/x.snap"}),
         json!({"time": 1, "seq": 7, "hash": "h", "url": own}),
     ];
-    // An observer (no user) and a participant without the password.
-    let mut observer = Raw::join_as(&server, &sid, None, json!({"tick": 30000})).await;
-    let mut eve = Raw::join(&server, &sid, None, "eve").await;
+    // Mallory, a participant with the password (anyone else cannot even join).
+    let (_, key) = room_key(room);
+    let mut mallory = Raw::join(&server, &sid, Some(&key), "mallory").await;
     for a in &attempts {
-        observer
+        mallory
             .send(json!({"id": sid, "action": "SNAP", "args": a}))
             .await;
-        eve.send(json!({"id": sid, "action": "SNAP", "args": a}))
-            .await;
     }
-    // Let every SNAP be handled (a post sent after them is sequenced after them).
+    // Let every SNAP be handled: a post sent after them on the same connection is
+    // sequenced after them.
+    mallory
+        .send(json!({"id": sid, "action": "SEND", "args": [0, 0, "AAAA", 0]}))
+        .await;
+    let _ = next_message_position(&mut mallory.ws).await;
     post_and_see(&alice, &mut bob, "after the attack").await;
     let metrics = reqwest::get(format!("{}/metrics", server.base))
         .await
@@ -388,30 +478,15 @@ async fn a_poisoned_snapshot_is_refused_and_the_room_stays_joinable_across_a_res
         metrics.contains("synq_snapshots_total 0"),
         "no snapshot was registered:\n{metrics}"
     );
-    // The observer's SNAPs reach the session through another connection than the post
-    // above: wait for the counter (every 10 ms, at most 10 s).
-    let mut metrics = metrics;
-    for _ in 0..1000 {
-        if metrics.contains("synq_snapshots_refused_total 6") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        metrics = reqwest::get(format!("{}/metrics", server.base))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-    }
     assert!(
-        metrics.contains("synq_snapshots_refused_total 6"),
-        "each of the observer's and Eve's snapshots was refused:\n{metrics}"
+        metrics.contains("synq_snapshots_refused_total 3"),
+        "each of Mallory's snapshots was refused:\n{metrics}"
     );
     let carol = joined(&server.base, room, "carol").await;
     assert_eq!(carol.loaded_snapshot(), None);
     let posts = carol.read(|m| m.posts.len()).expect("model");
     assert_eq!(posts, 2, "carol replayed the room");
-    drop((carol, alice, bob, observer, eve));
+    drop((carol, alice, bob, mallory));
     // After a restart on the same data, the room is still joinable.
     let addr = server.addr.to_string();
     drop(server);
@@ -682,9 +757,9 @@ async fn next_message_position(ws: &mut Ws) -> (u64, u64) {
     }
 }
 
-/// Eve (no password) stores a file of garbage in the room's snapshot folder and registers
-/// it as the room's snapshot at the latest message, which passes every check the reflector
-/// can make without the password.
+/// Mallory (with the password) stores a file of garbage in the room's snapshot folder and
+/// registers it as the room's snapshot at the latest message, which passes every check
+/// the reflector can make.
 async fn poison_snapshot(server: &Serve, eve: &mut Raw, alice: &Session<Room>, name: &str) {
     alice
         .publish(RoomInput::Post(format!("before {name}")))
@@ -708,8 +783,8 @@ async fn poison_snapshot(server: &Serve, eve: &mut Raw, alice: &Session<Room>, n
 async fn a_snapshot_that_does_not_load_makes_joiners_replay_the_room() {
     let room = "poison-then-replay";
     let (_dir, server, alice, mut bob) = alice_and_bob(room).await;
-    let (sid, _) = room_key(room);
-    let mut eve = Raw::join(&server, &sid, None, "eve").await;
+    let (sid, key) = room_key(room);
+    let mut eve = Raw::join(&server, &sid, Some(&key), "mallory").await;
     poison_snapshot(&server, &mut eve, &alice, "poison.snap").await;
     post_and_see(&alice, &mut bob, "after the poison").await;
     let mut alice = alice;
@@ -732,8 +807,8 @@ async fn a_snapshot_that_does_not_load_makes_joiners_use_the_one_before() {
     // before Bob's join, so the real snapshot is still the one before the poison then.
     c.snapshot_every = Some(6);
     let mut alice = joined_with(c, "alice").await;
-    let (sid, _) = room_key(room);
-    let mut eve = Raw::join(&server, &sid, None, "eve").await;
+    let (sid, key) = room_key(room);
+    let mut eve = Raw::join(&server, &sid, Some(&key), "mallory").await;
     for i in 0..5 {
         alice
             .publish(RoomInput::Post(format!("post {i}")))

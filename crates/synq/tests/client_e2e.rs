@@ -169,7 +169,7 @@ async fn a_late_joiner_loads_the_voted_snapshot_and_matches() {
     let url = tokio::time::timeout(PATIENCE, uploaded)
         .await
         .expect("a snapshot was uploaded");
-    assert!(url.contains("/files/snapshots/synq1-"), "{url}");
+    assert!(url.contains("/files/snapshots/synq2-"), "{url}");
     // The stored snapshot is ciphertext.
     let stored = reqwest_get(&url).await;
     assert!(!contains(&stored, CANARY.as_bytes()));
@@ -347,16 +347,19 @@ async fn an_unreachable_reflector_is_a_clear_error() {
 
 use common::Ws;
 
-/// A raw protocol client with a valid identity but no session key: an outsider, or a
-/// participant's compromised device, or what a reflector operator could do.
+/// A raw protocol client with a valid identity and the room key but no session key: what
+/// the reflector's operator could do (the reflector sees the room key at every JOIN).
+/// Anyone without the password is not even let in.
 async fn raw_join(addr: SocketAddr, session: &str) -> Ws {
+    let room = synq_client::crypto::SessionKey::derive("pw", session, 1000);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/reflector/{session}"))
         .await
         .expect("connect");
     let proof = "raw-client-proof";
     let id = synq_protocol::identity::view_id_for_proof(proof);
     let join = json!({"id": session, "action": "JOIN", "args": {"name": "x/y", "apiKey": "none", "version": 1,
-        "user": {"id": id, "data": "not-encrypted", "proof": proof}, "ticks": {"tick": 30000}}});
+        "user": {"id": id, "data": "not-encrypted", "proof": proof, "room": room.room_key()},
+        "ticks": {"tick": 30000}}});
     ws.send(Message::text(join.to_string()))
         .await
         .expect("send");
