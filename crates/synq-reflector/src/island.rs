@@ -286,6 +286,8 @@ pub(crate) struct Island {
     /// of `client_backlog` slots is most of what an idle session would cost.
     stream: Option<broadcast::Sender<Shared>>,
     journal: Option<Journal>,
+    /// A compacted journal made by an accepted snapshot, written before the next commit.
+    compaction: Option<Vec<u8>>,
     outbox: Vec<Out>,
 }
 
@@ -394,6 +396,7 @@ impl Island {
             last_refusal: None,
             stream: None,
             journal,
+            compaction: None,
             outbox: Vec::new(),
             ctx,
         }
@@ -434,6 +437,7 @@ impl Island {
                 () = &mut timer => {}
             }
             self.fire_timers(Instant::now());
+            self.install_compaction().await;
             self.flush();
             if self.clients.is_empty() && self.idle_due.is_some_and(|d| d <= Instant::now()) {
                 if self.ctx.remove_if_idle(&self.id, &rx) {
@@ -442,6 +446,7 @@ impl Island {
                 self.idle_due = None;
             }
         }
+        self.install_compaction().await;
         self.shutdown();
     }
 
@@ -1040,17 +1045,16 @@ impl Island {
         Metrics::add(&self.ctx.metrics.snapshots, 1);
         self.last_requ = None;
         let time = self.clock.now();
-        if let (Some(j), Some(h)) = (&mut self.journal, &self.header)
-            && let Err(e) = j.rewrite(
+        if let (Some(j), Some(h)) = (&mut self.journal, &self.header) {
+            // Written by `run` on a blocking thread before the next commit: up to the
+            // session's byte cap of file I/O must not hold a runtime worker.
+            self.compaction = Some(j.compacted(
                 h,
                 self.fallback.as_ref(),
                 &snap,
                 self.messages.iter().map(Retained::args),
                 time,
-            )
-        {
-            tracing::error!(session = %self.id, error = %e, "cannot compact the session journal");
-            Metrics::add(&self.ctx.metrics.journal_errors, 1);
+            ));
         }
         self.snapshot = Some(snap);
     }
@@ -1238,6 +1242,36 @@ impl Island {
             self.last_time_record = time;
             if let Some(j) = &mut self.journal {
                 j.time(time);
+            }
+        }
+    }
+
+    /// Replaces the journal file with the compaction a snapshot made, on a blocking
+    /// thread; this session waits (its commands queue), the others and the HTTP server
+    /// go on.
+    async fn install_compaction(&mut self) {
+        let Some(image) = self.compaction.take() else {
+            return;
+        };
+        let Some(mut journal) = self.journal.take() else {
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let r = journal.install(&image);
+            (journal, r)
+        })
+        .await;
+        match done {
+            Ok((journal, result)) => {
+                self.journal = Some(journal);
+                if let Err(e) = result {
+                    tracing::error!(session = %self.id, error = %e, "cannot compact the session journal");
+                    Metrics::add(&self.ctx.metrics.journal_errors, 1);
+                }
+            }
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "journal compaction failed; this session will not survive a restart");
+                Metrics::add(&self.ctx.metrics.journal_errors, 1);
             }
         }
     }

@@ -199,7 +199,7 @@ impl Journal {
     }
 
     /// Replace the journal with a compact one holding only what a new client needs:
-    /// the header, the fallback and snapshot pointers and the messages after the fallback.
+    /// [`Journal::compacted`], then [`Journal::install`].
     pub fn rewrite<'a>(
         &mut self,
         header: &Header,
@@ -208,6 +208,22 @@ impl Journal {
         messages: impl Iterator<Item = &'a str>,
         time: u64,
     ) -> Result<(), JournalError> {
+        let image = self.compacted(header, fallback, snapshot, messages, time);
+        self.install(&image)
+    }
+
+    /// The compact journal: the header, the fallback and snapshot pointers and the
+    /// messages after the fallback. Records buffered until now are contained in it and
+    /// dropped from the buffer; records buffered after it belong after it, so
+    /// [`Journal::install`] it before the next [`Journal::commit`].
+    pub fn compacted<'a>(
+        &mut self,
+        header: &Header,
+        fallback: Option<&SnapshotPointer>,
+        snapshot: &SnapshotPointer,
+        messages: impl Iterator<Item = &'a str>,
+        time: u64,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 * 1024);
         if let Ok(body) = serde_json::to_vec(header) {
             push_record(&mut out, TAG_HEADER, &body);
@@ -222,16 +238,22 @@ impl Journal {
             push_record(&mut out, TAG_MESSAGE, m.as_bytes());
         }
         push_record(&mut out, TAG_TIME, time.to_string().as_bytes());
+        self.buf.clear();
+        out
+    }
+
+    /// Replace the journal file with `image` (write a temporary file, sync it if so
+    /// configured, rename it over the journal). Blocking file I/O of up to the session's
+    /// byte cap: the session runs it on a blocking thread.
+    pub fn install(&mut self, image: &[u8]) -> Result<(), JournalError> {
         let path = self.dir.join(FILE_NAME);
         let tmp = self.dir.join("journal.tmp");
         let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
-        f.write_all(&out).map_err(io_at(&tmp))?;
+        f.write_all(image).map_err(io_at(&tmp))?;
         if self.durability == Durability::Fsync {
             f.sync_data().map_err(io_at(&tmp))?;
         }
         drop(f);
-        // Records buffered before the rewrite are contained in it.
-        self.buf.clear();
         self.file = None;
         std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
         self.file = Some(
