@@ -44,6 +44,11 @@ pub struct ReflectorConfig {
     /// Connections that joined without a user (observers) per session: counted apart, so
     /// that silent connections cannot fill a room.
     pub max_observers_per_session: usize,
+    /// Large SYNCs (over one 1 MB `_CHUNK`) written at once per session; more joiners
+    /// wait for a turn. 0: unlimited.
+    pub max_syncs_per_session: usize,
+    /// Large SYNCs written at once to one address (IPv6: one /64). 0: unlimited.
+    pub max_syncs_per_address: usize,
     /// Sessions in memory at once; a JOIN that would start another is refused (4108).
     /// 0: unlimited.
     pub max_sessions: usize,
@@ -130,6 +135,8 @@ impl ReflectorConfig {
             write_timeout: Duration::from_secs(10),
             max_clients_per_session: 1000,
             max_observers_per_session: 100,
+            max_syncs_per_session: 32,
+            max_syncs_per_address: 4,
             max_sessions: 1000,
             max_sessions_per_address: 100,
             max_session_bytes: 32 * 1024 * 1024,

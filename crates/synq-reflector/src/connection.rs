@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::island::{Command, SyncFrame};
 use crate::metrics::Metrics;
 use crate::registry::{Ctx, SessionHandle};
+use crate::sync_gate::SyncTurn;
 
 pub(crate) type ConnId = u64;
 
@@ -261,23 +262,59 @@ impl Conn {
         }
     }
 
-    /// Send `first` and everything else that is ready, as one socket write.
+    /// Send `first` and everything else that is ready, as one socket write. A large SYNC
+    /// first waits for its turn (`SyncGate`), outside the write timeout: waiting for
+    /// others is not this client failing to read.
     async fn write_batch(
         &mut self,
         socket: &mut WebSocket,
         direct: &mut mpsc::Receiver<Direct>,
         first: Item,
     ) -> Option<Exit> {
+        let mut next = (first, None);
+        loop {
+            let (item, turn) = next;
+            match self.write_some(socket, direct, item, turn).await {
+                Written::Exit(exit) => return Some(exit),
+                Written::All => return None,
+                Written::NeedsTurn(item) => {
+                    let turn = self
+                        .ctx
+                        .sync_gate
+                        .turn(Arc::from(self.session_id.as_str()), self.handle.peer)
+                        .await;
+                    next = (item, Some(turn));
+                }
+            }
+        }
+    }
+
+    /// One batch: `first` (with its turn, if it is a large SYNC) and what follows, up to
+    /// the next large SYNC, which is handed back to wait for its turn.
+    async fn write_some(
+        &mut self,
+        socket: &mut WebSocket,
+        direct: &mut mpsc::Receiver<Direct>,
+        first: Item,
+        mut turn: Option<SyncTurn>,
+    ) -> Written {
         let write_timeout = self.ctx.config.write_timeout;
         let conn = self.handle.id;
         let mut batch = Batch::default();
         let stream = &mut self.stream;
         let work = async {
             let mut item = first;
+            let mut waiting = None;
             loop {
-                if let Some(exit) = feed(socket, item, stream, &mut batch, conn).await {
-                    return Some(exit);
+                if turn.is_none() && needs_turn(&item) {
+                    waiting = Some(item);
+                    break;
                 }
+                if let Some(exit) = feed(socket, item, stream, &mut batch, conn).await {
+                    return Err(exit);
+                }
+                // The SYNC is written: its turn goes to the next joiner.
+                turn = None;
                 if batch.frames >= MAX_BATCH_FRAMES {
                     break;
                 }
@@ -293,7 +330,10 @@ impl Conn {
                     },
                 };
             }
-            socket.flush().await.err().map(|_| Exit::Done)
+            match socket.flush().await {
+                Ok(()) => Ok(waiting),
+                Err(_) => Err(Exit::Done),
+            }
         };
         // Almost every write completes at once: poll it once before arming the timeout,
         // so that the common case registers no timer.
@@ -307,18 +347,21 @@ impl Conn {
             }
         };
         match outcome {
-            Ok(None) => {
+            Ok(Ok(waiting)) => {
                 Metrics::add(&self.ctx.metrics.frames_out, batch.frames);
                 Metrics::add(&self.ctx.metrics.bytes_out, batch.bytes);
-                None
+                match waiting {
+                    Some(item) => Written::NeedsTurn(item),
+                    None => Written::All,
+                }
             }
-            Ok(Some(exit)) => Some(exit),
+            Ok(Err(exit)) => Written::Exit(exit),
             Err(_) => {
                 tracing::warn!(
                     conn,
                     "closing client: could not take a write for {write_timeout:?}"
                 );
-                Some(Exit::Close(CloseCode::ClientUnresponsive))
+                Written::Exit(Exit::Close(CloseCode::ClientUnresponsive))
             }
         }
     }
@@ -525,6 +568,19 @@ async fn feed_text(sink: &mut WebSocket, text: Utf8Bytes, batch: &mut Batch) -> 
         .await
         .err()
         .map(|_| Exit::Done)
+}
+
+/// What a batch ended with.
+enum Written {
+    All,
+    Exit(Exit),
+    /// A large SYNC that must wait for its turn before it is written.
+    NeedsTurn(Item),
+}
+
+/// Whether `item` is a SYNC large enough to wait for a turn (`SyncGate`).
+fn needs_turn(item: &Item) -> bool {
+    matches!(item, Item::Direct(Direct::Sync { frame, .. }) if frame.len() > synq_protocol::CHUNK_SIZE)
 }
 
 /// A SYNC: one frame if it is small, else `_CHUNK` pieces made one at a time as the socket

@@ -29,6 +29,7 @@ pub mod quota;
 mod registry;
 mod server;
 pub mod store;
+mod sync_gate;
 
 pub use config::{AiCapabilityIssuer, Durability, FileLimits, ReflectorConfig};
 pub use http::{HttpLimits, serve, serve_with};

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub session_failures: AtomicU64,
     pub snapshots_refused: AtomicU64,
     pub stored_bytes: AtomicI64,
+    pub syncs_writing: AtomicI64,
+    pub syncs_waiting: AtomicI64,
 }
 
 impl Metrics {
@@ -47,6 +49,16 @@ impl Metrics {
                 "synq_stored_bytes",
                 "Bytes of retained messages in all sessions.",
                 &self.stored_bytes,
+            ),
+            (
+                "synq_syncs_writing",
+                "Large SYNCs being written (each holds a turn).",
+                &self.syncs_writing,
+            ),
+            (
+                "synq_syncs_waiting",
+                "Large SYNCs waiting for a turn of their session or address.",
+                &self.syncs_waiting,
             ),
         ];
         for (name, help, v) in gauges {

@@ -46,6 +46,8 @@ struct Entry {
 pub(crate) struct Ctx {
     pub config: ReflectorConfig,
     pub metrics: Arc<Metrics>,
+    /// Turns to write large SYNCs.
+    pub sync_gate: crate::sync_gate::SyncGate,
     sessions: Mutex<Sessions>,
     next_conn: AtomicU64,
 }
@@ -83,6 +85,11 @@ pub fn valid_session_id(id: &str) -> bool {
 impl Ctx {
     pub(crate) fn new(config: ReflectorConfig, metrics: Arc<Metrics>) -> Ctx {
         Ctx {
+            sync_gate: crate::sync_gate::SyncGate::new(
+                config.max_syncs_per_session,
+                config.max_syncs_per_address,
+                Arc::clone(&metrics),
+            ),
             config,
             metrics,
             sessions: Mutex::new(Sessions::default()),

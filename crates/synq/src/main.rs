@@ -83,6 +83,17 @@ struct ServeArgs {
     /// Connections that joined without a user (observers) per session.
     #[arg(long, default_value_t = 100)]
     max_observers_per_session: usize,
+    /// A WebSocket client that does not take a write (or the next piece of its SYNC) for
+    /// this many seconds is closed with 4001.
+    #[arg(long, default_value_t = 10)]
+    client_write_timeout_secs: u64,
+    /// Large SYNCs (late joins of sessions holding over 1 MB) written at once per session;
+    /// further joiners wait for a turn (0 = unlimited).
+    #[arg(long, default_value_t = 32)]
+    max_syncs_per_session: usize,
+    /// Large SYNCs written at once to one address (IPv6: one /64; 0 = unlimited).
+    #[arg(long, default_value_t = 4)]
+    max_syncs_per_address: usize,
     /// Sessions held in memory at once (0 = unlimited). A session with participants
     /// costs about 400 KB (its broadcast ring of --client-backlog frames).
     #[arg(long, default_value_t = 1000)]
@@ -222,6 +233,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_file_bytes = args.max_file_bytes;
     config.max_clients_per_session = args.max_participants_per_session;
     config.max_observers_per_session = args.max_observers_per_session;
+    config.max_syncs_per_session = args.max_syncs_per_session;
+    config.write_timeout = Duration::from_secs(args.client_write_timeout_secs.max(1));
+    config.max_syncs_per_address = args.max_syncs_per_address;
     config.max_sessions = args.max_sessions;
     config.max_sessions_per_address = args.max_sessions_per_address;
     config.max_session_bytes = args.max_session_bytes;

@@ -659,6 +659,8 @@ async fn memory_stays_bounded_when_big_messages_pile_up_and_joiners_stop_reading
             "16777216",
             "--client-rate-limit",
             "0",
+            "--client-write-timeout-secs",
+            "3",
         ],
     );
     let sid = "memory-flood-session";
@@ -706,7 +708,27 @@ async fn memory_stays_bounded_when_big_messages_pile_up_and_joiners_stop_reading
         .await;
         stalled.push(ws);
     }
-    // A late joiner that does read gets the whole SYNC, in pieces.
+    // Four of them (--max-syncs-per-address) hold a turn to write their SYNC, two wait
+    // for one, until a turn's writer gives up on its reader (after 3 s).
+    let mut metrics = String::new();
+    for _ in 0..500 {
+        metrics = reqwest::get(format!("{}/metrics", server.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        if metrics.contains("synq_syncs_writing 4\n") && metrics.contains("synq_syncs_waiting 2\n")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        metrics.contains("synq_syncs_writing 4\n") && metrics.contains("synq_syncs_waiting 2\n"),
+        "{metrics}"
+    );
+    // A late joiner that does read gets the whole SYNC, in pieces, once it has a turn.
     let mut reader = connect(&server, sid).await;
     send(
         &mut reader,
