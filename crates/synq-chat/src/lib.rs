@@ -2,11 +2,14 @@
 //! AI answers and notices, an elected AI relay), and its participants: native
 //! ([`native::Participant`]) and, in the browser, the web view.
 
+pub mod hygiene;
 pub mod model;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+pub mod prompt;
 
 pub use model::{
-    AI_NAME, APP_ID, AiRequest, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, Entry,
-    EntryKind, MAX_HISTORY, PROMPT_HISTORY, PromptMessage,
+    AI_NAME, APP_ID, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, Entry, EntryKind,
+    MAX_HISTORY,
 };
+pub use prompt::{AiRequest, PROMPT_HISTORY, PromptMessage, PromptRole};

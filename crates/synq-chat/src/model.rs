@@ -6,13 +6,13 @@ use serde::{Deserialize, Serialize};
 use synq_model::{Cx, Model, ViewId};
 use synq_relay::{Applied, Candidacy, Elected, Relay, RelayRequest, RelayResponse};
 
+use crate::prompt::{self, AiRequest, PromptInput};
+
 /// The app id under which every chat participant (browser page, `synq chat`) joins: rooms
 /// are shared only among participants of the same app id, room name and model schema.
 pub const APP_ID: &str = "synq.chat";
 /// Entries kept in the history; older ones are dropped.
 pub const MAX_HISTORY: usize = 100;
-/// History entries given to the AI with each request.
-pub const PROMPT_HISTORY: usize = 20;
 /// The AI's name in the room.
 pub const AI_NAME: &str = "AI";
 /// Longest post accepted, in bytes (longer ones are cut at a character boundary).
@@ -61,20 +61,6 @@ pub enum AiState {
     Waiting,
     Streaming,
     Done,
-}
-
-/// One message of the prompt, in the OpenAI chat shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PromptMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    pub content: String,
-}
-
-/// What the elected view sends to the AI.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AiRequest {
-    pub messages: Vec<PromptMessage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,45 +142,17 @@ impl ChatModel {
     }
 
     /// The prompt for a post of `text` by `name`: who is in the room, the last
-    /// [`PROMPT_HISTORY`] entries before it, and the post.
+    /// [`prompt::PROMPT_HISTORY`] entries before it, and the post.
     pub fn prompt(&self, name: &str, text: &str) -> AiRequest {
-        let mut people: Vec<&str> = self.users.values().map(String::as_str).collect();
-        people.sort_unstable();
-        let system = format!(
-            "You are {AI_NAME}, a participant in a group chat, among humans. \
-             The people in the room are: {}. \
-             Each message from a person starts with their name and a colon. \
-             Answer the latest message briefly, as one participant among others. \
-             Write plain text only: no Markdown, no HTML, no code fences.",
-            people.join(", ")
-        );
-        let mut messages = vec![PromptMessage {
-            role: "system".into(),
-            content: system,
-        }];
-        let recent: Vec<&Entry> = self.history.iter().rev().take(PROMPT_HISTORY).collect();
-        for e in recent.into_iter().rev() {
-            match &e.kind {
-                EntryKind::Post { name, text, .. } => messages.push(PromptMessage {
-                    role: "user".into(),
-                    content: format!("{name}: {text}"),
-                }),
-                EntryKind::Ai {
-                    text,
-                    state: AiState::Done,
-                    ..
-                } => messages.push(PromptMessage {
-                    role: "assistant".into(),
-                    content: text.clone(),
-                }),
-                _ => {}
-            }
-        }
-        messages.push(PromptMessage {
-            role: "user".into(),
-            content: format!("{name}: {text}"),
-        });
-        AiRequest { messages }
+        let present: Vec<String> = self.users.values().cloned().collect();
+        let history: Vec<Entry> = self.history.iter().cloned().collect();
+        prompt::build(&PromptInput {
+            present: &present,
+            history: &history,
+            instructions: "",
+            asker: name,
+            text,
+        })
     }
 
     fn elected_changed(&mut self, cx: &mut Cx<'_, Self>, elected: Option<ViewId>) {

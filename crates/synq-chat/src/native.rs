@@ -11,7 +11,8 @@ use synq_relay::{AgentConfig, BoxFut, RelayAgent, RelayService, TextStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::model::{AiRequest, ChatInput, ChatModel, ChatOutput, ChatViewData};
+use crate::model::{ChatInput, ChatModel, ChatOutput, ChatViewData};
+use crate::prompt::{AiRequest, PromptRole};
 
 /// Largest answer asked of the AI, in tokens.
 pub const MAX_ANSWER_TOKENS: u32 = 400;
@@ -25,10 +26,10 @@ fn chat_request(request: AiRequest) -> ChatRequest {
         .messages
         .into_iter()
         .map(|m| ChatMessage {
-            role: match m.role.as_str() {
-                "system" => Role::System,
-                "assistant" => Role::Assistant,
-                _ => Role::User,
+            role: match m.role {
+                PromptRole::System => Role::System,
+                PromptRole::Assistant => Role::Assistant,
+                PromptRole::User => Role::User,
             },
             content: m.content,
         })

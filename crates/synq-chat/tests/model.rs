@@ -277,7 +277,7 @@ fn the_prompt_holds_the_users_the_last_20_entries_and_the_text() {
     room.post("bob", "<b>hello</b> AI");
     let req = room.requests().remove(0).request;
     let system = &req.messages[0];
-    assert_eq!(system.role, "system");
+    assert_eq!(system.role, synq_chat::PromptRole::System);
     assert!(system.content.contains("You are AI"));
     assert!(system.content.contains("ANN, BOB"), "{}", system.content);
     assert!(system.content.contains("plain text"));
@@ -291,7 +291,7 @@ fn the_prompt_holds_the_users_the_last_20_entries_and_the_text() {
     assert_eq!(middle.len(), 20);
     assert_eq!(middle[0].content, "ANN: p5");
     assert_eq!(middle[1].content, "a5");
-    assert_eq!(middle[1].role, "assistant");
+    assert_eq!(middle[1].role, synq_chat::PromptRole::Assistant);
     assert_eq!(middle[19].content, "a14");
 }
 
