@@ -55,11 +55,12 @@ try {
   await connected(b);
   await a.page.waitForFunction(() => document.querySelector("#textOut .welcome")?.textContent.includes("AI is here, along with"), null, T);
 
-  // 2. A post from one page appears in both; the AI's answer too, once.
-  await a.page.fill("#textIn", "Hello everyone");
+  // 2. A post from one page appears in both; the AI's answer too, once. (With two people
+  // in the room the AI answers only posts that address it.)
+  await a.page.fill("#textIn", "AI, hello everyone");
   await a.page.press("#textIn", "Enter");
   for (const p of [a, b]) {
-    await p.page.waitForFunction(() => [...document.querySelectorAll("#textOut .entry.post .text")].some((e) => e.textContent === "Hello everyone"), null, T);
+    await p.page.waitForFunction(() => [...document.querySelectorAll("#textOut .entry.post .text")].some((e) => e.textContent === "AI, hello everyone"), null, T);
     await waitAi(p, "Hello from the AI.");
     const answers = await aiEntries(p);
     check(answers.length === 1, `one AI answer, got ${JSON.stringify(answers)}`);
@@ -75,7 +76,7 @@ try {
   const k = ids.indexOf(elected);
   check(k >= 0, `the elected view ${elected} is one of the pages ${ids}`);
   const poster = pages[(k + 1) % 3];
-  await poster.page.fill("#textIn", "Tell me a story");
+  await poster.page.fill("#textIn", "@AI tell me a story");
   await poster.page.click("#sendButton");
   for (const p of pages) {
     await p.page.waitForFunction(() => [...document.querySelectorAll("#textOut .entry.ai.streaming .text")].some((e) => e.textContent === "Partial"), null, T);
@@ -92,7 +93,7 @@ try {
   await step("failed-over");
 
   // 4. Markup in a post is shown as text and runs nothing.
-  const evil = '<img src=x onerror="window.__xss=1"><b>bold</b>';
+  const evil = '@AI <img src=x onerror="window.__xss=1"><b>bold</b>';
   await rest[0].page.fill("#textIn", evil);
   await rest[0].page.press("#textIn", "Enter");
   for (const p of rest) {

@@ -1,7 +1,194 @@
-//! What of a model's answer is shown: the AI speaks only for itself.
+//! What of a model's answer is shown: the AI speaks only for itself, in plain text.
+//!
+//! Small models continue the transcript they were shown: after their answer they write
+//! the next person's line ("Bo: Yes, I'll be there."), or they start with a speaker label
+//! ("AI: …", "Ann: …"). The model of the room applies these rules to every streamed
+//! delta, on every replica alike:
+//! - a leading label (`AI:`, a person's name and a colon) is removed;
+//! - the answer ends before the first later line that starts with a speaker label (a
+//!   present or recent person, the AI, `User`, `Human`, `Assistant`, `System`), and the
+//!   call is stopped there;
+//! - Markdown emphasis, headings and code fences are removed (the chat shows plain text).
 
-/// The answer as shown, for `names` (the people present and recently present).
+use crate::model::AI_NAME;
+
+/// Labels that start another turn besides the people's names.
+const ROLE_LABELS: &[&str] = &["User", "Human", "Assistant", "System"];
+
+/// An answer as shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub text: String,
+    /// The model started another speaker's turn: the answer ends here.
+    pub ended: bool,
+}
+
+/// The answer as shown when it is complete, for `names` (the people present and
+/// recently present).
 pub fn clean(answer: &str, names: &[&str]) -> String {
-    let _ = names;
-    answer.to_owned()
+    shown(answer, names, true).text
+}
+
+/// The answer `raw` as shown so far. While it streams (`done == false`), a last line
+/// that may still become a speaker label is held back, so that it never flickers.
+pub fn shown(raw: &str, names: &[&str], done: bool) -> Shown {
+    let mut labels: Vec<&str> = names
+        .iter()
+        .copied()
+        .chain([AI_NAME])
+        .chain(ROLE_LABELS.iter().copied())
+        .filter(|n| !n.trim().is_empty())
+        .collect();
+    // Longest first: "Ann Lee" before "Ann".
+    labels.sort_by_key(|n| std::cmp::Reverse(n.len()));
+
+    let mut text = raw.trim_start();
+    // A leading label, possibly twice ("AI: Ann: …").
+    for _ in 0..2 {
+        match label_len(text, &labels) {
+            Some(n) => text = text[n..].trim_start(),
+            None => break,
+        }
+    }
+    let mut lines: Vec<&str> = Vec::new();
+    let mut ended = false;
+    let mut rest = text;
+    loop {
+        let (line, next) = match rest.find('\n') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        if !lines.is_empty() && label_len(line, &labels).is_some() {
+            ended = true;
+            break;
+        }
+        match next {
+            Some(next) => {
+                lines.push(line);
+                rest = next;
+            }
+            None => {
+                let pending = !done && !lines.is_empty() && may_become_label(line, &labels);
+                let first_pending = !done && lines.is_empty() && may_become_label(line, &labels);
+                if !(pending || first_pending) {
+                    lines.push(line);
+                }
+                break;
+            }
+        }
+    }
+    let text = plain(&lines);
+    Shown { text, ended }
+}
+
+/// The length of a speaker label at the start of `line` (`Name:`, `**Name**:`, with the
+/// spaces after it), if it has one.
+fn label_len(line: &str, labels: &[&str]) -> Option<usize> {
+    let t = line.trim_start().trim_start_matches(['*', '_']);
+    for label in labels {
+        let Some(head) = t.get(..label.len()) else {
+            continue;
+        };
+        if !head.eq_ignore_ascii_case(label) {
+            continue;
+        }
+        let after = t[label.len()..].trim_start_matches(['*', '_', ' ']);
+        if let Some(body) = after.strip_prefix(':') {
+            let body = body.trim_start_matches(['*', '_']);
+            return Some(line.len() - body.len());
+        }
+    }
+    None
+}
+
+/// Whether the unfinished `line` could still turn into a speaker label.
+fn may_become_label(line: &str, labels: &[&str]) -> bool {
+    let t = line.trim_start().trim_start_matches(['*', '_']);
+    if t.is_empty() {
+        return !line.is_empty();
+    }
+    labels.iter().any(|label| {
+        let candidate = format!("{label}:");
+        candidate.len() > t.len()
+            && candidate
+                .get(..t.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(t))
+    })
+}
+
+/// The lines as plain text: no code fences, heading marks or emphasis markers.
+fn plain(lines: &[&str]) -> String {
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    for line in lines {
+        let t = line.trim_end();
+        if t.trim_start().starts_with("```") {
+            continue;
+        }
+        let t = match t.trim_start().strip_prefix('#') {
+            Some(h) => h.trim_start_matches('#').trim_start(),
+            None => t,
+        };
+        out.push(t.replace("**", "").replace("__", ""));
+    }
+    out.join("\n").trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: &[&str] = &["Ann", "Bo", "Eager Falcon"];
+
+    #[test]
+    fn a_leading_label_is_removed() {
+        assert_eq!(clean("AI: Paris.", NAMES), "Paris.");
+        assert_eq!(
+            clean(
+                "Eager Falcon: Hi AI, the capital of France is Paris.",
+                NAMES
+            ),
+            "Hi AI, the capital of France is Paris."
+        );
+        assert_eq!(clean("**AI:** 42", NAMES), "42");
+        assert_eq!(clean("ai: Ann: hello", NAMES), "hello");
+    }
+
+    #[test]
+    fn the_answer_ends_where_another_speakers_turn_starts() {
+        let s = shown(
+            "Sure, see you there!\nBo: Yes, I'll be there.",
+            NAMES,
+            false,
+        );
+        assert_eq!(s.text, "Sure, see you there!");
+        assert!(s.ended);
+        let s = shown("It is 4.\n\nUser: and 3+3?\nAI: 6", NAMES, false);
+        assert_eq!(s.text, "It is 4.");
+        assert!(s.ended);
+        // A name inside a sentence is not a turn.
+        let s = shown("Ann said: hello.\nBo likes tea: lots.", &["Bob"], true);
+        assert!(!s.ended);
+    }
+
+    #[test]
+    fn a_line_that_may_become_a_label_is_held_back_while_streaming() {
+        assert_eq!(shown("Hello!\nB", NAMES, false).text, "Hello!");
+        assert_eq!(shown("Hello!\nBo", NAMES, false).text, "Hello!");
+        assert_eq!(shown("Hello!\nBo", NAMES, true).text, "Hello!\nBo");
+        assert_eq!(
+            shown("Hello!\nBonjour", NAMES, false).text,
+            "Hello!\nBonjour"
+        );
+        // At the start too: "A" may be "AI:".
+        assert_eq!(shown("A", NAMES, false).text, "");
+        assert_eq!(shown("AI: Par", NAMES, false).text, "Par");
+    }
+
+    #[test]
+    fn markdown_becomes_plain_text() {
+        assert_eq!(
+            clean("# Title\n**bold** and __this__\n```\ncode\n```", NAMES),
+            "Title\nbold and this\ncode"
+        );
+    }
 }

@@ -9,7 +9,7 @@ pub mod native;
 pub mod prompt;
 
 pub use model::{
-    AI_NAME, APP_ID, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, Entry, EntryKind,
-    MAX_HISTORY,
+    AI_NAME, AI_REQUESTS_PER_MINUTE, APP_ID, AiMode, AiState, ChatInput, ChatModel, ChatOutput,
+    ChatViewData, Entry, EntryKind, MAX_HISTORY, MAX_INSTRUCTIONS_BYTES, addresses_ai,
 };
 pub use prompt::{AiRequest, PROMPT_HISTORY, PromptMessage, PromptRole};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use synq_model::{Cx, Model, ViewId};
 use synq_relay::{Applied, Candidacy, Elected, Relay, RelayRequest, RelayResponse};
 
+use crate::hygiene;
 use crate::prompt::{self, AiRequest, PromptInput};
 
 /// The app id under which every chat participant (browser page, `synq chat`) joins: rooms
@@ -18,6 +19,12 @@ pub const AI_NAME: &str = "AI";
 /// Longest post accepted, in bytes (longer ones are cut at a character boundary).
 pub const MAX_POST_BYTES: usize = 4000;
 
+/// AI requests one participant may cause per minute (posts that ask the AI, and
+/// regenerations), counted in reflector time.
+pub const AI_REQUESTS_PER_MINUTE: usize = 6;
+/// Longest room instructions for the AI, in bytes.
+pub const MAX_INSTRUCTIONS_BYTES: usize = 500;
+
 /// What a participant declares when it joins.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatViewData {
@@ -25,6 +32,88 @@ pub struct ChatViewData {
     pub name: String,
     /// Whether this participant can call the AI, and how much it wants to.
     pub candidacy: Candidacy,
+}
+
+/// When the AI answers: a room setting that any participant may change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AiMode {
+    /// Every post while one person is in the room; with several, only posts that
+    /// address the AI ([`addresses_ai`]).
+    #[default]
+    Auto,
+    /// Every post.
+    Always,
+    /// Only posts that address the AI.
+    Addressed,
+    /// Never: nothing leaves the room.
+    Off,
+}
+
+impl AiMode {
+    /// The word for it in commands and settings (`/ai auto`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AiMode::Auto => "auto",
+            AiMode::Always => "always",
+            AiMode::Addressed => "addressed",
+            AiMode::Off => "off",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<AiMode> {
+        match word.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(AiMode::Auto),
+            "always" | "on" => Some(AiMode::Always),
+            "addressed" | "mentions" => Some(AiMode::Addressed),
+            "off" | "never" => Some(AiMode::Off),
+            _ => None,
+        }
+    }
+
+    /// How the room is told ("Ann set the AI to answer when addressed").
+    pub fn describe(self) -> &'static str {
+        match self {
+            AiMode::Auto => {
+                "answer every post when one person is here, and only when addressed when several are"
+            }
+            AiMode::Always => "answer every post",
+            AiMode::Addressed => "answer when addressed",
+            AiMode::Off => "stay silent (nothing is sent to the AI)",
+        }
+    }
+}
+
+/// Whether `text` speaks to the AI: `@AI` anywhere, `AI` followed by `,` or `:` at the
+/// start, or "hey AI" (any case).
+pub fn addresses_ai(text: &str) -> bool {
+    let lower = text.trim_start().to_lowercase();
+    let ai = AI_NAME.to_lowercase();
+    let word_end = |rest: &str| !rest.chars().next().is_some_and(char::is_alphanumeric);
+    let mention = format!("@{ai}");
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(&mention) {
+        let end = from + i + mention.len();
+        if word_end(&lower[end..]) {
+            return true;
+        }
+        from = end;
+    }
+    if let Some(rest) = lower.strip_prefix(&ai)
+        && matches!(rest.trim_start().chars().next(), Some(',' | ':'))
+    {
+        return true;
+    }
+    for greeting in ["hey", "hi", "hello", "ok", "okay"] {
+        if let Some(rest) = lower.strip_prefix(greeting) {
+            let rest = rest.trim_start_matches([' ', ',']);
+            if let Some(after) = rest.strip_prefix(&ai)
+                && word_end(after)
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// One line of the history. Text stays text: rendering and escaping belong to views.
@@ -39,20 +128,35 @@ pub struct Entry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
-    /// A person's post.
+    /// A person's post, possibly a reply to entry `reply_to`.
     Post {
         from: ViewId,
         name: String,
         text: String,
+        reply_to: Option<u64>,
     },
-    /// The AI's answer to relay request `request`, as far as it has streamed.
+    /// The AI's answer to the post `post` (an entry id), relay request `request`, as far
+    /// as it has streamed (after [`crate::hygiene`]).
     Ai {
         request: u64,
+        post: u64,
         text: String,
         state: AiState,
+        /// Who stopped it, if someone did.
+        stopped_by: Option<String>,
+        /// Who asked for this answer again, if someone did.
+        regenerated_by: Option<String>,
     },
-    /// Someone joined or left, the AI was unavailable, the chat was reset.
-    Notice { text: String },
+    Joined {
+        name: String,
+    },
+    Left {
+        name: String,
+    },
+    /// The AI was unavailable, the chat was reset, a setting changed.
+    Notice {
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,21 +165,64 @@ pub enum AiState {
     Waiting,
     Streaming,
     Done,
+    /// Stopped by a participant; the text so far stays.
+    Stopped,
+}
+
+impl AiState {
+    /// Whether the answer may still grow.
+    pub fn in_progress(self) -> bool {
+        matches!(self, AiState::Waiting | AiState::Streaming)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChatInput {
     Post {
         text: String,
+        /// The entry this post replies to (a reply to an AI answer addresses the AI).
+        reply_to: Option<u64>,
+        /// The poster asked the AI explicitly (an "ask the AI" action of a view, such as
+        /// `synq chat --say … --wait-answer`): addressed whatever the text says.
+        to_ai: bool,
     },
     Reset,
     /// The elected view's answer to a relay request.
     Relay(RelayResponse),
+    /// Stop every answer in progress.
+    Stop,
+    /// Answer the post of AI entry `entry` again (the latest answer when `None`).
+    Again {
+        entry: Option<u64>,
+    },
+    SetAiMode(AiMode),
+    /// The room's instructions for the AI (cut to [`MAX_INSTRUCTIONS_BYTES`]; empty clears).
+    SetInstructions(String),
+}
+
+impl ChatInput {
+    /// A post that replies to nothing.
+    pub fn post(text: impl Into<String>) -> ChatInput {
+        ChatInput::Post {
+            text: text.into(),
+            reply_to: None,
+            to_ai: false,
+        }
+    }
+
+    /// A post that asks the AI, whatever the room's mode short of off.
+    pub fn ask(text: impl Into<String>) -> ChatInput {
+        ChatInput::Post {
+            text: text.into(),
+            reply_to: None,
+            to_ai: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatOutput {
-    /// The history or the users changed: render again.
+    /// The history, the users or a setting changed: render again.
     Changed,
     /// Ask the AI (only the view named in it acts).
     Request(RelayRequest<AiRequest>),
@@ -91,6 +238,10 @@ pub struct ChatModel {
     next_entry: u64,
     elected: Elected,
     relay: Relay<AiRequest>,
+    mode: AiMode,
+    instructions: String,
+    /// Reflector times of each participant's AI requests in the last minute.
+    asked: BTreeMap<ViewId, VecDeque<u64>>,
 }
 
 impl ChatModel {
@@ -118,7 +269,42 @@ impl ChatModel {
         &self.relay
     }
 
-    fn push(&mut self, cx: &mut Cx<'_, Self>, kind: EntryKind) {
+    /// When the AI answers.
+    pub fn ai_mode(&self) -> AiMode {
+        self.mode
+    }
+
+    /// The room's instructions for the AI (empty: none).
+    pub fn instructions(&self) -> &str {
+        &self.instructions
+    }
+
+    /// Whether an answer is in progress (what a Stop would stop).
+    pub fn answering(&self) -> bool {
+        self.history
+            .iter()
+            .any(|e| matches!(e.kind, EntryKind::Ai { state, .. } if state.in_progress()))
+    }
+
+    /// Whether the AI answers `text` (a reply to `reply_to`; explicitly asked: `to_ai`)
+    /// now.
+    pub fn answers(&self, text: &str, reply_to: Option<u64>, to_ai: bool) -> bool {
+        let replies_to_ai = to_ai
+            || reply_to.is_some_and(|id| {
+                self.history
+                    .iter()
+                    .any(|e| e.id == id && matches!(e.kind, EntryKind::Ai { .. }))
+            });
+        let addressed = replies_to_ai || addresses_ai(text);
+        match self.mode {
+            AiMode::Always => true,
+            AiMode::Off => false,
+            AiMode::Addressed => addressed,
+            AiMode::Auto => self.users.len() <= 1 || addressed,
+        }
+    }
+
+    fn push(&mut self, cx: &mut Cx<'_, Self>, kind: EntryKind) -> u64 {
         self.next_entry += 1;
         self.history.push_back(Entry {
             id: self.next_entry,
@@ -128,6 +314,7 @@ impl ChatModel {
         while self.history.len() > MAX_HISTORY {
             self.history.pop_front();
         }
+        self.next_entry
     }
 
     fn notice(&mut self, cx: &mut Cx<'_, Self>, text: String) {
@@ -141,18 +328,188 @@ impl ChatModel {
             .find(|e| matches!(e.kind, EntryKind::Ai { request: r, .. } if r == request))
     }
 
-    /// The prompt for a post of `text` by `name`: who is in the room, the last
-    /// [`prompt::PROMPT_HISTORY`] entries before it, and the post.
+    /// The prompt for a post of `text` by `name`: who is in the room, the room's
+    /// instructions, the last [`prompt::PROMPT_HISTORY`] entries before it, and the post.
     pub fn prompt(&self, name: &str, text: &str) -> AiRequest {
+        self.prompt_before(self.history.len(), name, text)
+    }
+
+    /// [`ChatModel::prompt`] with the history before its `end`th entry.
+    fn prompt_before(&self, end: usize, name: &str, text: &str) -> AiRequest {
         let present: Vec<String> = self.users.values().cloned().collect();
-        let history: Vec<Entry> = self.history.iter().cloned().collect();
+        let start = end.saturating_sub(prompt::PROMPT_HISTORY);
+        let history: Vec<Entry> = self.history.range(start..end).cloned().collect();
         prompt::build(&PromptInput {
             present: &present,
             history: &history,
-            instructions: "",
+            instructions: &self.instructions,
             asker: name,
             text,
         })
+    }
+
+    /// Names an answer must not speak as: the people here and in the recent history.
+    fn speaker_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.users.values().cloned().collect();
+        for e in self.history.iter().rev().take(prompt::PROMPT_HISTORY * 2) {
+            match &e.kind {
+                EntryKind::Post { name, .. }
+                | EntryKind::Joined { name }
+                | EntryKind::Left { name } => names.push(name.clone()),
+                _ => {}
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Counts an AI request by `from` against the fair-use limit; `false` (and a notice)
+    /// when over it.
+    fn fair_use(&mut self, cx: &mut Cx<'_, Self>, from: &ViewId, name: &str) -> bool {
+        let now = cx.now();
+        let asked = self.asked.entry(from.clone()).or_default();
+        while asked
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= 60_000)
+        {
+            asked.pop_front();
+        }
+        if asked.len() >= AI_REQUESTS_PER_MINUTE {
+            self.notice(
+                cx,
+                format!(
+                    "{name} asked the {AI_NAME} {AI_REQUESTS_PER_MINUTE} times in the last minute, the most one person may; the {AI_NAME} will answer {name} again in a moment"
+                ),
+            );
+            return false;
+        }
+        asked.push_back(now);
+        true
+    }
+
+    /// Asks the AI to answer the post at `post` (an entry id) with `request`.
+    fn ask(&mut self, cx: &mut Cx<'_, Self>, post: u64, request: AiRequest) {
+        let (id, emit) = self.relay.request(self.elected.elected(), request);
+        self.push(
+            cx,
+            EntryKind::Ai {
+                request: id,
+                post,
+                text: String::new(),
+                state: AiState::Waiting,
+                stopped_by: None,
+                regenerated_by: None,
+            },
+        );
+        if let Some(r) = emit {
+            cx.emit(ChatOutput::Request(r));
+        }
+    }
+
+    /// Streams `all` (the raw answer so far) into its entry through the hygiene filter;
+    /// when the model started another speaker's turn, the answer ends there and its
+    /// call is stopped.
+    fn stream(&mut self, id: u64, all: String, done: bool) {
+        let names = self.speaker_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let shown = hygiene::shown(&all, &names, done);
+        let finished = done || shown.ended;
+        if shown.ended {
+            self.relay.cancel(id);
+        }
+        if let Some(e) = self.ai_entry(id)
+            && let EntryKind::Ai { text, state, .. } = &mut e.kind
+        {
+            *text = shown.text;
+            *state = if finished {
+                AiState::Done
+            } else {
+                AiState::Streaming
+            };
+        }
+    }
+
+    fn stop(&mut self, name: &str) -> bool {
+        let mut stopped = false;
+        let mut cancel = Vec::new();
+        for e in self.history.iter_mut() {
+            if let EntryKind::Ai {
+                request,
+                state,
+                stopped_by,
+                ..
+            } = &mut e.kind
+                && state.in_progress()
+            {
+                *state = AiState::Stopped;
+                *stopped_by = Some(name.to_owned());
+                cancel.push(*request);
+                stopped = true;
+            }
+        }
+        for id in cancel {
+            self.relay.cancel(id);
+        }
+        stopped
+    }
+
+    /// Asks again for the answer in AI entry `entry` (the latest when `None`).
+    fn again(&mut self, cx: &mut Cx<'_, Self>, from: &ViewId, name: &str, entry: Option<u64>) {
+        let target = self.history.iter().rposition(|e| {
+            matches!(e.kind, EntryKind::Ai { .. }) && entry.is_none_or(|id| e.id == id)
+        });
+        let Some(index) = target else {
+            return;
+        };
+        let EntryKind::Ai { post, request, .. } = self.history[index].kind.clone() else {
+            return;
+        };
+        let Some(post_index) = self.history.iter().position(|e| e.id == post) else {
+            self.notice(
+                cx,
+                format!(
+                    "{name} asked for another answer, but its question is no longer in the history"
+                ),
+            );
+            return;
+        };
+        let EntryKind::Post {
+            name: asker, text, ..
+        } = self.history[post_index].kind.clone()
+        else {
+            return;
+        };
+        if self.mode == AiMode::Off {
+            return;
+        }
+        if !self.fair_use(cx, from, name) {
+            return;
+        }
+        self.relay.cancel(request);
+        let prompt = self.prompt_before(post_index, &asker, &text);
+        let (id, emit) = self.relay.request(self.elected.elected(), prompt);
+        // The fair-use notice may have moved entries; find it again by id.
+        let entry_id = self.history[index].id;
+        if let Some(e) = self.history.iter_mut().find(|e| e.id == entry_id)
+            && let EntryKind::Ai {
+                request,
+                text,
+                state,
+                stopped_by,
+                regenerated_by,
+                ..
+            } = &mut e.kind
+        {
+            *request = id;
+            text.clear();
+            *state = AiState::Waiting;
+            *stopped_by = None;
+            *regenerated_by = Some(name.to_owned());
+        }
+        if let Some(r) = emit {
+            cx.emit(ChatOutput::Request(r));
+        }
     }
 
     fn elected_changed(&mut self, cx: &mut Cx<'_, Self>, elected: Option<ViewId>) {
@@ -191,7 +548,7 @@ impl Model for ChatModel {
     type Output = ChatOutput;
     type Timer = ();
     type ViewData = ChatViewData;
-    const SCHEMA: &'static str = "synq-chat/1";
+    const SCHEMA: &'static str = "synq-chat/2";
 
     fn init(_: &mut Cx<'_, Self>) -> Self {
         ChatModel::default()
@@ -203,31 +560,31 @@ impl Model for ChatModel {
             return;
         };
         match input {
-            ChatInput::Post { text } => {
+            ChatInput::Post {
+                text,
+                reply_to,
+                to_ai,
+            } => {
                 let text = cut(text, MAX_POST_BYTES);
                 if text.trim().is_empty() {
                     return;
                 }
-                let request = self.prompt(&name, &text);
-                self.push(
+                let reply_to = reply_to.filter(|id| self.history.iter().any(|e| e.id == *id));
+                let answer = self.answers(&text, reply_to, to_ai);
+                let request = answer.then(|| self.prompt(&name, &text));
+                let post = self.push(
                     cx,
                     EntryKind::Post {
                         from: from.clone(),
-                        name,
+                        name: name.clone(),
                         text,
+                        reply_to,
                     },
                 );
-                let (id, emit) = self.relay.request(self.elected.elected(), request);
-                self.push(
-                    cx,
-                    EntryKind::Ai {
-                        request: id,
-                        text: String::new(),
-                        state: AiState::Waiting,
-                    },
-                );
-                if let Some(r) = emit {
-                    cx.emit(ChatOutput::Request(r));
+                if let Some(request) = request
+                    && self.fair_use(cx, from, &name)
+                {
+                    self.ask(cx, post, request);
                 }
             }
             ChatInput::Reset => {
@@ -235,24 +592,42 @@ impl Model for ChatModel {
                 self.relay.clear();
                 self.notice(cx, format!("{name} reset the chat"));
             }
+            ChatInput::Stop => {
+                if !self.stop(&name) {
+                    return;
+                }
+            }
+            ChatInput::Again { entry } => self.again(cx, from, &name, entry),
+            ChatInput::SetAiMode(mode) => {
+                if mode == self.mode {
+                    return;
+                }
+                self.mode = mode;
+                if mode == AiMode::Off {
+                    self.stop(&name);
+                }
+                self.notice(
+                    cx,
+                    format!("{name} set the {AI_NAME} to {}", mode.describe()),
+                );
+            }
+            ChatInput::SetInstructions(text) => {
+                let text = cut(text.trim().to_owned(), MAX_INSTRUCTIONS_BYTES);
+                if text == self.instructions {
+                    return;
+                }
+                let notice = if text.is_empty() {
+                    format!("{name} cleared the room's instructions for the {AI_NAME}")
+                } else {
+                    format!("{name} set the room's instructions for the {AI_NAME}: {text}")
+                };
+                self.instructions = text;
+                self.notice(cx, notice);
+            }
             ChatInput::Relay(response) => {
                 match self.relay.respond(from, self.elected.elected(), response) {
-                    Some(Applied::Streaming { id, text: all }) => {
-                        if let Some(e) = self.ai_entry(id)
-                            && let EntryKind::Ai { text, state, .. } = &mut e.kind
-                        {
-                            *text = all;
-                            *state = AiState::Streaming;
-                        }
-                    }
-                    Some(Applied::Done { id, text: all }) => {
-                        if let Some(e) = self.ai_entry(id)
-                            && let EntryKind::Ai { text, state, .. } = &mut e.kind
-                        {
-                            *text = all;
-                            *state = AiState::Done;
-                        }
-                    }
+                    Some(Applied::Streaming { id, text }) => self.stream(id, text, false),
+                    Some(Applied::Done { id, text }) => self.stream(id, text, true),
                     Some(Applied::Failed { id, reason }) => {
                         let reason = cut(reason, 200);
                         if let Some(e) = self.ai_entry(id) {
@@ -276,7 +651,7 @@ impl Model for ChatModel {
             name
         };
         self.users.insert(view.clone(), name.clone());
-        self.notice(cx, format!("{name} joined"));
+        self.push(cx, EntryKind::Joined { name });
         let changed = self.elected.join(view, data.candidacy);
         if changed.is_some() {
             self.elected_changed(cx, changed);
@@ -286,7 +661,8 @@ impl Model for ChatModel {
 
     fn view_exit(&mut self, cx: &mut Cx<'_, Self>, view: &ViewId) {
         let name = self.users.remove(view).unwrap_or_else(|| "Guest".into());
-        self.notice(cx, format!("{name} left"));
+        self.asked.remove(view);
+        self.push(cx, EntryKind::Left { name });
         let was_elected = self.elected.elected() == Some(view);
         let changed = self.elected.exit(view);
         if was_elected {

@@ -119,9 +119,12 @@ impl Participant {
     }
 
     pub fn post(&self, text: &str) -> Result<(), ClientError> {
-        self.handle.publish(ChatInput::Post {
-            text: text.to_owned(),
-        })
+        self.handle.publish(ChatInput::post(text))
+    }
+
+    /// Posts `text` as a question for the AI (answered in any mode but off).
+    pub fn ask(&self, text: &str) -> Result<(), ClientError> {
+        self.handle.publish(ChatInput::ask(text))
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&ChatModel) -> R) -> Option<R> {

@@ -58,42 +58,158 @@ pub struct PromptInput<'a> {
 }
 
 /// The prompt for `input`.
+///
+/// Small models imitate what they are shown: given one `user` message per post as
+/// `Name: text`, they answer as the next person in the transcript. So the people's
+/// messages are one transcript inside a single `user` message, the AI's own earlier
+/// answers are in it as `AI: …`, and the request ends by naming who asks and telling the
+/// model to write only its own reply.
 pub fn build(input: &PromptInput<'_>) -> AiRequest {
     let mut people: Vec<&str> = input.present.iter().map(String::as_str).collect();
     people.sort_unstable();
-    let system = format!(
-        "You are {AI_NAME}, a participant in a group chat, among humans. \
-         The people in the room are: {}. \
-         Each message from a person starts with their name and a colon. \
-         Answer the latest message briefly, as one participant among others. \
-         Write plain text only: no Markdown, no HTML, no code fences.",
-        people.join(", ")
-    );
-    let mut messages = vec![PromptMessage {
-        role: PromptRole::System,
-        content: system,
-    }];
-    let start = input.history.len().saturating_sub(PROMPT_HISTORY);
-    for e in &input.history[start..] {
-        match &e.kind {
-            EntryKind::Post { name, text, .. } => messages.push(PromptMessage {
-                role: PromptRole::User,
-                content: format!("{name}: {text}"),
-            }),
-            EntryKind::Ai {
-                text,
-                state: AiState::Done,
-                ..
-            } => messages.push(PromptMessage {
-                role: PromptRole::Assistant,
-                content: text.clone(),
-            }),
-            _ => {}
+    people.dedup();
+    let mut system = format!(
+        "You are {AI_NAME}, the assistant in a group chat with several people. \
+         People in the chat now: {}. \
+         You write only your own messages, as {AI_NAME}: never write a line for anyone \
+         else, never start with a name and a colon, and never answer a question meant \
+         for another person in their place. \
+         Reply briefly (one to three sentences unless asked for more) in plain text: \
+         no Markdown, no lists, no code fences.",
+        if people.is_empty() {
+            "nobody else".to_owned()
+        } else {
+            people.join(", ")
         }
+    );
+    let instructions = input.instructions.trim();
+    if !instructions.is_empty() {
+        system.push_str(&format!(
+            "\nThe people set these instructions for you: {instructions}"
+        ));
     }
-    messages.push(PromptMessage {
-        role: PromptRole::User,
-        content: format!("{}: {}", input.asker, input.text),
-    });
-    AiRequest { messages }
+    let start = input.history.len().saturating_sub(PROMPT_HISTORY);
+    let mut transcript = String::new();
+    for e in &input.history[start..] {
+        let line = match &e.kind {
+            EntryKind::Post { name, text, .. } => format!("{name}: {text}"),
+            EntryKind::Ai { text, state, .. } if *state != AiState::Waiting => {
+                if text.is_empty() {
+                    continue;
+                }
+                format!("{AI_NAME}: {text}")
+            }
+            EntryKind::Joined { name } => format!("({name} joined the chat)"),
+            EntryKind::Left { name } => format!("({name} left the chat)"),
+            _ => continue,
+        };
+        transcript.push_str(&line);
+        transcript.push('\n');
+    }
+    let mut request = String::new();
+    if !transcript.is_empty() {
+        request.push_str("The chat so far:\n");
+        request.push_str(&transcript);
+        request.push('\n');
+    }
+    request.push_str(&format!(
+        "{} now writes: {}\n\nWrite {AI_NAME}'s reply to {}, and nothing else.",
+        input.asker, input.text, input.asker
+    ));
+    AiRequest {
+        messages: vec![
+            PromptMessage {
+                role: PromptRole::System,
+                content: system,
+            },
+            PromptMessage {
+                role: PromptRole::User,
+                content: request,
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synq_model::ViewId;
+
+    fn entry(id: u64, kind: EntryKind) -> Entry {
+        Entry { id, at: 0, kind }
+    }
+
+    fn post(id: u64, name: &str, text: &str) -> Entry {
+        entry(
+            id,
+            EntryKind::Post {
+                from: ViewId::from(name),
+                name: name.into(),
+                text: text.into(),
+                reply_to: None,
+            },
+        )
+    }
+
+    #[test]
+    fn the_prompt_names_who_is_here_who_left_the_instructions_and_who_asks() {
+        let history = vec![
+            entry(1, EntryKind::Joined { name: "Ann".into() }),
+            post(2, "Ann", "I'll bring cake"),
+            entry(
+                3,
+                EntryKind::Ai {
+                    request: 1,
+                    post: 2,
+                    text: "Sounds good.".into(),
+                    state: AiState::Done,
+                    stopped_by: None,
+                    regenerated_by: None,
+                },
+            ),
+            entry(4, EntryKind::Left { name: "Ann".into() }),
+        ];
+        let present = vec!["Bo".to_owned()];
+        let r = build(&PromptInput {
+            present: &present,
+            history: &history,
+            instructions: "answer in French",
+            asker: "Bo",
+            text: "AI, is Ann still here?",
+        });
+        assert_eq!(r.messages.len(), 2);
+        let system = &r.messages[0].content;
+        assert!(system.contains("People in the chat now: Bo."), "{system}");
+        assert!(system.contains("answer in French"), "{system}");
+        let user = &r.messages[1].content;
+        assert!(
+            user.contains("Ann: I'll bring cake\nAI: Sounds good.\n(Ann left the chat)"),
+            "{user}"
+        );
+        assert!(
+            user.contains("Bo now writes: AI, is Ann still here?"),
+            "{user}"
+        );
+        assert!(
+            user.ends_with("Write AI's reply to Bo, and nothing else."),
+            "{user}"
+        );
+    }
+
+    #[test]
+    fn only_the_last_entries_are_in_the_prompt() {
+        let history: Vec<Entry> = (0..50).map(|i| post(i, "Ann", &format!("m{i}"))).collect();
+        let present = vec!["Ann".to_owned()];
+        let r = build(&PromptInput {
+            present: &present,
+            history: &history,
+            instructions: "",
+            asker: "Ann",
+            text: "last",
+        });
+        let user = &r.messages[1].content;
+        assert!(!user.contains("m29\n"), "{user}");
+        assert!(user.contains("m30\n") && user.contains("m49\n"), "{user}");
+        assert!(!r.messages[0].content.contains("instructions"));
+    }
 }

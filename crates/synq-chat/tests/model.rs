@@ -1,6 +1,9 @@
 //! ChatModel without network: one test per behaviour of the AI chat.
 
-use synq_chat::{AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, EntryKind, MAX_HISTORY};
+use synq_chat::{
+    AI_REQUESTS_PER_MINUTE, AiMode, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData,
+    EntryKind, MAX_HISTORY,
+};
 use synq_model::{Event, Replica, ViewId};
 use synq_relay::{Candidacy, RelayRequest, RelayResponse};
 
@@ -54,6 +57,11 @@ impl Room {
         self.apply(Event::Join { view: v(who), data });
     }
 
+    /// Lets `ms` of reflector time pass before the next event.
+    fn wait(&mut self, ms: u64) {
+        self.time += ms;
+    }
+
     fn exit(&mut self, who: &str) {
         self.apply(Event::Exit { view: v(who) });
     }
@@ -70,7 +78,7 @@ impl Room {
     }
 
     fn post(&mut self, who: &str, text: &str) {
-        self.input(who, ChatInput::Post { text: text.into() });
+        self.input(who, ChatInput::post(text));
     }
 
     fn respond(&mut self, who: &str, r: RelayResponse) {
@@ -108,6 +116,8 @@ impl Room {
             .map(|e| match &e.kind {
                 EntryKind::Post { name, text, .. } => format!("{name}: {text}"),
                 EntryKind::Ai { text, .. } => format!("AI: {text}"),
+                EntryKind::Joined { name } => format!("* {name} joined"),
+                EntryKind::Left { name } => format!("* {name} left"),
                 EntryKind::Notice { text } => format!("* {text}"),
             })
             .collect()
@@ -127,8 +137,9 @@ fn the_seven_steps_of_the_seed() {
     room.join("ann", true);
     room.join("bob", true);
     room.requests();
-    // 1–3. Bob posts; every replica adds it and asks the relay, naming the elected view.
-    room.post("bob", "What is 2+2?");
+    // 1–3. Bob asks the AI; every replica adds the post and asks the relay, naming the
+    // elected view.
+    room.post("bob", "AI, what is 2+2?");
     let reqs = room.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(
@@ -139,7 +150,7 @@ fn the_seven_steps_of_the_seed() {
     // 4–5. Only ann acts; she streams the answer back as inputs.
     room.respond("ann", delta(reqs[0].id, "It is "));
     // 6. The answer grows in the history.
-    assert_eq!(room.answers(), [("It is ".to_string(), AiState::Streaming)]);
+    assert_eq!(room.answers(), [("It is".to_string(), AiState::Streaming)]);
     room.respond("ann", delta(reqs[0].id, "4."));
     room.respond("ann", RelayResponse::Done { id: reqs[0].id });
     // 7. Views render the finished answer.
@@ -149,7 +160,7 @@ fn the_seven_steps_of_the_seed() {
         [
             "* ANN joined",
             "* BOB joined",
-            "BOB: What is 2+2?",
+            "BOB: AI, what is 2+2?",
             "AI: It is 4."
         ]
     );
@@ -163,7 +174,7 @@ fn one_request_per_post_no_matter_how_many_views() {
         room.join(who, true);
     }
     room.requests();
-    room.post("c", "hi");
+    room.post("c", "@AI hi");
     assert_eq!(room.requests().len(), 1);
     assert_eq!(room.m().relay().pending_ids().count(), 1);
 }
@@ -173,8 +184,8 @@ fn reelection_reissues_every_pending_request_to_the_new_view() {
     let mut room = Room::new();
     room.join("ann", true);
     room.join("bob", true);
-    room.post("bob", "one");
-    room.post("bob", "two");
+    room.post("bob", "@AI one");
+    room.post("bob", "@AI two");
     room.requests();
     room.exit("ann");
     let reissued = room.requests();
@@ -188,7 +199,7 @@ fn late_duplicate_and_unelected_responses_are_ignored() {
     let mut room = Room::new();
     room.join("ann", true);
     room.join("bob", true);
-    room.post("bob", "q");
+    room.post("bob", "@AI q");
     let id = room.requests()[0].id;
     // Bob is not elected.
     room.respond("bob", delta(id, "forged"));
@@ -216,7 +227,7 @@ fn a_partial_answer_is_discarded_on_reelection_and_restarts_exactly_once() {
     let mut room = Room::new();
     room.join("ann", true);
     room.join("bob", true);
-    room.post("bob", "q");
+    room.post("bob", "@AI q");
     let id = room.requests()[0].id;
     room.respond("ann", delta(id, "half an ans"));
     room.exit("ann");
@@ -253,6 +264,8 @@ fn the_history_is_capped_at_100_entries() {
     let mut room = Room::new();
     room.join("ann", false);
     for i in 0..80 {
+        // Slower than the fair-use limit.
+        room.wait(60_000 / AI_REQUESTS_PER_MINUTE as u64);
         room.post("ann", &format!("post {i}"));
     }
     // 1 notice + 80 posts + 80 AI entries, capped.
@@ -264,35 +277,47 @@ fn the_history_is_capped_at_100_entries() {
 }
 
 #[test]
-fn the_prompt_holds_the_users_the_last_20_entries_and_the_text() {
+fn the_prompt_holds_who_is_here_the_instructions_the_last_20_entries_and_the_post() {
     let mut room = Room::new();
     room.join("ann", true);
     room.join("bob", false);
+    room.input(
+        "bob",
+        ChatInput::SetInstructions("  answer in French  ".into()),
+    );
     for i in 0..15 {
-        room.post("ann", &format!("p{i}"));
+        room.wait(10_000);
+        room.post("ann", &format!("@AI p{i}"));
         let id = room.requests()[0].id;
         room.respond("ann", delta(id, &format!("a{i}")));
         room.respond("ann", RelayResponse::Done { id });
     }
-    room.post("bob", "<b>hello</b> AI");
+    room.post("bob", "<b>hello</b> @AI");
     let req = room.requests().remove(0).request;
     let system = &req.messages[0];
     assert_eq!(system.role, synq_chat::PromptRole::System);
     assert!(system.content.contains("You are AI"));
     assert!(system.content.contains("ANN, BOB"), "{}", system.content);
     assert!(system.content.contains("plain text"));
-    let last = req.messages.last().expect("messages");
-    assert_eq!(
-        (last.role.as_str(), last.content.as_str()),
-        ("user", "BOB: <b>hello</b> AI")
+    assert!(
+        system
+            .content
+            .contains("instructions for you: answer in French"),
+        "{}",
+        system.content
     );
+    let user = &req.messages[1];
+    assert_eq!(user.role, synq_chat::PromptRole::User);
     // The 20 entries before the post: the last 10 posts and their 10 answers.
-    let middle = &req.messages[1..req.messages.len() - 1];
-    assert_eq!(middle.len(), 20);
-    assert_eq!(middle[0].content, "ANN: p5");
-    assert_eq!(middle[1].content, "a5");
-    assert_eq!(middle[1].role, synq_chat::PromptRole::Assistant);
-    assert_eq!(middle[19].content, "a14");
+    assert!(!user.content.contains("ANN: @AI p4\n"), "{}", user.content);
+    assert!(
+        user.content.contains("ANN: @AI p5\nAI: a5\n")
+            && user
+                .content
+                .contains("AI: a14\n\nBOB now writes: <b>hello</b> @AI"),
+        "{}",
+        user.content
+    );
 }
 
 #[test]
@@ -351,7 +376,7 @@ fn an_ai_failure_becomes_a_short_visible_notice() {
 fn inputs_from_unknown_views_are_ignored() {
     let mut room = Room::new();
     room.join("ann", true);
-    assert!(!room.input("stranger", ChatInput::Post { text: "hi".into() }));
+    assert!(!room.input("stranger", ChatInput::post("hi")));
     assert!(!room.input("stranger", ChatInput::Reset));
     assert_eq!(room.texts(), ["* ANN joined"]);
 }
@@ -368,4 +393,206 @@ fn a_request_waits_for_an_election_when_nobody_is_left() {
     let reqs = room.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].elected, v("bob"));
+}
+
+/// A room of two people where Ann relays.
+fn ann_and_bob() -> Room {
+    let mut room = Room::new();
+    room.join("ann", true);
+    room.join("bob", true);
+    room.requests();
+    room
+}
+
+#[test]
+fn alone_every_post_is_answered_and_with_others_only_posts_that_address_the_ai() {
+    let mut room = Room::new();
+    room.join("ann", true);
+    room.post("ann", "what is the capital of France?");
+    assert_eq!(room.requests().len(), 1, "alone: every post");
+    room.join("bob", true);
+    room.requests();
+    for (text, asked) in [
+        ("Bo, are you coming tonight?", false),
+        ("I said AI: nothing", false),
+        ("the MAIL: is late", false),
+        ("@AI what time is it?", true),
+        ("what do you think, @ai?", true),
+        ("AI, is Ann still here?", true),
+        ("ai: 2+2", true),
+        ("Hey AI what's up", true),
+        ("hey, ai: hello", true),
+        ("@AIs are not people", false),
+    ] {
+        room.wait(10_000);
+        room.post("bob", text);
+        assert_eq!(room.requests().len(), usize::from(asked), "{text}");
+    }
+    // A reply to an AI answer addresses the AI.
+    let answer = room
+        .m()
+        .history()
+        .rev()
+        .find(|e| matches!(e.kind, EntryKind::Ai { .. }))
+        .map(|e| e.id);
+    room.wait(10_000);
+    room.input(
+        "ann",
+        ChatInput::Post {
+            text: "why?".into(),
+            reply_to: answer,
+            to_ai: false,
+        },
+    );
+    assert_eq!(room.requests().len(), 1);
+    // So does an explicit question (an "ask the AI" action).
+    room.wait(10_000);
+    room.input("bob", ChatInput::ask("no address here"));
+    assert_eq!(room.requests().len(), 1);
+}
+
+#[test]
+fn the_ai_mode_is_a_room_setting_with_a_notice_and_off_sends_nothing() {
+    let mut room = ann_and_bob();
+    room.input("bob", ChatInput::SetAiMode(AiMode::Always));
+    assert_eq!(room.m().ai_mode(), AiMode::Always);
+    assert_eq!(
+        room.texts().last().map(String::as_str),
+        Some("* BOB set the AI to answer every post")
+    );
+    room.post("ann", "Bo, are you coming?");
+    assert_eq!(room.requests().len(), 1);
+    room.input("ann", ChatInput::SetAiMode(AiMode::Off));
+    room.post("bob", "@AI hello?");
+    assert!(room.requests().is_empty());
+    assert!(!room.m().relay().pending_ids().any(|_| false));
+    assert_eq!(
+        room.texts().last().map(String::as_str),
+        Some("BOB: @AI hello?"),
+        "no AI entry in off mode"
+    );
+    room.input("ann", ChatInput::SetAiMode(AiMode::Addressed));
+    room.input("ann", ChatInput::Reset);
+    room.exit("bob");
+    room.post("ann", "alone but not addressing");
+    assert!(room.requests().is_empty(), "addressed mode even alone");
+}
+
+#[test]
+fn stop_keeps_the_text_so_far_marks_who_stopped_and_ignores_the_rest() {
+    let mut room = ann_and_bob();
+    room.post("bob", "@AI tell me a story");
+    let id = room.requests()[0].id;
+    room.respond("ann", delta(id, "Once upon"));
+    room.input("bob", ChatInput::Stop);
+    assert!(!room.m().relay().is_pending(id), "the relay drops the call");
+    room.respond("ann", delta(id, " a time"));
+    room.respond("ann", RelayResponse::Done { id });
+    let stopped = room
+        .m()
+        .history()
+        .find_map(|e| match &e.kind {
+            EntryKind::Ai {
+                text,
+                state,
+                stopped_by,
+                ..
+            } => Some((text.clone(), *state, stopped_by.clone())),
+            _ => None,
+        })
+        .expect("the answer");
+    assert_eq!(
+        stopped,
+        ("Once upon".into(), AiState::Stopped, Some("BOB".into()))
+    );
+    assert!(!room.m().answering());
+}
+
+#[test]
+fn again_replaces_the_answer_in_place_with_who_asked() {
+    let mut room = ann_and_bob();
+    room.post("bob", "@AI a joke please");
+    let first = room.requests().remove(0);
+    room.respond("ann", delta(first.id, "An old joke."));
+    room.respond("ann", RelayResponse::Done { id: first.id });
+    room.post("ann", "meh");
+    let before = room.m().history().len();
+    room.input("ann", ChatInput::Again { entry: None });
+    let again = room.requests();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].id, first.id);
+    // Same prompt as the first time: the history before the post, not "meh".
+    assert_eq!(again[0].request, first.request);
+    assert_eq!(room.m().history().len(), before, "replaced in place");
+    room.respond("ann", delta(again[0].id, "A new joke."));
+    room.respond("ann", RelayResponse::Done { id: again[0].id });
+    let texts = room.texts();
+    assert!(texts.contains(&"AI: A new joke.".to_string()), "{texts:?}");
+    assert!(
+        !texts.contains(&"AI: An old joke.".to_string()),
+        "{texts:?}"
+    );
+    let by = room.m().history().find_map(|e| match &e.kind {
+        EntryKind::Ai { regenerated_by, .. } => regenerated_by.clone(),
+        _ => None,
+    });
+    assert_eq!(by.as_deref(), Some("ANN"));
+    // Again during streaming cancels the old call first.
+    room.input("bob", ChatInput::Again { entry: None });
+    let third = room.requests().remove(0);
+    room.respond("ann", delta(third.id, "Third"));
+    room.input("bob", ChatInput::Again { entry: None });
+    assert!(!room.m().relay().is_pending(third.id));
+}
+
+#[test]
+fn fair_use_limits_ai_requests_per_person_per_minute_with_a_notice() {
+    let mut room = ann_and_bob();
+    for i in 0..AI_REQUESTS_PER_MINUTE {
+        room.post("bob", &format!("@AI q{i}"));
+    }
+    assert_eq!(room.requests().len(), AI_REQUESTS_PER_MINUTE);
+    room.post("bob", "@AI one more");
+    assert!(room.requests().is_empty());
+    let last = room.texts().pop().expect("texts");
+    assert!(last.starts_with("* BOB asked the AI 6 times"), "{last}");
+    // Others are not affected, and a minute later Bob may ask again.
+    room.post("ann", "@AI mine");
+    assert_eq!(room.requests().len(), 1);
+    room.wait(60_000);
+    room.post("bob", "@AI now?");
+    assert_eq!(room.requests().len(), 1);
+}
+
+#[test]
+fn an_answer_that_starts_another_persons_turn_ends_there_and_its_call_stops() {
+    let mut room = ann_and_bob();
+    room.input("ann", ChatInput::SetAiMode(AiMode::Always));
+    room.post("ann", "BOB, are you coming tonight?");
+    let id = room.requests()[0].id;
+    room.respond("ann", delta(id, "AI: I hope so!\nBO"));
+    assert_eq!(
+        room.answers(),
+        [("I hope so!".to_string(), AiState::Streaming)],
+        "a label is stripped and a line that may become one is held back"
+    );
+    room.respond("ann", delta(id, "B: Yes, I'll be there."));
+    assert_eq!(room.answers(), [("I hope so!".to_string(), AiState::Done)]);
+    assert!(!room.m().relay().is_pending(id), "the call is stopped");
+}
+
+#[test]
+fn instructions_are_capped_and_can_be_cleared() {
+    let mut room = ann_and_bob();
+    room.input("ann", ChatInput::SetInstructions("x".repeat(2000)));
+    assert_eq!(
+        room.m().instructions().len(),
+        synq_chat::MAX_INSTRUCTIONS_BYTES
+    );
+    room.input("bob", ChatInput::SetInstructions(String::new()));
+    assert_eq!(room.m().instructions(), "");
+    assert_eq!(
+        room.texts().last().map(String::as_str),
+        Some("* BOB cleared the room's instructions for the AI")
+    );
 }

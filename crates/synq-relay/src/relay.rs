@@ -167,6 +167,13 @@ impl<R: Clone> Relay<R> {
         }
     }
 
+    /// Forgets request `id` (stopped by a participant, or ended by the app); late answers
+    /// to it are ignored, and the view serving it stops its call (it serves only pending
+    /// requests). Returns whether it was pending.
+    pub fn cancel(&mut self, id: u64) -> bool {
+        self.pending.remove(&id).is_some()
+    }
+
     /// Forgets every pending request (a reset); late answers to them are ignored.
     pub fn clear(&mut self) {
         self.pending.clear();

@@ -142,7 +142,7 @@ fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>) -> Result<()
         Rc::new(move || {
             let text = input.value();
             if !text.trim().is_empty() {
-                let _ = handle.publish(ChatInput::Post { text });
+                let _ = handle.publish(ChatInput::post(text));
                 input.set_value("");
             }
         })
@@ -228,17 +228,38 @@ fn render(doc: &Document, handle: &SessionHandle<ChatModel>, me: &str) {
                 EntryKind::Post { name, text, .. } => {
                     ("entry post".into(), name.clone(), text.clone())
                 }
-                EntryKind::Ai { text, state, .. } => {
+                EntryKind::Ai {
+                    text,
+                    state,
+                    stopped_by,
+                    regenerated_by,
+                    ..
+                } => {
                     let class = match state {
                         AiState::Done => "entry ai",
+                        AiState::Stopped => "entry ai stopped",
                         _ => "entry ai streaming",
                     };
-                    let text = if text.is_empty() {
+                    let mut text = if text.is_empty() && state.in_progress() {
                         "…".to_owned()
                     } else {
                         text.clone()
                     };
+                    if let Some(by) = regenerated_by {
+                        text.push_str(&format!(" (answered again at {by}'s request)"));
+                    }
+                    if let Some(by) = stopped_by {
+                        text.push_str(&format!(" (stopped by {by})"));
+                    }
                     (class.into(), AI_NAME.to_owned(), text)
+                }
+                EntryKind::Joined { name } => (
+                    "entry notice".into(),
+                    String::new(),
+                    format!("{name} joined"),
+                ),
+                EntryKind::Left { name } => {
+                    ("entry notice".into(), String::new(), format!("{name} left"))
                 }
                 EntryKind::Notice { text } => ("entry notice".into(), String::new(), text.clone()),
             })

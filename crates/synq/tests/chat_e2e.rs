@@ -91,13 +91,12 @@ async fn one_post_one_upstream_request_and_the_streamed_answer_in_every_particip
     assert_eq!(body["model"], FAKE_MODEL);
     let system = body["messages"][0]["content"].as_str().unwrap_or_default();
     assert!(system.contains("Ann, Bob, Cid"), "{system}");
-    assert_eq!(
-        body["messages"]
-            .as_array()
-            .and_then(|a| a.last())
-            .map(|m| m["content"].clone()),
-        Some("Bob: Hi AI, I am Bob".into())
-    );
+    let asked = body["messages"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
+    assert!(asked.contains("Bob now writes: Hi AI, I am Bob"), "{asked}");
 }
 
 #[tokio::test]
@@ -118,7 +117,7 @@ async fn the_elected_participant_dies_mid_answer_and_the_answer_still_arrives_ex
         .position(|p| *p.handle().view_id() == elected)
         .expect("the elected view is one of the participants");
     let poster = (k + 1) % 3;
-    ps[poster].post("Tell me something").expect("post");
+    ps[poster].post("@AI tell me something").expect("post");
     for p in &mut ps {
         wait(p, "the partial answer", |m| {
             answers(m) == [("Partial".to_string(), AiState::Streaming)]
@@ -171,7 +170,7 @@ async fn an_unreachable_ai_service_gives_a_visible_notice_instead_of_silence() {
         OpenAiBackend::new(cfg).expect("backend"),
     )));
     let mut ps = participants(&server.base, "offline", service).await;
-    ps[2].post("Anyone there?").expect("post");
+    ps[2].post("AI, anyone there?").expect("post");
     for p in &mut ps {
         wait(p, "the notice", |m| {
             m.history().any(|e| matches!(&e.kind, EntryKind::Notice { text } if text.starts_with("AI could not answer")))

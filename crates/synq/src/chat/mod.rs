@@ -169,18 +169,25 @@ enum Answer {
 }
 
 fn answer(m: &ChatModel, post: u64) -> Answer {
-    // The model adds the answer's entry right after the post; a failure turns it into a
-    // notice in place.
+    // The model adds the answer's entry right after the post, in the same step, when it
+    // asks the AI at all; a failure turns it into a notice in place.
+    if !m.history().any(|e| e.id == post) {
+        return Answer::Failed(format!(
+            "the post is gone from the history (someone reset the chat?); {AI_NAME} did not answer"
+        ));
+    }
     match m.history().find(|e| e.id == post + 1).map(|e| &e.kind) {
         Some(EntryKind::Ai {
             text,
-            state: AiState::Done,
+            state: AiState::Done | AiState::Stopped,
+            post: p,
             ..
-        }) => Answer::Done(text.clone()),
-        Some(EntryKind::Ai { .. }) => Answer::Pending,
+        }) if *p == post => Answer::Done(text.clone()),
+        Some(EntryKind::Ai { post: p, .. }) if *p == post => Answer::Pending,
         Some(EntryKind::Notice { text }) => Answer::Failed(text.clone()),
-        Some(EntryKind::Post { .. }) | None => Answer::Failed(format!(
-            "the answer is gone from the history (someone reset the chat?); {AI_NAME} did not answer"
+        _ => Answer::Failed(format!(
+            "{AI_NAME} was not asked: this room's AI mode is \"{}\" (it answers when addressed, e.g. \"@{AI_NAME} …\", when several people are here)",
+            m.ai_mode().as_str()
         )),
     }
 }
@@ -216,8 +223,13 @@ async fn say(
         .read(|m| m.history().last().map(|e| e.id))
         .flatten()
         .unwrap_or(0);
-    p.post(text)
-        .map_err(|e| anyhow::anyhow!("cannot post: {e}"))?;
+    // Waiting for the AI's answer means asking it, whoever else is in the room.
+    let posted = if wait_answer {
+        p.ask(text)
+    } else {
+        p.post(text)
+    };
+    posted.map_err(|e| anyhow::anyhow!("cannot post: {e}"))?;
     if p.until(|m| my_post(m, &me, after).is_some()).await.is_err() {
         return Err(ended(&p, room));
     }

@@ -7,7 +7,7 @@ use ratatui::layout::{Constraint, Layout, Position};
 use ratatui::style::{Color, Modifier, Style, Stylize as _};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Paragraph, Wrap};
-use synq_chat::{AI_NAME, AiState, ChatModel, EntryKind};
+use synq_chat::{AI_NAME, ChatModel, EntryKind};
 use synq_model::ViewId;
 
 /// Shown after an AI answer while it still streams.
@@ -76,21 +76,51 @@ pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str, invite: &str) -> Shown {
     let rows = m
         .history()
         .map(|e| match &e.kind {
-            EntryKind::Post { from, name, text } => Row {
+            EntryKind::Post {
+                from, name, text, ..
+            } => Row {
                 kind: RowKind::Post { mine: from == me },
                 name: sanitize(name, false),
                 text: sanitize(text, true),
             },
-            EntryKind::Ai { text, state, .. } => Row {
-                kind: RowKind::Ai {
-                    streaming: *state != AiState::Done,
-                },
-                name: AI_NAME.to_owned(),
-                text: if text.is_empty() {
+            EntryKind::Ai {
+                text,
+                state,
+                stopped_by,
+                regenerated_by,
+                ..
+            } => {
+                let mut text = if text.is_empty() && state.in_progress() {
                     "…".to_owned()
                 } else {
                     sanitize(text, true)
-                },
+                };
+                if let Some(by) = regenerated_by {
+                    text.push_str(&format!(
+                        " (answered again at {}'s request)",
+                        sanitize(by, false)
+                    ));
+                }
+                if let Some(by) = stopped_by {
+                    text.push_str(&format!(" (stopped by {})", sanitize(by, false)));
+                }
+                Row {
+                    kind: RowKind::Ai {
+                        streaming: state.in_progress(),
+                    },
+                    name: AI_NAME.to_owned(),
+                    text,
+                }
+            }
+            EntryKind::Joined { name } => Row {
+                kind: RowKind::Notice,
+                name: String::new(),
+                text: format!("{} joined", sanitize(name, false)),
+            },
+            EntryKind::Left { name } => Row {
+                kind: RowKind::Notice,
+                name: String::new(),
+                text: format!("{} left", sanitize(name, false)),
             },
             EntryKind::Notice { text } => Row {
                 kind: RowKind::Notice,
