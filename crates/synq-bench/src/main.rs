@@ -12,6 +12,8 @@
 //! server's CPU time is read at the start and when the last client has received everything
 //! (or the idle period or the overall timeout is over), before any socket is closed.
 
+#![forbid(unsafe_code)]
+
 use std::net::IpAddr;
 use std::process::Stdio;
 use std::sync::Arc;

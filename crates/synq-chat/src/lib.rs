@@ -2,6 +2,8 @@
 //! AI answers and notices, an elected AI relay), and its participants: native
 //! ([`native::Participant`]) and, in the browser, the web view.
 
+#![forbid(unsafe_code)]
+
 pub mod hygiene;
 pub mod model;
 #[cfg(not(target_arch = "wasm32"))]

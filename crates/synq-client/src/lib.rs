@@ -26,6 +26,8 @@
 //!   reflector stamped, or does not decode is dropped by every replica alike and reported
 //!   as [`SessionEvent::Rejected`].
 
+#![forbid(unsafe_code)]
+
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
 pub mod controller;

@@ -69,6 +69,8 @@
 //! assert_eq!(b.hash().unwrap(), snap.hash);
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod cx;
 pub mod demo;
 mod model;

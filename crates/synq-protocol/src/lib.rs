@@ -3,6 +3,8 @@
 //! Everything here is pure data and text: no I/O. The reflector, clients, tests and the
 //! benchmark share these definitions so that the wire format lives in exactly one place.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod close;
 pub mod envelope;

@@ -14,6 +14,8 @@
 //!
 //! Nothing here is AI-specific: the request type is the app's.
 
+#![forbid(unsafe_code)]
+
 mod agent;
 mod elected;
 mod relay;

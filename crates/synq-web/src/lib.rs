@@ -1,6 +1,8 @@
 //! The synq AI chat in the browser. `synq serve` embeds the wasm32 build of this crate
 //! (made by its build script) with `static/index.html`, and serves them at `/`.
 
+#![forbid(unsafe_code)]
+
 #[cfg(target_arch = "wasm32")]
 mod ai;
 #[cfg(target_arch = "wasm32")]

@@ -1,5 +1,7 @@
 //! `synq`: the command-line entry point. `synq serve` runs everything in one process.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;

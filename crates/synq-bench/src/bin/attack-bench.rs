@@ -19,6 +19,8 @@
 //! the server's version: refusals (HTTP status, WebSocket close code, reset) are counted,
 //! so the same run works against a server with and without limits.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

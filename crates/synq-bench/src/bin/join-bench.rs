@@ -7,6 +7,8 @@
 //!   join-bench --spawn target/release/synq --events 10000
 //!   join-bench --url http://127.0.0.1:8080 --events 100000
 
+#![forbid(unsafe_code)]
+
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
