@@ -53,11 +53,22 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
                 "synq: AI: embedded model {}/{} (downloaded into the Hugging Face cache on first use)",
                 m.repo, m.file
             );
-            slot.set(BackendState::Loading(format!(
+            slot.set(BackendState::Preparing(format!(
                 "the embedded AI model ({}) is being downloaded",
                 m.file
             )));
-            match local::fetch_default_model(true).await {
+            let progress = {
+                let slot = slot.clone();
+                move |done: u64, total: u64| {
+                    slot.set(BackendState::Preparing(format!(
+                        "the embedded AI model ({}) is being downloaded: {} of {} MB",
+                        m.file,
+                        done / 1_000_000,
+                        total / 1_000_000
+                    )));
+                }
+            };
+            match local::fetch_default_model(Some(Box::new(progress))).await {
                 Ok(path) => path,
                 Err(e) => {
                     let why = with_fix(e.to_string(), fix);

@@ -56,6 +56,20 @@ async fn ask(base: &str) -> (u16, serde_json::Value) {
     (status, r.json().await.expect("json"))
 }
 
+/// Right after start-up the model is still loading (about half a second for this one): a
+/// request then waits for it instead of getting 503 "try again". (The test cannot force
+/// the request into the loading time; the server logs "a request waits" when it was.)
+#[tokio::test]
+async fn a_request_that_comes_while_the_model_loads_is_answered() {
+    let model = test_model();
+    let server = serve(
+        &["--ai-model-path", model.to_str().expect("utf-8 path")],
+        &[],
+    );
+    let (status, v) = ask(&server.base).await;
+    assert_eq!(status, 200, "{v}");
+}
+
 #[tokio::test]
 async fn the_embedded_model_answers_through_the_gateway() {
     let model = test_model();

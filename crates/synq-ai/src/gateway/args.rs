@@ -105,6 +105,7 @@ impl AiArgs {
             allowed_origins: self.ai_allowed_origins.clone(),
             allowed_hosts: self.ai_allowed_hosts.clone(),
             allow_anonymous: self.ai_allow_anonymous,
+            load_patience: Duration::from_secs(self.ai_first_token_timeout.max(1)),
         }
     }
 

@@ -22,7 +22,7 @@ pub mod capability;
 pub mod guards;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -55,27 +55,40 @@ const LOG_ERROR_CHARS: usize = 300;
 #[derive(Clone)]
 pub enum BackendState {
     Ready(Arc<dyn ChatBackend>),
-    /// Being prepared (download, load); the text says what is happening.
+    /// The weights are there and being loaded: requests wait for it.
     Loading(String),
+    /// The weights are being fetched (a download of minutes): requests get 503 with the
+    /// text, which says how far it is.
+    Preparing(String),
     /// No AI: why, and how to fix it.
     Unavailable(String),
 }
 
 /// The gateway's backend, shared with whoever prepares it (e.g. a background model load).
 #[derive(Clone)]
-pub struct BackendSlot(Arc<RwLock<BackendState>>);
+pub struct BackendSlot(Arc<tokio::sync::watch::Sender<BackendState>>);
 
 impl BackendSlot {
     pub fn new(state: BackendState) -> Self {
-        Self(Arc::new(RwLock::new(state)))
+        Self(Arc::new(tokio::sync::watch::Sender::new(state)))
     }
 
     pub fn set(&self, state: BackendState) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = state;
+        self.0.send_replace(state);
     }
 
     pub fn get(&self) -> BackendState {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.borrow().clone()
+    }
+
+    /// The state once it is no longer [`BackendState::Loading`], or after `patience`.
+    pub async fn settled(&self, patience: Duration) -> BackendState {
+        let mut rx = self.0.subscribe();
+        let wait = rx.wait_for(|s| !matches!(s, BackendState::Loading(_)));
+        match tokio::time::timeout(patience, wait).await {
+            Ok(Ok(state)) => state.clone(),
+            _ => self.get(),
+        }
     }
 }
 
@@ -103,6 +116,8 @@ pub struct GatewayConfig {
     /// Accept calls without an AI capability (anyone who can reach the server may then
     /// spend the budget, within the per-address limits).
     pub allow_anonymous: bool,
+    /// How long a request that comes while the model loads waits for it.
+    pub load_patience: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -117,6 +132,7 @@ impl Default for GatewayConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             allow_anonymous: false,
+            load_patience: Duration::from_secs(120),
         }
     }
 }
@@ -176,12 +192,19 @@ impl GatewayState {
         &self.config
     }
 
-    fn backend(&self) -> Result<Arc<dyn ChatBackend>, ApiError> {
-        match self.slot.get() {
+    /// The backend; a request that comes while the model loads waits for it (up to the
+    /// first-token timeout), one that comes while it downloads is told how far it is.
+    async fn backend(&self) -> Result<Arc<dyn ChatBackend>, ApiError> {
+        if let BackendState::Loading(what) = self.slot.get() {
+            tracing::info!("a request waits while {what}");
+        }
+        match self.slot.settled(self.config.load_patience).await {
             BackendState::Ready(b) => Ok(b),
-            BackendState::Loading(what) => Err(ApiError::unavailable(format!(
-                "the AI is not ready yet: {what}; try again in a moment"
-            ))),
+            BackendState::Loading(what) | BackendState::Preparing(what) => {
+                Err(ApiError::unavailable(format!(
+                    "the AI is not ready yet: {what}; try again in a moment"
+                )))
+            }
             BackendState::Unavailable(why) => Err(ApiError::unavailable(why)),
         }
     }
@@ -711,7 +734,7 @@ async fn start(
     who: &Caller,
     stream: bool,
 ) -> Result<(String, impl Stream<Item = Piece> + Send + use<>), ApiError> {
-    let backend = state.backend()?;
+    let backend = state.backend().await?;
     let charge = Charge::reserve(state, who, &request)?;
     tracing::info!(
         client = %who.addr,
@@ -825,7 +848,7 @@ async fn chat_completions_inner(
 }
 
 async fn models(State(state): State<Arc<GatewayState>>) -> Response {
-    match state.backend() {
+    match state.backend().await {
         Ok(b) => axum::Json(json!({
             "object": "list",
             "data": [{"id": b.model(), "object": "model", "created": 0, "owned_by": "synq"}],

@@ -43,10 +43,42 @@ fn offline() -> bool {
         .unwrap_or(false)
 }
 
+/// Told how far a download is: bytes done, bytes in all.
+pub type DownloadProgress = Box<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Reports a download's progress to a [`DownloadProgress`], at most once per percent.
+#[derive(Clone)]
+struct Reporter {
+    report: std::sync::Arc<DownloadProgress>,
+    total: u64,
+    done: u64,
+    reported: u64,
+}
+
+impl hf_hub::api::tokio::Progress for Reporter {
+    async fn init(&mut self, size: usize, _filename: &str) {
+        self.total = size as u64;
+        (self.report)(0, self.total);
+    }
+
+    async fn update(&mut self, size: usize) {
+        self.done += size as u64;
+        if self.done.saturating_sub(self.reported) >= self.total / 100 {
+            self.reported = self.done;
+            (self.report)(self.done, self.total);
+        }
+    }
+
+    async fn finish(&mut self) {
+        (self.report)(self.total, self.total);
+    }
+}
+
 /// Returns the path of the default model in the Hugging Face cache (`HF_HOME`, else
-/// `~/.cache/huggingface`), downloading it first if it is not there (with a progress bar if
-/// `show_progress`). With `HF_HUB_OFFLINE=1` only the cache is looked at.
-pub async fn fetch_default_model(show_progress: bool) -> Result<PathBuf, AiError> {
+/// `~/.cache/huggingface`), downloading it first if it is not there (telling `progress`
+/// how far it is, or with a progress bar on the terminal without one). With
+/// `HF_HUB_OFFLINE=1` only the cache is looked at.
+pub async fn fetch_default_model(progress: Option<DownloadProgress>) -> Result<PathBuf, AiError> {
     let model = DEFAULT_MODEL;
     let cache = hf_hub::Cache::from_env();
     if let Some(path) = cache.model(model.repo.to_string()).get(model.file) {
@@ -74,19 +106,28 @@ pub async fn fetch_default_model(show_progress: bool) -> Result<PathBuf, AiError
         "downloading the default AI model"
     );
     let api = hf_hub::api::tokio::ApiBuilder::from_env()
-        .with_progress(show_progress)
+        .with_progress(progress.is_none())
         .build()
         .map_err(|e| unavailable(format!("cannot set up the Hugging Face client: {e}")))?;
-    let path = api
-        .model(model.repo.to_string())
-        .get(model.file)
-        .await
-        .map_err(|e| {
-            unavailable(format!(
-                "cannot download the default model {}/{} from the Hugging Face hub: {e}",
-                model.repo, model.file
-            ))
-        })?;
+    let repo = api.model(model.repo.to_string());
+    let fetched = match progress {
+        Some(report) => {
+            let reporter = Reporter {
+                report: std::sync::Arc::new(report),
+                total: 0,
+                done: 0,
+                reported: 0,
+            };
+            repo.download_with_progress(model.file, reporter).await
+        }
+        None => repo.get(model.file).await,
+    };
+    let path = fetched.map_err(|e| {
+        unavailable(format!(
+            "cannot download the default model {}/{} from the Hugging Face hub: {e}",
+            model.repo, model.file
+        ))
+    })?;
     if let Some(size) = model.size {
         let actual = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if actual != size {

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::{AiError, ChatBackend, ChatMessage, ChatRequest, Role, TextStream};
 pub use chat_template::ChatTemplate;
-pub use download::{DEFAULT_MODEL, DefaultModel, fetch_default_model};
+pub use download::{DEFAULT_MODEL, DefaultModel, DownloadProgress, fetch_default_model};
 pub use gguf_tokenizer::GgufTokenizer;
 pub use model::SUPPORTED_ARCHITECTURES;
 use model::Weights;
