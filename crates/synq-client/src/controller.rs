@@ -32,6 +32,13 @@ pub const MAX_BUNDLE_BYTES: usize = 32 * 1024;
 /// default).
 pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default of [`ClientConfig::max_chunked_frame_bytes`]: three times the messages a
+/// session keeps by default (`synq serve --max-session-bytes`, 32 MiB, the fallback's
+/// share included). A SYNC holds those (as `[time, seq, payload]`, shorter than the RECVs
+/// they are counted as) plus the reflector's own join and leave events, which that cap
+/// does not count.
+pub const MAX_CHUNKED_FRAME_BYTES: usize = 96 * 1024 * 1024;
+
 /// What a client needs to know to join.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -51,6 +58,10 @@ pub struct ClientConfig {
     pub snapshot_every: Option<u64>,
     /// Sends per second at most; inputs published in between are bundled.
     pub max_sends_per_sec: f64,
+    /// Largest frame reassembled from `_CHUNK` pieces (a late joiner's SYNC); a reflector
+    /// that sends more fails the session with [`ClientError::Protocol`] rather than
+    /// filling memory. Raise it with the reflector's `--max-session-bytes`.
+    pub max_chunked_frame_bytes: usize,
 }
 
 impl ClientConfig {
@@ -75,6 +86,7 @@ impl ClientConfig {
             kdf_rounds: crate::crypto::PBKDF2_ROUNDS,
             snapshot_every: Some(5_000),
             max_sends_per_sec: 30.0,
+            max_chunked_frame_bytes: MAX_CHUNKED_FRAME_BYTES,
         }
     }
 }
@@ -413,6 +425,14 @@ impl<M: Model> Controller<M> {
                     .as_mut()
                     .ok_or_else(|| ClientError::Protocol("a _CHUNK without its first".into()))?
             };
+            let limit = self.config.max_chunked_frame_bytes;
+            if buf.len().saturating_add(body.len()) > limit {
+                self.chunks = None;
+                return Err(ClientError::Protocol(format!(
+                    "a frame sent in _CHUNK pieces is larger than {limit} bytes \
+                     (ClientConfig::max_chunked_frame_bytes)"
+                )));
+            }
             buf.push_str(body);
             if last {
                 let whole = self.chunks.take().unwrap_or_default();
@@ -1089,6 +1109,45 @@ mod tests {
         );
         c.flush(30_000.0).expect("flush");
         assert!(c.take_effects().is_empty(), "not again before another 25 s");
+    }
+
+    #[test]
+    fn chunk_pieces_past_the_limit_fail_the_connection_and_are_dropped() {
+        let mut cfg = ClientConfig::for_server("http://127.0.0.1:1", "app", "room", "pw");
+        cfg.kdf_rounds = 1;
+        cfg.max_chunked_frame_bytes = 1000;
+        let mut c = Controller::<Room>::new(cfg, &RoomViewData::default()).expect("controller");
+        // A frame of exactly the limit is reassembled.
+        let info = r#"{"id":"s","action":"INFO","args":{"msg":""}}"#;
+        let info = info.replace(
+            r#""msg":"""#,
+            &format!(r#""msg":"{}""#, "x".repeat(1000 - info.len())),
+        );
+        assert_eq!(info.len(), 1000);
+        c.on_frame(&format!("_CHUNK10{}", &info[..600]))
+            .expect("first");
+        c.on_frame(&format!("_CHUNK01{}", &info[600..]))
+            .expect("last");
+        assert!(matches!(c.take_events()[..], [SessionEvent::Info(_)]));
+        // Pieces that never end are refused once they pass it.
+        let piece = "y".repeat(300);
+        c.on_frame(&format!("_CHUNK10{piece}")).expect("300");
+        c.on_frame(&format!("_CHUNK00{piece}")).expect("600");
+        c.on_frame(&format!("_CHUNK00{piece}")).expect("900");
+        let err = c.on_frame(&format!("_CHUNK00{piece}")).expect_err("1200");
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("larger than 1000 bytes")),
+            "{err}"
+        );
+        assert!(
+            !err.is_transient(),
+            "a reflector that does this is not rejoined"
+        );
+        // What was buffered is gone: the next piece has no first.
+        let err = c
+            .on_frame(&format!("_CHUNK01{piece}"))
+            .expect_err("no first");
+        assert!(err.to_string().contains("without its first"), "{err}");
     }
 
     #[test]
