@@ -882,9 +882,8 @@ impl<M: Model> Controller<M> {
         if active.is_some_and(|a| a as usize == joined.len()) && !joined.is_empty() {
             let stale: Vec<ViewId> = r.views().keys().cloned().collect();
             for view in stale {
-                while r.connections(&view) > 0 {
-                    outputs.extend(r.apply(time, Event::Exit { view: view.clone() }).outputs);
-                }
+                // In one step: a snapshot may claim billions of connections.
+                outputs.extend(r.exit_all(time, &view).outputs);
             }
         }
         for (view, data) in joins {
@@ -1148,6 +1147,61 @@ mod tests {
             .on_frame(&format!("_CHUNK01{piece}"))
             .expect_err("no first");
         assert!(err.to_string().contains("without its first"), "{err}");
+    }
+
+    /// A Room snapshot in which `view` claims `u32::MAX` connections (which needs the
+    /// password to plant): the count 2 after its id in the snapshot's map of connections
+    /// becomes the varint of `u32::MAX`.
+    fn snapshot_claiming_u32_max_connections(view: &str) -> Vec<u8> {
+        let (mut r, _) = Replica::<Room>::new(b"s", 0);
+        for _ in 0..2 {
+            let data = RoomViewData::default();
+            r.apply(
+                1,
+                Event::Join {
+                    view: ViewId(view.into()),
+                    data,
+                },
+            );
+        }
+        let bytes = r.snapshot().expect("snapshot").bytes;
+        let mut count = vec![view.len() as u8];
+        count.extend(view.as_bytes());
+        count.push(2);
+        let at = bytes
+            .windows(count.len())
+            .position(|w| w == count)
+            .expect("the count")
+            + count.len()
+            - 1;
+        let mut hostile = bytes[..at].to_vec();
+        hostile.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+        hostile.extend(&bytes[at + 1..]);
+        hostile
+    }
+
+    #[test]
+    fn a_snapshot_claiming_billions_of_connections_is_cleared_in_one_step() {
+        let mut c = controller();
+        let replica = Replica::<Room>::restore(&snapshot_claiming_u32_max_connections("old"))
+            .expect("restores");
+        assert_eq!(replica.connections(&ViewId("old".into())), u32::MAX);
+        let events = replica.events();
+        c.replica = Some(replica);
+        c.phase = Phase::Running;
+        // The session was resumed by new views: every active connection just joined, so
+        // the snapshot's views are gone (this looped once per claimed connection).
+        let users = json!({
+            "what": "users",
+            "joined": [{"id": c.me.as_str(), "data": c.sealed_view_data}],
+            "active": 1,
+        });
+        c.apply_users(10, &users);
+        let r = c.replica().expect("replica");
+        assert_eq!(r.views().keys().collect::<Vec<_>>(), [c.view_id()]);
+        // As many exits as claimed connections, then the join.
+        assert_eq!(r.events(), events + u64::from(u32::MAX) + 1);
+        assert!(c.own_join_seen);
     }
 
     #[test]
