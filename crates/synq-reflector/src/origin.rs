@@ -1,6 +1,6 @@
 //! Which web pages may open a WebSocket to the reflector or upload to the file store.
 //!
-//! The same default policy as the AI gateway (`synq_ai::gateway::guards::origin_allowed`):
+//! The policy is the AI gateway's, `synq_protocol::origin::origin_allowed`:
 //! requests without `Origin` are not made by a browser page on someone's behalf (native
 //! clients, Croquet's Node client, curl) and are allowed; a browser page must come from
 //! this server's own origin (same `Host`), from localhost, or from an origin the operator
@@ -9,35 +9,7 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-
-/// Whether a browser page at `origin` may use a server reached as `host`.
-pub fn origin_allowed(origin: &str, host: Option<&str>, extra: &[String]) -> bool {
-    let origin = origin.trim().trim_end_matches('/');
-    if extra
-        .iter()
-        .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let Some((scheme, authority)) = origin.split_once("://") else {
-        return false; // includes the opaque origin "null" (sandboxed frames, file://)
-    };
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return false;
-    }
-    if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
-        return true;
-    }
-    let hostname = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().map(|h| format!("[{h}]"))
-    } else {
-        authority.split(':').next().map(str::to_string)
-    };
-    matches!(
-        hostname.map(|h| h.to_ascii_lowercase()).as_deref(),
-        Some("localhost" | "127.0.0.1" | "[::1]")
-    )
-}
+use synq_protocol::origin::origin_allowed;
 
 /// Checks the request's `Origin` (if any) against `Host` and the allowlist.
 pub fn request_allowed(headers: &HeaderMap, extra: &[String]) -> bool {
@@ -67,21 +39,6 @@ pub fn refused(headers: &HeaderMap, what: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_host_localhost_and_listed_origins_are_allowed_others_not() {
-        let host = Some("chat.example.org:8080");
-        let none: Vec<String> = vec![];
-        assert!(origin_allowed("http://chat.example.org:8080", host, &none));
-        assert!(origin_allowed("http://localhost:5173", host, &none));
-        assert!(origin_allowed("http://[::1]:3000", host, &none));
-        assert!(!origin_allowed("http://chat.example.org", host, &none));
-        assert!(!origin_allowed("https://evil.example", host, &none));
-        assert!(!origin_allowed("null", host, &none));
-        let listed = vec!["https://app.example.com".to_string()];
-        assert!(origin_allowed("https://app.example.com/", host, &listed));
-        assert!(origin_allowed("https://any.example", host, &["*".into()]));
-    }
 
     #[test]
     fn requests_without_origin_are_allowed() {
