@@ -158,9 +158,9 @@ impl Reflector {
     }
 }
 
-/// Upgrades to a WebSocket for `session`, if the request's Origin may. The connection
-/// learns the peer's address (for per-address limits) and the `Host` it asked for
-/// (snapshots must be stored there).
+/// Upgrades to a WebSocket for `session`, if the request's Host and Origin may. The
+/// connection learns the peer's address (for per-address limits) and the `Host` it asked
+/// for (snapshots must be stored there).
 fn upgrade(
     ws: WebSocketUpgrade,
     ctx: Arc<Ctx>,
@@ -168,8 +168,8 @@ fn upgrade(
     addr: SocketAddr,
     headers: &HeaderMap,
 ) -> Response {
-    if !origin::request_allowed(headers, &ctx.config.files.allowed_origins) {
-        return origin::refused(headers, "WebSocket");
+    if let Err(refusal) = origin::check(headers, &ctx.config.files) {
+        return origin::refused(headers, refusal, "WebSocket");
     }
     let host = headers
         .get(header::HOST)

@@ -327,7 +327,7 @@ async fn cors_and_origin(
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "host_not_allowed",
-            "this server does not answer AI requests for this host name; the operator can allow it with --ai-allowed-host",
+            "this server does not answer AI requests for this host name; the operator can allow it with --allowed-host",
         )
         .into_response();
     }
