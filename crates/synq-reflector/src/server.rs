@@ -158,9 +158,9 @@ impl Reflector {
     }
 }
 
-/// Upgrades to a WebSocket for `session`, if the request's Host and Origin may. The
-/// connection learns the peer's address (for per-address limits) and the `Host` it asked
-/// for (snapshots must be stored there).
+/// Upgrades to a WebSocket for `session`, if the request's Origin may. The connection
+/// learns the peer's address (for per-address limits) and the `Host` it asked for
+/// (snapshots must be stored there).
 fn upgrade(
     ws: WebSocketUpgrade,
     ctx: Arc<Ctx>,
@@ -168,6 +168,7 @@ fn upgrade(
     addr: SocketAddr,
     headers: &HeaderMap,
 ) -> Response {
+    // The Host too: it must name this server (DNS rebinding).
     if let Err(refusal) = origin::check(headers, &ctx.config.files) {
         return origin::refused(headers, refusal, "WebSocket");
     }
