@@ -32,6 +32,13 @@ pub const MAX_BUNDLE_BYTES: usize = 32 * 1024;
 /// default).
 pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default of [`ClientConfig::max_chunked_frame_bytes`]: three times the messages a
+/// session keeps by default (`synq serve --max-session-bytes`, 32 MiB, the fallback's
+/// share included). A SYNC holds those (as `[time, seq, payload]`, shorter than the RECVs
+/// they are counted as) plus the reflector's own join and leave events, which that cap
+/// does not count.
+pub const MAX_CHUNKED_FRAME_BYTES: usize = 96 * 1024 * 1024;
+
 /// What a client needs to know to join.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -55,6 +62,10 @@ pub struct ClientConfig {
     pub snapshot_every: Option<u64>,
     /// Sends per second at most; inputs published in between are bundled.
     pub max_sends_per_sec: f64,
+    /// Largest frame reassembled from `_CHUNK` pieces (a late joiner's SYNC); a reflector
+    /// that sends more fails the session with [`ClientError::Protocol`] rather than
+    /// filling memory. Raise it with the reflector's `--max-session-bytes`.
+    pub max_chunked_frame_bytes: usize,
 }
 
 impl ClientConfig {
@@ -80,6 +91,7 @@ impl ClientConfig {
             master_key: None,
             snapshot_every: Some(5_000),
             max_sends_per_sec: 30.0,
+            max_chunked_frame_bytes: MAX_CHUNKED_FRAME_BYTES,
         }
     }
 }
@@ -426,6 +438,14 @@ impl<M: Model> Controller<M> {
                     .as_mut()
                     .ok_or_else(|| ClientError::Protocol("a _CHUNK without its first".into()))?
             };
+            let limit = self.config.max_chunked_frame_bytes;
+            if buf.len().saturating_add(body.len()) > limit {
+                self.chunks = None;
+                return Err(ClientError::Protocol(format!(
+                    "a frame sent in _CHUNK pieces is larger than {limit} bytes \
+                     (ClientConfig::max_chunked_frame_bytes)"
+                )));
+            }
             buf.push_str(body);
             if last {
                 let whole = self.chunks.take().unwrap_or_default();
@@ -875,9 +895,8 @@ impl<M: Model> Controller<M> {
         if active.is_some_and(|a| a as usize == joined.len()) && !joined.is_empty() {
             let stale: Vec<ViewId> = r.views().keys().cloned().collect();
             for view in stale {
-                while r.connections(&view) > 0 {
-                    outputs.extend(r.apply(time, Event::Exit { view: view.clone() }).outputs);
-                }
+                // In one step: a snapshot may claim billions of connections.
+                outputs.extend(r.exit_all(time, &view).outputs);
             }
         }
         for (view, data) in joins {
@@ -1102,6 +1121,100 @@ mod tests {
         );
         c.flush(30_000.0).expect("flush");
         assert!(c.take_effects().is_empty(), "not again before another 25 s");
+    }
+
+    #[test]
+    fn chunk_pieces_past_the_limit_fail_the_connection_and_are_dropped() {
+        let mut cfg = ClientConfig::for_server("http://127.0.0.1:1", "app", "room", "pw");
+        cfg.kdf_rounds = 1;
+        cfg.max_chunked_frame_bytes = 1000;
+        let mut c = Controller::<Room>::new(cfg, &RoomViewData::default()).expect("controller");
+        // A frame of exactly the limit is reassembled.
+        let info = r#"{"id":"s","action":"INFO","args":{"msg":""}}"#;
+        let info = info.replace(
+            r#""msg":"""#,
+            &format!(r#""msg":"{}""#, "x".repeat(1000 - info.len())),
+        );
+        assert_eq!(info.len(), 1000);
+        c.on_frame(&format!("_CHUNK10{}", &info[..600]))
+            .expect("first");
+        c.on_frame(&format!("_CHUNK01{}", &info[600..]))
+            .expect("last");
+        assert!(matches!(c.take_events()[..], [SessionEvent::Info(_)]));
+        // Pieces that never end are refused once they pass it.
+        let piece = "y".repeat(300);
+        c.on_frame(&format!("_CHUNK10{piece}")).expect("300");
+        c.on_frame(&format!("_CHUNK00{piece}")).expect("600");
+        c.on_frame(&format!("_CHUNK00{piece}")).expect("900");
+        let err = c.on_frame(&format!("_CHUNK00{piece}")).expect_err("1200");
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("larger than 1000 bytes")),
+            "{err}"
+        );
+        assert!(
+            !err.is_transient(),
+            "a reflector that does this is not rejoined"
+        );
+        // What was buffered is gone: the next piece has no first.
+        let err = c
+            .on_frame(&format!("_CHUNK01{piece}"))
+            .expect_err("no first");
+        assert!(err.to_string().contains("without its first"), "{err}");
+    }
+
+    /// A Room snapshot in which `view` claims `u32::MAX` connections (which needs the
+    /// password to plant): the count 2 after its id in the snapshot's map of connections
+    /// becomes the varint of `u32::MAX`.
+    fn snapshot_claiming_u32_max_connections(view: &str) -> Vec<u8> {
+        let (mut r, _) = Replica::<Room>::new(b"s", 0);
+        for _ in 0..2 {
+            let data = RoomViewData::default();
+            r.apply(
+                1,
+                Event::Join {
+                    view: ViewId(view.into()),
+                    data,
+                },
+            );
+        }
+        let bytes = r.snapshot().expect("snapshot").bytes;
+        let mut count = vec![view.len() as u8];
+        count.extend(view.as_bytes());
+        count.push(2);
+        let at = bytes
+            .windows(count.len())
+            .position(|w| w == count)
+            .expect("the count")
+            + count.len()
+            - 1;
+        let mut hostile = bytes[..at].to_vec();
+        hostile.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+        hostile.extend(&bytes[at + 1..]);
+        hostile
+    }
+
+    #[test]
+    fn a_snapshot_claiming_billions_of_connections_is_cleared_in_one_step() {
+        let mut c = controller();
+        let replica = Replica::<Room>::restore(&snapshot_claiming_u32_max_connections("old"))
+            .expect("restores");
+        assert_eq!(replica.connections(&ViewId("old".into())), u32::MAX);
+        let events = replica.events();
+        c.replica = Some(replica);
+        c.phase = Phase::Running;
+        // The session was resumed by new views: every active connection just joined, so
+        // the snapshot's views are gone (this looped once per claimed connection).
+        let users = json!({
+            "what": "users",
+            "joined": [{"id": c.me.as_str(), "data": c.sealed_view_data}],
+            "active": 1,
+        });
+        c.apply_users(10, &users);
+        let r = c.replica().expect("replica");
+        assert_eq!(r.views().keys().collect::<Vec<_>>(), [c.view_id()]);
+        // As many exits as claimed connections, then the join.
+        assert_eq!(r.events(), events + u64::from(u32::MAX) + 1);
+        assert!(c.own_join_seen);
     }
 
     #[test]

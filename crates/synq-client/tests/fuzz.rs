@@ -20,8 +20,9 @@ use fuzz_json::*;
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use synq_client::controller::MAX_CHUNKED_FRAME_BYTES;
 use synq_client::crypto::{Purpose, SessionKey};
-use synq_client::{ClientConfig, Controller, Effect, session_id};
+use synq_client::{ClientConfig, Controller, Effect, SessionEvent, session_id};
 use synq_model::demo::{Room, RoomInput, RoomViewData};
 use synq_model::{Event, Model, Replica, ViewId};
 
@@ -41,10 +42,11 @@ enum Body {
 
 const PASSWORD: &str = "pw";
 
-fn config(snapshot_every: Option<u64>) -> ClientConfig {
+fn config(snapshot_every: Option<u64>, max_chunked: usize) -> ClientConfig {
     let mut cfg = ClientConfig::for_server("http://127.0.0.1:1", "app", "room", PASSWORD);
     cfg.kdf_rounds = 1;
     cfg.snapshot_every = snapshot_every;
+    cfg.max_chunked_frame_bytes = max_chunked;
     cfg
 }
 
@@ -394,8 +396,15 @@ struct Runner {
 
 impl Runner {
     fn new(snapshot_every: Option<u64>) -> Runner {
-        let c = Controller::<Room>::new(config(snapshot_every), &RoomViewData::default())
-            .expect("controller");
+        Runner::with_chunk_limit(snapshot_every, MAX_CHUNKED_FRAME_BYTES)
+    }
+
+    fn with_chunk_limit(snapshot_every: Option<u64>, max_chunked: usize) -> Runner {
+        let c = Controller::<Room>::new(
+            config(snapshot_every, max_chunked),
+            &RoomViewData::default(),
+        )
+        .expect("controller");
         let me = c.view_id().as_str().to_owned();
         Runner {
             c,
@@ -746,9 +755,11 @@ fn good_sync() -> Step {
     }
 }
 
-fn script() -> impl Strategy<Value = (Option<u64>, Vec<Step>)> {
+fn script() -> impl Strategy<Value = (Option<u64>, usize, Vec<Step>)> {
     (
         prop_oneof![Just(None), Just(Some(1)), Just(Some(3)), Just(Some(5000))],
+        // Small limits make the chunked steps run into the reassembly limit too.
+        prop_oneof![3 => Just(MAX_CHUNKED_FRAME_BYTES), 1 => 64usize..4096],
         proptest::collection::vec(step(), 1..24),
     )
 }
@@ -759,8 +770,8 @@ proptest! {
     /// A script starts with a SYNC that works (so that most steps reach a running replica
     /// in which this view has joined), then anything.
     #[test]
-    fn the_client_survives_anything_a_reflector_sends((every, steps) in script()) {
-        let mut r = Runner::new(every);
+    fn the_client_survives_anything_a_reflector_sends((every, max_chunked, steps) in script()) {
+        let mut r = Runner::with_chunk_limit(every, max_chunked);
         r.run(&good_sync());
         for s in &steps {
             r.run(s);
@@ -775,6 +786,42 @@ proptest! {
         let mut r = Runner::new(Some(5000));
         for f in &frames {
             r.run(&Step::Raw(f.clone()));
+        }
+    }
+
+    /// A reflector that never sends the last `_CHUNK` piece (or sends more than any
+    /// frame may be) is refused as soon as the pieces pass the limit, not before; after
+    /// a rejoin, a new first piece starts over.
+    #[test]
+    fn chunk_pieces_are_refused_once_they_pass_the_limit(
+        limit in 1usize..8192,
+        pieces in proptest::collection::vec("[a-z\\[\\]{}\",:0-9é]{0,700}", 1..48),
+    ) {
+        let mut r = Runner::with_chunk_limit(None, limit);
+        r.run(&good_sync());
+        let mut total = 0usize;
+        for (i, piece) in pieces.iter().enumerate() {
+            total += piece.len();
+            let flags = if i == 0 { "10" } else { "00" };
+            let result = r.c.on_frame(&format!("_CHUNK{flags}{piece}"));
+            if total > limit {
+                let err = result.expect_err("past the limit");
+                prop_assert!(err.to_string().contains("larger than"), "{}", err);
+                // The pieces are dropped: the next chunked frame is reassembled anew.
+                r.c.connection_lost("fuzz");
+                let _ = r.c.take_events();
+                let info = r#"{"id":"s","action":"INFO","args":{"msg":"again"}}"#;
+                if info.len() <= limit {
+                    r.c.on_frame(&format!("_CHUNK10{}", &info[..20])).expect("first piece");
+                    r.c.on_frame(&format!("_CHUNK01{}", &info[20..])).expect("last piece");
+                    prop_assert_eq!(
+                        r.c.take_events(),
+                        vec![SessionEvent::Info("reflector: again".into())]
+                    );
+                }
+                return Ok(());
+            }
+            prop_assert!(result.is_ok(), "{:?} at {} of {} bytes", result, total, limit);
         }
     }
 }

@@ -160,7 +160,8 @@ impl<M: Model> Replica<M> {
     /// then.
     pub fn apply(&mut self, time: u64, event: Event<M>) -> Applied<M::Output> {
         let mut outputs = self.advance_to(time);
-        self.state.events += 1;
+        // Wrapping, as release builds do: a snapshot may claim any count.
+        self.state.events = self.state.events.wrapping_add(1);
         let State {
             now,
             rng,
@@ -193,7 +194,8 @@ impl<M: Model> Replica<M> {
                 // Another connection of a view that is present (a reconnect whose old
                 // connection has not been announced as gone yet) is not a new join.
                 let count = connections.entry(view.clone()).or_insert(0);
-                *count += 1;
+                // A snapshot may claim any count: at u32::MAX the view stays present.
+                *count = count.saturating_add(1);
                 if *count > 1 {
                     false
                 } else {
@@ -236,6 +238,24 @@ impl<M: Model> Replica<M> {
             }
         };
         Applied { outputs, accepted }
+    }
+
+    /// Every connection of `view` leaves: the same as applying [`Event::Exit`] once per
+    /// open connection (each counts as an event), but in constant time, whatever count a
+    /// snapshot claims. Nothing happens when the view has no connection.
+    pub fn exit_all(&mut self, time: u64, view: &ViewId) -> Applied<M::Output> {
+        let n = self.connections(view);
+        if n == 0 {
+            return Applied {
+                outputs: Vec::new(),
+                accepted: false,
+            };
+        }
+        // All but the last exit only count down and count as events: nothing the model
+        // sees (timers due by `time` run once, before the first exit, either way).
+        self.state.events = self.state.events.wrapping_add(u64::from(n - 1));
+        self.state.connections.insert(view.clone(), 1);
+        self.apply(time, Event::Exit { view: view.clone() })
     }
 
     fn run_timers(&mut self, time: u64, outputs: &mut Vec<M::Output>) {
@@ -282,5 +302,105 @@ impl<M: Model> Replica<M> {
         }
         let state: State<M> = Snapshot::decode(bytes)?;
         Ok(Self { state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::{Room, RoomInput, RoomOutput, RoomViewData};
+
+    fn view(name: &str) -> ViewId {
+        ViewId(name.to_owned())
+    }
+
+    /// A room in which `alice` has `n` connections, `bob` one, and a typing timer runs.
+    fn room_with(n: u32) -> Replica<Room> {
+        let (mut r, _) = Replica::<Room>::new(b"seed", 0);
+        let data = RoomViewData {
+            name: "Alice".into(),
+        };
+        for _ in 0..n {
+            r.apply(
+                1,
+                Event::Join {
+                    view: view("alice"),
+                    data: data.clone(),
+                },
+            );
+        }
+        r.apply(
+            2,
+            Event::Join {
+                view: view("bob"),
+                data: RoomViewData::default(),
+            },
+        );
+        r.apply(
+            3,
+            Event::Input {
+                from: view("alice"),
+                n: 1,
+                input: RoomInput::Typing,
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn exit_all_is_one_exit_per_connection() {
+        for n in 1..=3 {
+            let mut looped = room_with(n);
+            let mut at_once = room_with(n);
+            let mut looped_out = Vec::new();
+            while looped.connections(&view("alice")) > 0 {
+                looped_out.extend(
+                    looped
+                        .apply(
+                            50,
+                            Event::Exit {
+                                view: view("alice"),
+                            },
+                        )
+                        .outputs,
+                );
+            }
+            let applied = at_once.exit_all(50, &view("alice"));
+            assert!(applied.accepted);
+            assert_eq!(applied.outputs, looped_out);
+            assert!(applied.outputs.contains(&RoomOutput::Left("Alice".into())));
+            assert_eq!(at_once.hash().ok(), looped.hash().ok(), "{n} connections");
+            assert!(!at_once.views().contains_key(&view("alice")));
+        }
+        let mut r = room_with(1);
+        let before = r.hash().ok();
+        assert!(!r.exit_all(60, &view("carol")).accepted);
+        assert_eq!(
+            r.hash().ok(),
+            before,
+            "a view that is not there: nothing happens"
+        );
+    }
+
+    /// A crafted snapshot may claim 4 billion connections: leaving takes no longer for
+    /// it, and joining once more does not overflow.
+    #[test]
+    fn a_claimed_count_near_u32_max_is_not_looped_over() {
+        let mut r = room_with(1);
+        r.state.connections.insert(view("alice"), u32::MAX);
+        let events = r.events();
+        r.apply(
+            40,
+            Event::Join {
+                view: view("alice"),
+                data: RoomViewData::default(),
+            },
+        );
+        assert_eq!(r.connections(&view("alice")), u32::MAX);
+        let applied = r.exit_all(50, &view("alice"));
+        assert!(applied.accepted);
+        assert_eq!(r.connections(&view("alice")), 0);
+        assert!(!r.views().contains_key(&view("alice")));
+        assert_eq!(r.events(), events + 1 + u64::from(u32::MAX));
     }
 }

@@ -10,6 +10,7 @@ pub mod close;
 pub mod envelope;
 pub mod frames;
 pub mod identity;
+pub mod origin;
 pub mod seq;
 pub mod server;
 

@@ -89,6 +89,10 @@ pub struct FileLimits {
     /// Web origins allowed to open WebSockets and upload, besides the server's own and
     /// localhost (`*`: any). Requests without `Origin` (native clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Host names (the `Host` header) WebSocket upgrades and uploads may name, besides IP
+    /// addresses and `localhost` (`*`: any): others are refused (DNS rebinding). `synq
+    /// serve` gives its AI gateway the same list.
+    pub allowed_hosts: Vec<String>,
     /// Bytes the file store may hold in total (0 = unlimited).
     pub max_store_bytes: u64,
     /// Bytes one address (IPv6: one /64) may upload per `upload_quota_window` (0 = unlimited).
@@ -102,6 +106,7 @@ impl Default for FileLimits {
     fn default() -> FileLimits {
         FileLimits {
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_store_bytes: 10 << 30,
             upload_quota_bytes: 512 << 20,
             upload_quota_window: Duration::from_secs(3600),

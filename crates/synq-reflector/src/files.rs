@@ -3,9 +3,10 @@
 //!
 //! Everything here is reachable by anyone who can reach the server, so: files stream
 //! through (memory does not grow with file size), uploads must name a session this
-//! reflector holds, come from an allowed web origin, and fit the per-file cap, the store
-//! quota and the uploader's address quota; a stalled upload is cut off; and files are
-//! served so that a browser never runs them (`nosniff`, `attachment`, `CSP: sandbox`).
+//! reflector holds, name this server as their host, come from an allowed web origin, and
+//! fit the per-file cap, the store quota and the uploader's address quota; a stalled
+//! upload is cut off; and files are served so that a browser never runs them (`nosniff`,
+//! `attachment`, `CSP: sandbox`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -45,7 +46,7 @@ const ALLOWED_HEADERS: &str = "DNT,User-Agent,X-Requested-With,If-Modified-Since
 pub(crate) async fn headers(State(st): State<FilesState>, req: Request, next: Next) -> Response {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = origin::request_allowed(req.headers(), &st.ctx.config.files.allowed_origins);
+    let allowed = origin::check(req.headers(), &st.ctx.config.files).is_ok();
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     match origin {
@@ -270,8 +271,8 @@ pub(crate) async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !origin::request_allowed(&headers, &st.ctx.config.files.allowed_origins) {
-        return origin::refused(&headers, "upload");
+    if let Err(refusal) = origin::check(&headers, &st.ctx.config.files) {
+        return origin::refused(&headers, refusal, "upload");
     }
     let key = match BlobKey::parse(&path) {
         Ok(k) => k,

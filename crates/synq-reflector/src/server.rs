@@ -171,8 +171,9 @@ fn upgrade(
     addr: SocketAddr,
     headers: &HeaderMap,
 ) -> Response {
-    if !origin::request_allowed(headers, &ctx.config.files.allowed_origins) {
-        return origin::refused(headers, "WebSocket");
+    // The Host too: it must name this server (DNS rebinding).
+    if let Err(refusal) = origin::check(headers, &ctx.config.files) {
+        return origin::refused(headers, refusal, "WebSocket");
     }
     let host = headers
         .get(header::HOST)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use synq_ai::gateway::{self, AiArgs, Capabilities, GatewayState};
+use synq_ai::gateway::{self, AiArgs, Capabilities, GatewayConfig, GatewayState};
 use synq_reflector::{
     AiCapabilityIssuer, Durability, FileLimits, HttpLimits, Reflector, ReflectorConfig,
 };
@@ -128,6 +128,13 @@ struct ServeArgs {
     /// Requests without an Origin header (native clients) are always allowed.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// Host name under which this server is reached, besides IP addresses and localhost
+    /// (repeatable; "*" allows any). Behind a domain name (e.g. a reverse proxy for
+    /// chat.example.org) add it: WebSocket upgrades, uploads and AI requests naming any
+    /// other host are refused, which defeats DNS rebinding. Also accepted under its
+    /// older name, --ai-allowed-host.
+    #[arg(long = "allowed-host", alias = "ai-allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
     /// Bytes the file store may hold in total (0 = unlimited).
     #[arg(long, default_value_t = 10 << 30)]
     max_store_bytes: u64,
@@ -249,6 +256,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .then(|| std::time::Duration::from_secs(args.session_retention_days * 24 * 3600));
     config.files = FileLimits {
         allowed_origins: args.allowed_origins.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
         max_store_bytes: args.max_store_bytes,
         upload_quota_bytes: args.upload_quota_bytes,
         upload_quota_window: Duration::from_secs(args.upload_quota_window_secs.max(1)),
@@ -293,8 +301,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION")
     );
     let slot = ai::start(&args.ai, ai_upstream)?;
+    // One host allowlist for the whole server: the gateway's is the reflector's.
+    let gateway_config = GatewayConfig {
+        allowed_hosts: args.allowed_hosts.clone(),
+        ..args.ai.gateway_config()
+    };
     let ai = GatewayState::with_capabilities(
-        args.ai.gateway_config(),
+        gateway_config,
         slot,
         capabilities,
         Arc::new(reflector.session_liveness()),

@@ -327,6 +327,7 @@ async fn one_address_over_its_budget_does_not_stop_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_name_outside_the_allowlist_is_refused() {
     let up = FakeUpstream::start().await;
+    // The flag's older name (now --allowed-host, for the reflector as well) still works.
     let (s, _d) = serve(
         &up,
         &[
@@ -347,7 +348,7 @@ async fn a_host_name_outside_the_allowlist_is_refused() {
     ] {
         let (status, code, msg) = refusal(post(&api, &body("hi"), &headers).await).await;
         assert_eq!((status, code.as_str()), (403, "host_not_allowed"), "{msg}");
-        assert!(msg.contains("--ai-allowed-host"), "{msg}");
+        assert!(msg.contains("--allowed-host"), "{msg}");
     }
     assert_eq!(up.request_count(), 0);
     // The operator's domain, localhost and IP addresses are served.

@@ -295,7 +295,7 @@ async fn a_stalled_upload_is_cut_off() {
         .await
         .expect("connect");
     tcp.write_all(
-        b"PUT /files/snapshots/stall/f HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+        b"PUT /files/snapshots/stall/f HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n0123456789",
     )
     .await
     .expect("write");

@@ -1,6 +1,7 @@
 //! Connection-level attacks against the real `synq serve`: slowloris (connections that
 //! never finish their headers), idle connections, connection floods from one address or
-//! from many, downloads that are never read, and WebSocket upgrades from foreign pages.
+//! from many, downloads that are never read, and WebSocket upgrades and uploads from
+//! foreign pages and DNS-rebinding pages.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -225,18 +226,107 @@ async fn a_download_that_is_never_read_is_dropped() {
 }
 
 async fn ws_status(addr: SocketAddr, origin: Option<&str>) -> u16 {
+    ws_answer(addr, None, origin).await.0
+}
+
+/// The status and body of a WebSocket upgrade that names `host` (default: the address
+/// connected to) and comes from `origin`.
+async fn ws_answer(addr: SocketAddr, host: Option<&str>, origin: Option<&str>) -> (u16, String) {
     let mut req = format!("ws://{addr}/reflector/origincheck")
         .into_client_request()
         .expect("request");
+    if let Some(h) = host {
+        req.headers_mut()
+            .insert("Host", h.parse().expect("header value"));
+    }
     if let Some(o) = origin {
         req.headers_mut()
             .insert("Origin", o.parse().expect("header value"));
     }
     match tokio_tungstenite::connect_async(req).await {
-        Ok((_, res)) => res.status().as_u16(),
-        Err(tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Ok((_, res)) => (res.status().as_u16(), String::new()),
+        Err(tungstenite::Error::Http(res)) => {
+            let body = String::from_utf8_lossy(res.body().as_deref().unwrap_or_default());
+            (res.status().as_u16(), body.into_owned())
+        }
         Err(e) => panic!("WebSocket connect failed: {e}"),
     }
+}
+
+/// DNS rebinding: a page at `http://evil.example:PORT` whose name the attacker made
+/// resolve to this server. For the browser the server is then the page's own origin
+/// (`Origin` and `Host` agree), so only the host name gives it away.
+#[tokio::test]
+async fn dns_rebinding_pages_cannot_open_websockets_or_upload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(
+        dir.path(),
+        &["--no-ai", "--allowed-host", "chat.example.org"],
+    );
+    let port = server.addr.port();
+    let evil = format!("evil.example:{port}");
+    let evil_origin = format!("http://{evil}");
+    let (status, body) = ws_answer(server.addr, Some(&evil), Some(&evil_origin)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--allowed-host"), "{body}");
+    // Without Origin too (as the AI gateway): a client that names a host this server is
+    // not has been pointed at it by someone else's DNS.
+    assert_eq!(ws_answer(server.addr, Some(&evil), None).await.0, 403);
+
+    // The page's own origin, localhost, clients without Origin, and the listed name (as
+    // a reverse proxy passes it on) still connect.
+    assert_eq!(ws_status(server.addr, Some(&server.base)).await, 101);
+    let local = format!("localhost:{port}");
+    let local_origin = format!("http://{local}");
+    assert_eq!(
+        ws_answer(server.addr, Some(&local), Some(&local_origin))
+            .await
+            .0,
+        101
+    );
+    assert_eq!(ws_status(server.addr, None).await, 101, "native client");
+    assert_eq!(
+        ws_answer(
+            server.addr,
+            Some("chat.example.org"),
+            Some("https://chat.example.org")
+        )
+        .await
+        .0,
+        101,
+        "listed with --allowed-host"
+    );
+
+    // Uploads: the same.
+    let _ws = open_session(server.addr, "rebinding").await;
+    let http = reqwest::Client::new();
+    let put = |name: &str, host: &str, origin: Option<&str>| {
+        let mut req = http
+            .put(format!("{}/files/snapshots/rebinding/{name}", server.base))
+            .header("Host", host)
+            .body(name.to_owned());
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        async move { req.send().await.expect("PUT").status().as_u16() }
+    };
+    assert_eq!(put("a", &evil, Some(&evil_origin)).await, 403);
+    assert_eq!(
+        put("b", "chat.example.org", Some("https://chat.example.org")).await,
+        201
+    );
+    assert_eq!(put("c", &local, None).await, 201);
+
+    // One list for the whole server: the AI gateway (here switched off: 503) answers
+    // for the listed name and refuses the other.
+    let ai = |host: &str| {
+        let req = http
+            .get(format!("{}/ai/v1/models", server.base))
+            .header("Host", host);
+        async move { req.send().await.expect("GET").status().as_u16() }
+    };
+    assert_eq!(ai(&evil).await, 403);
+    assert_eq!(ai("chat.example.org").await, 503);
 }
 
 #[tokio::test]

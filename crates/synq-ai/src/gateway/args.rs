@@ -66,12 +66,6 @@ pub struct AiArgs {
     /// (repeatable; "*" allows any).
     #[arg(long = "ai-allowed-origin", value_name = "ORIGIN")]
     pub ai_allowed_origins: Vec<String>,
-    /// Host name under which this server is reached, besides IP addresses and localhost
-    /// (repeatable; "*" allows any). Behind a domain name (e.g. a reverse proxy for
-    /// chat.example.org) add it: AI requests naming any other host are refused, which
-    /// defeats DNS rebinding.
-    #[arg(long = "ai-allowed-host", value_name = "NAME")]
-    pub ai_allowed_hosts: Vec<String>,
     /// Accept AI calls without an AI capability (the token the reflector hands to the
     /// participants of a live chat session). Anyone who can reach the server may then use
     /// the AI, within the per-address limits.
@@ -103,7 +97,9 @@ impl AiArgs {
             daily_token_budget: self.ai_daily_token_budget,
             address_daily_token_budget: self.ai_address_daily_token_budget,
             allowed_origins: self.ai_allowed_origins.clone(),
-            allowed_hosts: self.ai_allowed_hosts.clone(),
+            // The server's one host allowlist (`synq serve --allowed-host`) is set by the
+            // server, for the reflector as well.
+            allowed_hosts: Vec::new(),
             allow_anonymous: self.ai_allow_anonymous,
             load_patience: Duration::from_secs(self.ai_first_token_timeout.max(1)),
         }

@@ -42,8 +42,9 @@ pub use args::{API_KEY_ENV, AiArgs, AiConfigError};
 pub use capability::{Capabilities, CapabilityError};
 use guards::{
     AddressBudgets, RateLimiter, TokenBudget, address_key, approx_prompt_tokens, approx_tokens,
-    host_allowed, log_safe, origin_allowed, until_budget_reset,
+    log_safe, until_budget_reset,
 };
+use synq_protocol::origin::{host_allowed, origin_allowed};
 
 /// Whether a session is live right now (asked of the reflector).
 pub type SessionLive = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -349,7 +350,7 @@ async fn cors_and_origin(
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "host_not_allowed",
-            "this server does not answer AI requests for this host name; the operator can allow it with --ai-allowed-host",
+            "this server does not answer AI requests for this host name; the operator can allow it with --allowed-host",
         )
         .into_response();
     }
