@@ -873,12 +873,12 @@ async fn a_snapshot_storm_rewrites_the_journal_once() {
     let (sid, key) = room_key("snap-storm");
     let mut mallory = Raw::join(&server, &sid, Some(&key), "mallory").await;
     let big = "A".repeat(60 * 1024);
+    // Each message is read back before the next: a client that sends megabytes without
+    // reading what the session sends it is closed (4001) once its writes stall.
     for _ in 0..150 {
         mallory
             .send(json!({"id": sid, "action": "SEND", "args": [0, 0, big, 0]}))
             .await;
-    }
-    for _ in 0..150 {
         next_message_position(&mut mallory.ws).await;
     }
     let before = bytes_written(server.child.id());
