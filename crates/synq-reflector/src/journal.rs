@@ -198,22 +198,8 @@ impl Journal {
         result.map_err(io_at(&path))
     }
 
-    /// Replace the journal with a compact one holding only what a new client needs:
-    /// [`Journal::compacted`], then [`Journal::install`].
-    pub fn rewrite<'a>(
-        &mut self,
-        header: &Header,
-        fallback: Option<&SnapshotPointer>,
-        snapshot: &SnapshotPointer,
-        messages: impl Iterator<Item = &'a str>,
-        time: u64,
-    ) -> Result<(), JournalError> {
-        let image = self.compacted(header, fallback, snapshot, messages, time);
-        self.install(&image)
-    }
-
-    /// The compact journal: the header, the fallback and snapshot pointers and the
-    /// messages after the fallback. Records buffered until now are contained in it and
+    /// The compact journal that replaces this one ([`Journal::install`]): the header, the
+    /// fallback and snapshot pointers and the messages after the fallback. Records buffered until now are contained in it and
     /// dropped from the buffer; records buffered after it belong after it, so
     /// [`Journal::install`] it before the next [`Journal::commit`].
     pub fn compacted<'a>(
@@ -441,14 +427,14 @@ mod tests {
             let (mut j, _) = Journal::open(dir.path(), Durability::Fsync).unwrap();
             j.message("[10,4294967281,\"a\",0]");
             j.commit().unwrap();
-            j.rewrite(
+            let image = j.compacted(
                 &header(),
                 None,
                 &snap,
                 ["[20,4294967282,\"b\",0]"].into_iter(),
                 25,
-            )
-            .unwrap();
+            );
+            j.install(&image).unwrap();
             j.message("[30,4294967283,\"c\",0]");
             j.commit().unwrap();
         }
@@ -475,8 +461,8 @@ mod tests {
         {
             let (mut j, _) = Journal::open(dir.path(), Durability::Write).unwrap();
             let messages = ["[10,4294967281,\"a\",0]", "[20,4294967282,\"b\",0]"];
-            j.rewrite(&header(), Some(&replay), &snap, messages.into_iter(), 25)
-                .unwrap();
+            let image = j.compacted(&header(), Some(&replay), &snap, messages.into_iter(), 25);
+            j.install(&image).unwrap();
         }
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(r.fallback, Some(replay));

@@ -468,12 +468,7 @@ async fn a_poisoned_snapshot_is_refused_and_the_room_stays_joinable_across_a_res
         .await;
     let _ = next_message_position(&mut mallory.ws).await;
     post_and_see(&alice, &mut bob, "after the attack").await;
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("synq_snapshots_total 0"),
         "no snapshot was registered:\n{metrics}"
@@ -710,23 +705,17 @@ async fn memory_stays_bounded_when_big_messages_pile_up_and_joiners_stop_reading
     }
     // Four of them (--max-syncs-per-address) hold a turn to write their SYNC, two wait
     // for one, until a turn's writer gives up on its reader (after 3 s).
-    let mut metrics = String::new();
+    let mut page = String::new();
     for _ in 0..500 {
-        metrics = reqwest::get(format!("{}/metrics", server.base))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        if metrics.contains("synq_syncs_writing 4\n") && metrics.contains("synq_syncs_waiting 2\n")
-        {
+        page = metrics(&server).await;
+        if page.contains("synq_syncs_writing 4\n") && page.contains("synq_syncs_waiting 2\n") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(
-        metrics.contains("synq_syncs_writing 4\n") && metrics.contains("synq_syncs_waiting 2\n"),
-        "{metrics}"
+        page.contains("synq_syncs_writing 4\n") && page.contains("synq_syncs_waiting 2\n"),
+        "{page}"
     );
     // A late joiner that does read gets the whole SYNC, in pieces, once it has a turn.
     let mut reader = connect(&server, sid).await;
@@ -853,6 +842,16 @@ async fn a_snapshot_that_does_not_load_makes_joiners_use_the_one_before() {
     settle(&mut [&mut alice, &mut bob], "bob is in").await;
 }
 
+/// The server's `/metrics` page.
+async fn metrics(server: &Serve) -> String {
+    reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// Bytes the process has passed to write(2) and friends so far (`wchar` of
 /// `/proc/PID/io`: what it asked to write, whether or not the page cache absorbed it).
 fn bytes_written(pid: u32) -> u64 {
@@ -900,12 +899,7 @@ async fn a_snapshot_storm_rewrites_the_journal_once() {
         .await;
     next_message_position(&mut mallory.ws).await;
     let written = bytes_written(server.child.id()) - before;
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = metrics(&server).await;
     assert!(metrics.contains("synq_snapshots_total 1"), "{metrics}");
     assert!(
         metrics.contains("synq_snapshots_refused_total 39"),
