@@ -1,23 +1,27 @@
-//! The chat page: joins the room named in the URL, renders the history as text, and
-//! relays AI requests when this page is the elected view.
+//! The chat page: joins the room named in the URL, shows the room (`crate::view`) and
+//! its controls, and relays AI requests when this page is the elected view.
 
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, btree_map};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt, select};
-use synq_chat::{
-    AI_NAME, APP_ID, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData, EntryKind,
-};
+use synq_chat::{APP_ID, AiMode, ChatInput, ChatModel, ChatOutput, ChatViewData};
 use synq_client::{ClientConfig, ClientError, Session, SessionEvent, SessionHandle};
 use synq_relay::{AgentConfig, BoxFut, Candidacy, RelayAgent};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{Document, Element, HtmlInputElement, KeyboardEvent};
+use web_sys::{
+    Document, Element, Event, HtmlButtonElement, HtmlElement, HtmlInputElement, HtmlSelectElement,
+    HtmlTextAreaElement, KeyboardEvent, Node,
+};
 
 use crate::ai::GatewayService;
 use crate::names::{friendly_name, random_token};
+use crate::view::{self, Person, Row};
 
 fn document() -> Result<Document, String> {
     web_sys::window()
@@ -126,19 +130,53 @@ pub async fn run() -> Result<(), String> {
     }
     status("Connected", "ok");
     let handle = session.handle();
-    wire_controls(&doc, &handle)?;
-    render(&doc, &handle, &me);
-    pump(session, doc, me).await;
+    let mut ui = Ui::new(&doc)?;
+    wire_controls(&doc, &handle, &ui)?;
+    ui.render(&handle, &me);
+    pump(session, ui, me).await;
     Ok(())
 }
 
-/// Send on Enter and on #sendButton, reset on #resetButton, copy the link on #copyLink.
-fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>) -> Result<(), String> {
-    let input: HtmlInputElement = by_id(doc, "textIn")?
-        .dyn_into()
-        .map_err(|_| "#textIn is not an input")?;
+/// What the Reset button asks first.
+const RESET_QUESTION: &str =
+    "Reset clears the chat for everyone in the room, not only for you. Reset?";
+
+/// The element `#id` as a `T` (an input, a button, …).
+fn typed<T: JsCast>(doc: &Document, id: &str) -> Result<T, String> {
+    by_id(doc, id)?
+        .dyn_into::<T>()
+        .map_err(|_| format!("#{id} is not the kind of element the page expects"))
+}
+
+/// Calls `f` on every `event` of `#id`, for the page's lifetime.
+fn listen(
+    doc: &Document,
+    id: &str,
+    event: &str,
+    f: impl FnMut(Event) + 'static,
+) -> Result<(), String> {
+    let closure = Closure::<dyn FnMut(Event)>::new(f);
+    by_id(doc, id)?
+        .add_event_listener_with_callback(event, closure.as_ref().unchecked_ref())
+        .map_err(|_| format!("cannot listen to #{id}"))?;
+    closure.forget();
+    Ok(())
+}
+
+/// Whether the history is scrolled to its end (within a few pixels).
+fn at_bottom(out: &Element) -> bool {
+    out.scroll_height() - out.scroll_top() - out.client_height() <= 24
+}
+
+fn scroll_to_bottom(out: &Element) {
+    out.set_scroll_top(out.scroll_height());
+}
+
+/// The controls: send (Enter, #sendButton), stop, reset (after a confirmation), the AI's
+/// mode and instructions, "again" on answers, the "new messages" button, copy link.
+fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>, ui: &Ui) -> Result<(), String> {
     let send = {
-        let (input, handle) = (input.clone(), handle.clone());
+        let (input, handle) = (ui.input.clone(), handle.clone());
         Rc::new(move || {
             let text = input.value();
             if !text.trim().is_empty() {
@@ -147,35 +185,96 @@ fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>) -> Result<()
             }
         })
     };
-    let on_key = {
+    listen(doc, "textIn", "keydown", {
         let send = Rc::clone(&send);
-        Closure::<dyn FnMut(KeyboardEvent)>::new(move |e: KeyboardEvent| {
-            if e.key() == "Enter" {
+        move |e: Event| {
+            if e.dyn_ref::<KeyboardEvent>()
+                .is_some_and(|k| k.key() == "Enter" && !k.is_composing())
+            {
                 e.prevent_default();
                 send();
             }
-        })
-    };
-    input
-        .add_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref())
-        .map_err(|_| "cannot listen to #textIn")?;
-    on_key.forget();
-    let on_send = Closure::<dyn FnMut()>::new(move || send());
-    by_id(doc, "sendButton")?
-        .add_event_listener_with_callback("click", on_send.as_ref().unchecked_ref())
-        .map_err(|_| "cannot listen to #sendButton")?;
-    on_send.forget();
-    let on_reset = {
+        }
+    })?;
+    listen(doc, "sendButton", "click", move |_| send())?;
+    listen(doc, "stopButton", "click", {
         let handle = handle.clone();
-        Closure::<dyn FnMut()>::new(move || {
-            let _ = handle.publish(ChatInput::Reset);
-        })
-    };
-    by_id(doc, "resetButton")?
-        .add_event_listener_with_callback("click", on_reset.as_ref().unchecked_ref())
-        .map_err(|_| "cannot listen to #resetButton")?;
-    on_reset.forget();
-    let on_copy = Closure::<dyn FnMut()>::new(move || {
+        move |_| {
+            let _ = handle.publish(ChatInput::Stop);
+        }
+    })?;
+    listen(doc, "resetButton", "click", {
+        let handle = handle.clone();
+        move |_| {
+            let sure = web_sys::window()
+                .and_then(|w| w.confirm_with_message(RESET_QUESTION).ok())
+                .unwrap_or(false);
+            if sure {
+                let _ = handle.publish(ChatInput::Reset);
+            }
+        }
+    })?;
+    listen(doc, "aiMode", "change", {
+        let (select, handle) = (ui.mode.clone(), handle.clone());
+        move |_| {
+            if let Some(mode) = AiMode::parse(&select.value()) {
+                let _ = handle.publish(ChatInput::SetAiMode(mode));
+            }
+        }
+    })?;
+    listen(doc, "saveInstructions", "click", {
+        let (field, handle) = (ui.instructions.clone(), handle.clone());
+        move |_| {
+            let _ = handle.publish(ChatInput::SetInstructions(field.value().trim().to_owned()));
+        }
+    })?;
+    // Save is offered while the field differs from the room's instructions.
+    listen(doc, "instructionsIn", "input", {
+        let (field, save, handle) = (ui.instructions.clone(), ui.save.clone(), handle.clone());
+        move |_| {
+            let saved = handle
+                .read(|m| m.instructions() == field.value().trim())
+                .unwrap_or(true);
+            save.set_disabled(saved);
+        }
+    })?;
+    // "Again" on any answer: one listener for the rows present and to come.
+    listen(doc, "textOut", "click", {
+        let handle = handle.clone();
+        move |e: Event| {
+            let entry = e
+                .target()
+                .and_then(|t| t.dyn_into::<Element>().ok())
+                .and_then(|t| t.closest("button.again").ok().flatten())
+                .and_then(|b| b.closest(".entry").ok().flatten())
+                .and_then(|row| row.get_attribute("data-entry"))
+                .and_then(|id| id.parse::<u64>().ok());
+            if let Some(id) = entry {
+                let _ = handle.publish(ChatInput::Again { entry: Some(id) });
+            }
+        }
+    })?;
+    // The history follows the newest entries only while the reader is at its end.
+    listen(doc, "textOut", "scroll", {
+        let (out, follow, new_below) =
+            (ui.out.clone(), Rc::clone(&ui.follow), ui.new_below.clone());
+        move |_| {
+            let bottom = at_bottom(&out);
+            follow.set(bottom);
+            if bottom {
+                new_below.set_hidden(true);
+            }
+        }
+    })?;
+    listen(doc, "newBelow", "click", {
+        let (out, new_below) = (ui.out.clone(), ui.new_below.clone());
+        move |_| {
+            scroll_to_bottom(&out);
+            new_below.set_hidden(true);
+        }
+    })?;
+    // Optional: older pages without the button still work.
+    let _ = listen(doc, "copyLink", "click", move |_| {
         if let Some(w) = web_sys::window()
             && let Ok(href) = w.location().href()
         {
@@ -183,17 +282,7 @@ fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>) -> Result<()
             status("Link copied: send it to whoever should join", "ok");
         }
     });
-    if let Ok(button) = by_id(doc, "copyLink") {
-        let _ = button.add_event_listener_with_callback("click", on_copy.as_ref().unchecked_ref());
-    }
-    on_copy.forget();
     Ok(())
-}
-
-fn div(doc: &Document, class: &str) -> Option<Element> {
-    let el = doc.create_element("div").ok()?;
-    el.set_class_name(class);
-    Some(el)
 }
 
 fn span(doc: &Document, class: &str, text: &str) -> Option<Element> {
@@ -204,94 +293,215 @@ fn span(doc: &Document, class: &str, text: &str) -> Option<Element> {
     Some(el)
 }
 
-fn render(doc: &Document, handle: &SessionHandle<ChatModel>, me: &str) {
-    let Ok(out) = by_id(doc, "textOut") else {
-        return;
-    };
-    let Some((welcome, entries)) = handle.read(|m| {
-        let others: Vec<String> = m
-            .users()
-            .filter(|(v, _)| *v != handle.view_id())
-            .map(|(_, n)| n.to_owned())
-            .collect();
-        let welcome = if others.is_empty() {
-            format!("Welcome, {me}! {AI_NAME} is here. Share the link to invite others.")
-        } else {
-            format!(
-                "Welcome, {me}! {AI_NAME} is here, along with {}.",
-                others.join(", ")
-            )
+/// The DOM of one history row, and what it shows.
+struct RowNodes {
+    row: Element,
+    text: Element,
+    shown: Row,
+}
+
+impl RowNodes {
+    fn new(doc: &Document, row: Row) -> Option<RowNodes> {
+        let mut nodes = RowNodes {
+            row: doc.create_element("div").ok()?,
+            text: span(doc, "text", "")?,
+            shown: row.clone(),
         };
-        let entries: Vec<(String, String, String)> = m
-            .history()
-            .map(|e| match &e.kind {
-                EntryKind::Post { name, text, .. } => {
-                    ("entry post".into(), name.clone(), text.clone())
-                }
-                EntryKind::Ai {
-                    text,
-                    state,
-                    stopped_by,
-                    regenerated_by,
-                    ..
-                } => {
-                    let class = match state {
-                        AiState::Done => "entry ai",
-                        AiState::Stopped => "entry ai stopped",
-                        _ => "entry ai streaming",
-                    };
-                    let mut text = if text.is_empty() && state.in_progress() {
-                        "…".to_owned()
-                    } else {
-                        text.clone()
-                    };
-                    if let Some(by) = regenerated_by {
-                        text.push_str(&format!(" (answered again at {by}'s request)"));
-                    }
-                    if let Some(by) = stopped_by {
-                        text.push_str(&format!(" (stopped by {by})"));
-                    }
-                    (class.into(), AI_NAME.to_owned(), text)
-                }
-                EntryKind::Joined { name } => (
-                    "entry notice".into(),
-                    String::new(),
-                    format!("{name} joined"),
-                ),
-                EntryKind::Left { name } => {
-                    ("entry notice".into(), String::new(), format!("{name} left"))
-                }
-                EntryKind::Notice { text } => ("entry notice".into(), String::new(), text.clone()),
-            })
-            .collect();
-        (welcome, entries)
-    }) else {
-        return;
-    };
-    // For people debugging, and for the browser tests: who relays the AI now.
-    if let (Some(body), Some(Some(elected))) = (doc.body(), handle.read(|m| m.elected().cloned())) {
-        let _ = body.set_attribute("data-elected", elected.as_str());
+        nodes.fill(doc, row);
+        Some(nodes)
     }
-    out.set_text_content(None);
-    if let Some(w) = div(doc, "welcome") {
-        w.set_text_content(Some(&welcome));
-        let _ = out.append_child(&w);
-    }
-    for (class, name, text) in entries {
-        let Some(row) = div(doc, &class) else {
-            continue;
-        };
-        if !name.is_empty()
-            && let Some(n) = span(doc, "name", &name)
+
+    /// Builds the row's children afresh (the row's own node stays).
+    fn fill(&mut self, doc: &Document, row: Row) {
+        self.row.set_class_name(row.class);
+        let _ = self.row.set_attribute("data-entry", &row.id.to_string());
+        self.row.set_text_content(None);
+        if !row.name.is_empty()
+            && let Some(n) = span(doc, "name", &row.name)
         {
-            let _ = row.append_child(&n);
+            let _ = self.row.append_child(&n);
         }
-        if let Some(t) = span(doc, "text", &text) {
-            let _ = row.append_child(&t);
+        self.text.set_text_content(Some(&row.text));
+        let _ = self.row.append_child(&self.text);
+        if row.again
+            && let Ok(b) = doc.create_element("button")
+        {
+            b.set_class_name("again");
+            let _ = b.set_attribute("type", "button");
+            let _ = b.set_attribute("aria-label", "Ask the AI again for this answer");
+            let _ = b.set_attribute("title", "Ask the AI again (replaces this answer)");
+            b.set_text_content(Some("Again"));
+            let _ = self.row.append_child(&b);
         }
-        let _ = out.append_child(&row);
+        self.shown = row;
     }
-    out.set_scroll_top(out.scroll_height());
+
+    /// Shows `row`, touching only what changed (a streamed delta: the text).
+    fn update(&mut self, doc: &Document, row: Row) {
+        if self.shown == row {
+            return;
+        }
+        if self.shown.name != row.name || self.shown.again != row.again {
+            return self.fill(doc, row);
+        }
+        if self.shown.class != row.class {
+            self.row.set_class_name(row.class);
+        }
+        if self.shown.text != row.text {
+            self.text.set_text_content(Some(&row.text));
+        }
+        self.shown = row;
+    }
+}
+
+/// The page's elements, and what they show now.
+struct Ui {
+    doc: Document,
+    out: Element,
+    welcome: Element,
+    rows: BTreeMap<u64, RowNodes>,
+    people_list: Element,
+    people: Vec<Person>,
+    mode: HtmlSelectElement,
+    instructions: HtmlTextAreaElement,
+    /// The room's instructions as last put into the field.
+    instructions_shown: String,
+    save: HtmlButtonElement,
+    stop: HtmlButtonElement,
+    input: HtmlInputElement,
+    privacy: Element,
+    summary: Element,
+    new_below: HtmlElement,
+    /// Whether the history follows its newest entries (the reader is at its end).
+    follow: Rc<Cell<bool>>,
+}
+
+impl Ui {
+    fn new(doc: &Document) -> Result<Ui, String> {
+        let out = by_id(doc, "textOut")?;
+        out.set_text_content(None);
+        let welcome = doc
+            .create_element("div")
+            .map_err(|_| "cannot create an element")?;
+        welcome.set_class_name("welcome");
+        out.append_child(&welcome)
+            .map_err(|_| "cannot show the welcome line")?;
+        Ok(Ui {
+            doc: doc.clone(),
+            out,
+            welcome,
+            rows: BTreeMap::new(),
+            people_list: by_id(doc, "people")?,
+            people: Vec::new(),
+            mode: typed(doc, "aiMode")?,
+            instructions: typed(doc, "instructionsIn")?,
+            instructions_shown: String::new(),
+            save: typed(doc, "saveInstructions")?,
+            stop: typed(doc, "stopButton")?,
+            input: typed(doc, "textIn")?,
+            privacy: by_id(doc, "privacy")?,
+            summary: by_id(doc, "aiSummary")?,
+            new_below: typed(doc, "newBelow")?,
+            follow: Rc::new(Cell::new(true)),
+        })
+    }
+
+    /// Shows the room as it is now, changing only the nodes whose content changed.
+    fn render(&mut self, handle: &SessionHandle<ChatModel>, me: &str) {
+        let Some(page) = handle.read(|m| view::page(m, handle.view_id(), me)) else {
+            return;
+        };
+        // For people debugging, and for the browser tests: who relays the AI now.
+        if let (Some(body), Some(Some(elected))) =
+            (self.doc.body(), handle.read(|m| m.elected().cloned()))
+        {
+            let _ = body.set_attribute("data-elected", elected.as_str());
+        }
+        set_text(&self.welcome, &page.welcome);
+        let mut changed = false;
+        // Entries gone (a reset, the history's cap) lose their rows.
+        let ids: BTreeSet<u64> = page.rows.iter().map(|r| r.id).collect();
+        self.rows.retain(|id, nodes| {
+            let keep = ids.contains(id);
+            if !keep {
+                nodes.row.remove();
+                changed = true;
+            }
+            keep
+        });
+        let mut prev: Node = self.welcome.clone().into();
+        for row in page.rows {
+            let nodes = match self.rows.entry(row.id) {
+                btree_map::Entry::Occupied(o) => {
+                    let nodes = o.into_mut();
+                    changed |= nodes.shown != row;
+                    nodes.update(&self.doc, row);
+                    nodes
+                }
+                btree_map::Entry::Vacant(v) => {
+                    let Some(nodes) = RowNodes::new(&self.doc, row) else {
+                        continue;
+                    };
+                    changed = true;
+                    v.insert(nodes)
+                }
+            };
+            let next = prev.next_sibling();
+            if !next
+                .as_ref()
+                .is_some_and(|n| n.is_same_node(Some(&nodes.row)))
+            {
+                let _ = self.out.insert_before(&nodes.row, next.as_ref());
+            }
+            prev = nodes.row.clone().into();
+        }
+        if page.people != self.people {
+            self.people_list.set_text_content(None);
+            for p in &page.people {
+                if let Ok(li) = self.doc.create_element("li") {
+                    li.set_text_content(Some(&p.name));
+                    if p.me {
+                        li.set_class_name("me");
+                    }
+                    let _ = self.people_list.append_child(&li);
+                }
+            }
+            self.people = page.people;
+        }
+        if self.mode.value() != page.mode.as_str() {
+            self.mode.set_value(page.mode.as_str());
+        }
+        // The field follows the room's instructions unless someone is editing it here.
+        if page.instructions != self.instructions_shown {
+            if self.instructions.value().trim() == self.instructions_shown {
+                self.instructions.set_value(&page.instructions);
+            }
+            self.instructions_shown = page.instructions.clone();
+        }
+        self.save
+            .set_disabled(self.instructions.value().trim() == page.instructions);
+        self.stop.set_disabled(!page.answering);
+        if self.input.placeholder() != page.placeholder {
+            self.input.set_placeholder(&page.placeholder);
+        }
+        set_text(&self.privacy, &page.privacy);
+        self.privacy
+            .set_class_name(if page.mode == AiMode::Off { "off" } else { "" });
+        set_text(&self.summary, &page.summary);
+        if self.follow.get() {
+            scroll_to_bottom(&self.out);
+            self.new_below.set_hidden(true);
+        } else if changed {
+            self.new_below.set_hidden(false);
+        }
+    }
+}
+
+/// Sets `el`'s text if it differs (an unchanged node is left alone).
+fn set_text(el: &Element, text: &str) {
+    if el.text_content().as_deref() != Some(text) {
+        el.set_text_content(Some(text));
+    }
 }
 
 fn sleep(d: Duration) -> BoxFut<()> {
@@ -300,7 +510,7 @@ fn sleep(d: Duration) -> BoxFut<()> {
 }
 
 /// Renders on every change and relays AI requests while this page is elected.
-async fn pump(mut session: Session<ChatModel>, doc: Document, me: String) {
+async fn pump(mut session: Session<ChatModel>, mut ui: Ui, me: String) {
     let handle = session.handle();
     let view = handle.view_id().clone();
     let service = Arc::new(GatewayService {
@@ -358,6 +568,6 @@ async fn pump(mut session: Session<ChatModel>, doc: Document, me: String) {
         }
         let mine: Vec<u64> = assigned(&handle).iter().map(|r| r.id).collect();
         agent.retain(|id| mine.contains(&id));
-        render(&doc, &handle, &me);
+        ui.render(&handle, &me);
     }
 }

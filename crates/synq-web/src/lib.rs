@@ -9,6 +9,7 @@ mod ai;
 mod app;
 pub mod names;
 pub mod sse;
+pub mod view;
 
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen::prelude::wasm_bindgen(start)]

@@ -1,32 +1,124 @@
 //! The chat web app in a real browser (Debian's headless Chromium, driven by
-//! playwright-core from `interop/browser/chat.mjs`) against the real `synq serve`, whose AI
+//! playwright-core from `interop/browser/*.mjs`) against the real `synq serve`, whose AI
 //! gateway forwards to a real HTTP upstream speaking the OpenAI streaming API. Between the
-//! script's steps this test checks how many requests reached the upstream.
+//! script's steps these tests check what reached the upstream.
 
-use std::path::Path;
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use synq_ai::testing::{FAKE_MODEL, FakeUpstream, Reply};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use serde_json::Value;
+use synq_ai::testing::{FAKE_MODEL, FakeUpstream, Reply, within};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-const PATIENCE: Duration = Duration::from_secs(120);
+const PATIENCE: Duration = Duration::from_secs(180);
+
+/// One Chromium at a time: on a small machine two of them (and their servers) starve
+/// each other into timeouts.
+static CHROMIUM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `synq serve` with its AI gateway forwarding to `upstream`.
+fn serve(dir: &Path, upstream: &FakeUpstream) -> common::Serve {
+    common::serve(
+        dir,
+        &["--ai-url", &upstream.base_url, "--ai-model", FAKE_MODEL],
+    )
+}
+
+/// A browser script (`interop/browser/NAME`) running against `base`.
+struct Script {
+    node: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    result: Option<Value>,
+}
+
+impl Script {
+    fn start(name: &str, base: &str) -> Script {
+        let root = root();
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            Path::new(&chromium).exists(),
+            "Chromium is needed at {chromium} (scripts/test.sh installs Debian's `chromium`)"
+        );
+        assert!(
+            root.join("interop/browser/node_modules/playwright-core")
+                .exists(),
+            "run `npm ci` in interop/browser (scripts/test.sh does)"
+        );
+        let mut node = Command::new("node")
+            .arg(root.join("interop/browser").join(name))
+            .arg(base)
+            .arg(root.join("test-artifacts"))
+            .env("CHROMIUM", &chromium)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let stdin = node.stdin.take().expect("stdin");
+        let lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+        Script {
+            node,
+            stdin,
+            lines,
+            result: None,
+        }
+    }
+
+    /// The next step the script reached, or `None` once it has ended.
+    async fn next_step(&mut self) -> Option<String> {
+        while let Some(line) = self.lines.next_line().await.expect("read node") {
+            println!("browser: {line}");
+            if let Some(step) = line.strip_prefix("STEP ") {
+                return Some(step.to_owned());
+            }
+            if let Some(json) = line.strip_prefix("RESULT ") {
+                self.result = Some(serde_json::from_str(json).expect("json"));
+            }
+        }
+        None
+    }
+
+    /// Lets the script go on after a step.
+    async fn go_on(&mut self) {
+        self.stdin.write_all(b"ok\n").await.expect("answer node");
+    }
+
+    /// Waits for the script's end; returns its result.
+    async fn finish(mut self) -> Value {
+        let status = self.node.wait().await.expect("node exit");
+        assert!(
+            status.success(),
+            "the browser script failed (see its output above)"
+        );
+        self.result.take().expect("the script reported its result")
+    }
+}
+
+/// What of the prompts' messages is text.
+fn contents(request: &Value) -> Vec<String> {
+    request["messages"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["content"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_chat_with_each_other_and_the_ai_exactly_once_with_failover() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "Chromium is needed at {chromium} (scripts/test.sh installs Debian's `chromium`)"
-    );
-    assert!(
-        root.join("interop/browser/node_modules/playwright-core")
-            .exists(),
-        "run `npm ci` in interop/browser (scripts/test.sh does)"
-    );
-
+    let _one_browser = CHROMIUM.lock().await;
     let upstream = FakeUpstream::start().await;
     upstream.script([
         Reply::text(&["Hello", " from the AI."]),
@@ -34,82 +126,112 @@ async fn two_browsers_chat_with_each_other_and_the_ai_exactly_once_with_failover
         Reply::gated(&["Partial", " never", " finished"]),
     ]);
     upstream.set_default(Reply::text(&["The", " restarted", " answer."]));
-
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_synq"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ai-url",
-            &upstream.base_url,
-            "--ai-model",
-            FAKE_MODEL,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start synq serve");
-    let mut out = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let line = out.next_line().await.expect("read").expect("a line");
-    let base = line
-        .strip_prefix("synq: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let server = serve(dir.path(), &upstream);
 
-    let shots = root.join("test-artifacts");
-    let mut node = Command::new("node")
-        .arg(root.join("interop/browser/chat.mjs"))
-        .arg(&base)
-        .arg(&shots)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-    let mut result = None;
+    let mut script = Script::start("chat.mjs", &server.base);
     let run = async {
-        while let Some(line) = lines.next_line().await.expect("read node") {
-            println!("browser: {line}");
-            if let Some(step) = line.strip_prefix("STEP ") {
-                let expected = match step {
-                    "answered" => 1,
-                    "streaming" => 2,
-                    "failed-over" => 3,
-                    other => panic!("unknown step {other}"),
-                };
-                assert_eq!(
-                    upstream.request_count(),
-                    expected,
-                    "upstream requests at step {step}"
-                );
-                stdin.write_all(b"ok\n").await.expect("answer node");
-            } else if let Some(json) = line.strip_prefix("RESULT ") {
-                result = Some(serde_json::from_str::<serde_json::Value>(json).expect("json"));
-            }
+        while let Some(step) = script.next_step().await {
+            let expected = match step.as_str() {
+                "answered" => 1,
+                "streaming" => 2,
+                "failed-over" => {
+                    // The closed page's call was dropped, upstream too.
+                    within(upstream.wait_disconnects(1)).await;
+                    3
+                }
+                other => panic!("unknown step {other}"),
+            };
+            assert_eq!(
+                upstream.request_count(),
+                expected,
+                "upstream requests at step {step}"
+            );
+            script.go_on().await;
         }
     };
     tokio::time::timeout(PATIENCE, run)
         .await
         .expect("the browser test finished in time");
-    let status = node.wait().await.expect("node exit");
-    assert!(
-        status.success(),
-        "the browser script failed (see its output above)"
-    );
-    let result = result.expect("the script reported its result");
+    let result = script.finish().await;
     assert_eq!(
         upstream.request_count(),
         4,
         "one request per post, plus one restart"
     );
-    assert!(shots.join("chat.png").exists(), "a screenshot was saved");
+    assert!(
+        root().join("test-artifacts/chat.png").exists(),
+        "a screenshot was saved"
+    );
     println!("page load to synced: {} ms", result["synced_ms"]);
+}
+
+/// Two people in a room use the page's controls; each step checks the upstream: the
+/// instructions reach the prompt, the AI off sends nothing, Stop drops the call, Again
+/// asks the same question again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_share_the_ai_controls() {
+    let _one_browser = CHROMIUM.lock().await;
+    let upstream = FakeUpstream::start().await;
+    upstream.script([
+        Reply::text(&["Arr,", " under the palm tree."]),
+        Reply::text(&["Answered because", " the mode is always."]),
+        // Streams "Once upon", then waits (for a release that never comes).
+        Reply::gated(&["Once upon", " a time", " there was"]),
+        Reply::text(&["The story,", " told again."]),
+    ]);
+    upstream.set_default(Reply::status(500, "no more requests were expected"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream);
+
+    let mut script = Script::start("controls.mjs", &server.base);
+    let run = async {
+        while let Some(step) = script.next_step().await {
+            let requests = upstream.requests();
+            match step.as_str() {
+                "instructions" => {
+                    assert_eq!(requests.len(), 1, "one question so far");
+                    let prompt = contents(&requests[0]).join("\n");
+                    assert!(
+                        prompt.contains("Always answer like a pirate."),
+                        "the room's instructions are in the prompt: {prompt}"
+                    );
+                }
+                "off" => assert_eq!(requests.len(), 1, "nothing was sent while the AI is off"),
+                "always" => assert_eq!(requests.len(), 2, "an unaddressed post was answered"),
+                "stopped" => {
+                    assert_eq!(requests.len(), 3, "the story was asked for");
+                    // Stop cancels the call: the page drops it, and the gateway its
+                    // upstream request.
+                    within(upstream.wait_disconnects(1)).await;
+                }
+                "again" => {
+                    assert_eq!(requests.len(), 4, "Again asked once more");
+                    assert_eq!(
+                        requests[3]["messages"], requests[2]["messages"],
+                        "Again asks the same question"
+                    );
+                    assert!(
+                        contents(&requests[3])
+                            .iter()
+                            .any(|c| c.contains("tell me a long story")),
+                        "{:?}",
+                        contents(&requests[3])
+                    );
+                }
+                other => panic!("unknown step {other}"),
+            }
+            script.go_on().await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the browser test finished in time");
+    script.finish().await;
+    assert_eq!(upstream.request_count(), 4, "no request after Again");
+    assert_eq!(
+        upstream.disconnect_count(),
+        1,
+        "only the stopped call was dropped"
+    );
 }

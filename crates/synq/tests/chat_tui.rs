@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use synq_ai::testing::{FAKE_MODEL, FakeUpstream, Reply};
+use synq_ai::testing::{FAKE_MODEL, FakeUpstream, Reply, within};
 
 fn serve(data_dir: &std::path::Path, ai_url: &str) -> common::Serve {
     common::serve(data_dir, &["--ai-url", ai_url, "--ai-model", FAKE_MODEL])
@@ -216,6 +216,32 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A 100×30 terminal named `chat` running `program`, on a tmux server of its own.
+    fn start(tag: &str, program: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("synq-chat-test-{}-{tag}", std::process::id()),
+        };
+        let started = tmux.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            program,
+        ]);
+        assert!(started.status.success(), "{started:?}");
+        tmux
+    }
+
+    /// Types `line` and Enter.
+    fn enter(&self, line: &str) {
+        self.cmd(&["send-keys", "-t", "chat", "-l", line]);
+        self.cmd(&["send-keys", "-t", "chat", "Enter"]);
+    }
+
     fn available() -> bool {
         Command::new("tmux")
             .arg("-V")
@@ -273,22 +299,8 @@ async fn the_interactive_screen_in_a_terminal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = serve(dir.path(), &upstream.base_url);
     let link = format!("{}/?q=tui#pw=secret", server.base);
-    let tmux = Tmux {
-        socket: format!("synq-chat-test-{}", std::process::id()),
-    };
     let program = format!("{} chat '{link}' --name Tess", env!("CARGO_BIN_EXE_synq"));
-    let started = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &program,
-    ]);
-    assert!(started.status.success(), "{started:?}");
+    let tmux = Tmux::start("screen", &program);
     let screen = tmux
         .wait_for(&format!(
             "Welcome, Tess! AI is here. Share the link to invite others: {link}"
@@ -327,4 +339,109 @@ async fn the_interactive_screen_in_a_terminal() {
         assert!(Instant::now() < deadline, "Esc quits:\n{}", tmux.screen());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The AI's controls typed on the screen, with the AI behind a fake upstream: `/ai off`
+/// sends nothing, `/instructions` reach the prompt, `/stop` ends a slow answer (and its
+/// upstream call), `/again` answers the same question anew.
+#[tokio::test]
+async fn the_ai_commands_on_the_interactive_screen() {
+    if !Tmux::available() {
+        eprintln!("tmux is not installed: skipping the interactive test");
+        return;
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.script([
+        Reply::text(&["Bonjour", " Tess."]),
+        // "Once", then nothing until a release that never comes.
+        Reply::gated(&["Once", " upon", " a time"]),
+        Reply::text(&["A story,", " told again."]),
+    ]);
+    upstream.set_default(Reply::status(500, "no more requests were expected"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let link = format!("{}/?q=tui-ai#pw=secret", server.base);
+    let program = format!("{} chat '{link}' --name Tess", env!("CARGO_BIN_EXE_synq"));
+    let tmux = Tmux::start("ai", &program);
+    let screen = tmux.wait_for("Welcome, Tess!").await;
+    assert!(screen.contains("1 person · AI auto"), "{screen}");
+
+    // Off: said in the header, and a post asks nothing of the AI.
+    tmux.enter("/ai off");
+    tmux.wait_for("Tess set the AI to stay silent (nothing is sent to the AI)")
+        .await;
+    tmux.wait_for("1 person · AI off").await;
+    tmux.enter("Anyone there?");
+    let screen = tmux.wait_for("Tess: Anyone there?").await;
+    assert!(
+        !screen.lines().any(|l| l.starts_with("AI:")),
+        "no answer: {screen}"
+    );
+    assert_eq!(upstream.request_count(), 0, "nothing was sent to the AI");
+    tmux.enter("/ai");
+    tmux.wait_for("The AI is off: it will stay silent").await;
+    tmux.enter("/again");
+    tmux.wait_for("AI is off in this room: /ai auto turns it on.")
+        .await;
+
+    tmux.enter("/ai auto");
+    tmux.wait_for("Tess set the AI to answer every post").await;
+    tmux.wait_for("1 person · AI auto").await;
+
+    // Instructions: shown, and in the next prompt.
+    tmux.enter("/instructions Answer in French.");
+    tmux.wait_for("Tess set the room's instructions for the AI: Answer in French.")
+        .await;
+    tmux.enter("/instructions");
+    tmux.wait_for(
+        "The room's instructions for the AI: Answer in French. (/instructions - clears them)",
+    )
+    .await;
+    tmux.enter("Hello?");
+    tmux.wait_for("AI: Bonjour Tess.").await;
+    let prompt: Vec<String> = upstream.requests()[0]["messages"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["content"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        prompt.iter().any(|c| c.contains("Answer in French.")),
+        "the instructions are in the prompt: {prompt:?}"
+    );
+
+    // Stop during a slow answer: the text so far stays, marked; the call is dropped.
+    tmux.enter("Tell me a story");
+    tmux.wait_for("AI: Once ▍").await;
+    tmux.enter("/stop");
+    tmux.wait_for("AI: Once (stopped by Tess)").await;
+    within(upstream.wait_disconnects(1)).await;
+    assert_eq!(upstream.request_count(), 2);
+    tmux.enter("/stop");
+    tmux.wait_for("Nothing to stop").await;
+
+    // Again: the stopped answer is replaced by a new one to the same question.
+    tmux.enter("/again");
+    let screen = tmux
+        .wait_for("AI: A story, told again. (answered again at Tess's request)")
+        .await;
+    assert!(!screen.contains("AI: Once"), "replaced in place: {screen}");
+    assert_eq!(upstream.request_count(), 3);
+    let requests = upstream.requests();
+    assert_eq!(
+        requests[2]["messages"], requests[1]["messages"],
+        "the same question again"
+    );
+
+    tmux.enter("/instructions -");
+    tmux.wait_for("Tess cleared the room's instructions for the AI")
+        .await;
+    tmux.enter("/help");
+    let screen = tmux.wait_for("/ai always|addressed|auto|off").await;
+    for command in ["/instructions TEXT", "/stop", "/again", "/reset"] {
+        assert!(screen.contains(command), "/help lists {command}: {screen}");
+    }
+    tmux.cmd(&["send-keys", "-t", "chat", "Escape"]);
 }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use crossterm::event::Event;
 use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
 use synq_chat::native::{AiService, Participant};
-use synq_chat::{AI_NAME, AiState, ChatInput, ChatModel, EntryKind};
+use synq_chat::{AI_NAME, AiMode, AiState, ChatInput, ChatModel, EntryKind};
 use synq_client::{ClientConfig, ClientError, SessionEvent};
 use synq_model::ViewId;
 
@@ -258,6 +258,50 @@ async fn say(
     }
 }
 
+/// Does what the user typed, as the room is `shown`; `true` to leave.
+fn act(p: &Participant, input: &mut ui::Input, shown: &ui::Shown, action: ui::Action) -> bool {
+    let hint = match action {
+        ui::Action::Quit => return true,
+        ui::Action::None => return false,
+        ui::Action::Post(text) => return publish(p, input, ChatInput::post(text)),
+        ui::Action::Reset => return publish(p, input, ChatInput::Reset),
+        ui::Action::Stop if !shown.answering => {
+            format!("Nothing to stop: {AI_NAME} is not answering.")
+        }
+        ui::Action::Stop => return publish(p, input, ChatInput::Stop),
+        ui::Action::Again if shown.mode == AiMode::Off => {
+            format!("{AI_NAME} is off in this room: /ai auto turns it on.")
+        }
+        ui::Action::Again
+            if !shown
+                .rows
+                .iter()
+                .any(|r| matches!(r.kind, ui::RowKind::Ai { .. })) =>
+        {
+            format!("No answer of {AI_NAME} to ask again.")
+        }
+        ui::Action::Again => return publish(p, input, ChatInput::Again { entry: None }),
+        // Already so: say what it means.
+        ui::Action::SetMode(mode) if mode == shown.mode => ui::mode_hint(mode),
+        ui::Action::SetMode(mode) => return publish(p, input, ChatInput::SetAiMode(mode)),
+        ui::Action::ShowMode => ui::mode_hint(shown.mode),
+        ui::Action::SetInstructions(text) => {
+            return publish(p, input, ChatInput::SetInstructions(text));
+        }
+        ui::Action::ShowInstructions => ui::instructions_hint(&shown.instructions),
+    };
+    input.hint = Some(hint);
+    false
+}
+
+/// Sends `what` to the room; a failure shows as the hint. Never asks to leave.
+fn publish(p: &Participant, input: &mut ui::Input, what: ChatInput) -> bool {
+    if let Err(e) = p.handle().publish(what) {
+        input.hint = Some(format!("not sent: {e}"));
+    }
+    false
+}
+
 /// Reads the terminal's events on a thread of its own (crossterm's reads block).
 fn spawn_input(
     tx: tokio::sync::mpsc::UnboundedSender<std::io::Result<Event>>,
@@ -347,20 +391,12 @@ async fn screen(
         input.scroll_back = input.scroll_back.min(max_back);
         tokio::select! {
             event = keys.recv() => match event {
-                Some(Ok(Event::Key(key))) => match input.on_key(key) {
-                    ui::Action::Quit => return Ok(()),
-                    ui::Action::Post(text) => {
-                        if let Err(e) = p.post(&text) {
-                            input.hint = Some(format!("not sent: {e}"));
-                        }
+                Some(Ok(Event::Key(key))) => {
+                    let action = input.on_key(key);
+                    if act(p, &mut input, &shown, action) {
+                        return Ok(());
                     }
-                    ui::Action::Reset => {
-                        if let Err(e) = p.handle().publish(ChatInput::Reset) {
-                            input.hint = Some(format!("not reset: {e}"));
-                        }
-                    }
-                    ui::Action::None => {}
-                },
+                }
                 Some(Ok(Event::Paste(text))) => input.paste(&text),
                 // Resizes and the like: just draw again.
                 Some(Ok(_)) => {}

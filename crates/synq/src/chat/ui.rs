@@ -7,7 +7,7 @@ use ratatui::layout::{Constraint, Layout, Position};
 use ratatui::style::{Color, Modifier, Style, Stylize as _};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Paragraph, Wrap};
-use synq_chat::{AI_NAME, ChatModel, EntryKind};
+use synq_chat::{AI_NAME, AiMode, ChatModel, EntryKind};
 use synq_model::ViewId;
 
 /// Shown after an AI answer while it still streams.
@@ -51,6 +51,12 @@ pub struct Shown {
     pub people: usize,
     /// Whether this participant is the one calling the AI for the room.
     pub relaying: bool,
+    /// When the AI answers.
+    pub mode: AiMode,
+    /// The room's instructions for the AI (sanitized; empty: none).
+    pub instructions: String,
+    /// Whether an answer is in progress (what `/stop` stops).
+    pub answering: bool,
 }
 
 /// The welcome line and the history as the browser shows them; `invite` is the room's
@@ -134,6 +140,9 @@ pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str, invite: &str) -> Shown {
         rows,
         people: m.users().count(),
         relaying: m.elected() == Some(me),
+        mode: m.ai_mode(),
+        instructions: sanitize(m.instructions(), false),
+        answering: m.answering(),
     }
 }
 
@@ -163,6 +172,49 @@ pub enum Action {
     Post(String),
     Reset,
     Quit,
+    /// `/stop`: stop the answer in progress.
+    Stop,
+    /// `/again`: ask the AI again for its latest answer.
+    Again,
+    /// `/ai MODE`.
+    SetMode(AiMode),
+    /// `/ai`: say when the AI answers.
+    ShowMode,
+    /// `/instructions TEXT` (empty: clear, from `/instructions -`).
+    SetInstructions(String),
+    /// `/instructions`: show the room's instructions.
+    ShowInstructions,
+}
+
+/// What `/help` shows, one command a line.
+pub const HELP: &str = "\
+/ai always|addressed|auto|off   when the AI answers (/ai alone: show it)
+/instructions TEXT              the room's instructions for the AI (alone: show; - clears)
+/stop                           stop the AI's answer in progress
+/again                          ask the AI again for its latest answer (replaces it)
+/reset                          clear the chat for everyone
+/quit or Esc                    leave (//text posts /text)";
+
+/// The line `/ai` shows.
+pub fn mode_hint(mode: AiMode) -> String {
+    format!(
+        "The {AI_NAME} is {}: it will {}. /ai always|addressed|auto|off changes it for everyone.",
+        mode.as_str(),
+        mode.describe()
+    )
+}
+
+/// The line `/instructions` shows.
+pub fn instructions_hint(instructions: &str) -> String {
+    if instructions.is_empty() {
+        format!(
+            "No instructions for the {AI_NAME} in this room. /instructions TEXT sets them for everyone."
+        )
+    } else {
+        format!(
+            "The room's instructions for the {AI_NAME}: {instructions} (/instructions - clears them)"
+        )
+    }
 }
 
 impl Input {
@@ -207,20 +259,49 @@ impl Input {
         self.hint = None;
         self.scroll_back = 0;
         let trimmed = line.trim();
-        match trimmed {
-            "" => Action::None,
-            "/quit" | "/exit" => Action::Quit,
-            "/reset" => Action::Reset,
-            // `//text` posts `/text`.
-            t if t.starts_with("//") => Action::Post(t[1..].to_owned()),
-            t if t.starts_with('/') => {
+        if trimmed.is_empty() {
+            return Action::None;
+        }
+        // `//text` posts `/text`.
+        if let Some(text) = trimmed.strip_prefix("//") {
+            return Action::Post(format!("/{text}"));
+        }
+        let Some(command) = trimmed.strip_prefix('/') else {
+            return Action::Post(line);
+        };
+        let (word, rest) = command
+            .split_once(char::is_whitespace)
+            .map_or((command, ""), |(w, r)| (w, r.trim()));
+        match (word, rest) {
+            ("quit" | "exit", "") => Action::Quit,
+            ("reset", "") => Action::Reset,
+            ("stop", "") => Action::Stop,
+            ("again", "") => Action::Again,
+            ("help", "") => {
+                self.hint = Some(HELP.to_owned());
+                Action::None
+            }
+            ("ai", "") => Action::ShowMode,
+            ("ai", mode) => match AiMode::parse(mode) {
+                Some(mode) => Action::SetMode(mode),
+                None => {
+                    self.hint = Some(format!(
+                        "/ai {mode}? The modes are always, addressed, auto and off."
+                    ));
+                    self.line = line;
+                    Action::None
+                }
+            },
+            ("instructions", "") => Action::ShowInstructions,
+            ("instructions", "-") => Action::SetInstructions(String::new()),
+            ("instructions", text) => Action::SetInstructions(text.to_owned()),
+            _ => {
                 self.hint = Some(format!(
-                    "Unknown command {t}: /reset clears the chat for everyone, /quit leaves (//text posts /text)"
+                    "Unknown command {trimmed}: /help lists the commands (//text posts /text)"
                 ));
                 self.line = line;
                 Action::None
             }
-            _ => Action::Post(line),
         }
     }
 }
@@ -235,10 +316,14 @@ pub struct Header<'a> {
 
 /// Draws the screen; returns how far the history can be scrolled back.
 pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) -> u16 {
+    let hint_lines = input
+        .hint
+        .as_deref()
+        .map_or(0, |h| u16::try_from(h.lines().count()).unwrap_or(u16::MAX));
     let [top, history, hint, bottom] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(1),
-        Constraint::Length(u16::from(input.hint.is_some())),
+        Constraint::Length(hint_lines),
         Constraint::Length(1),
     ])
     .areas(frame.area());
@@ -263,7 +348,13 @@ pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) ->
         } else {
             format!("{} people", shown.people)
         };
-        spans.push(Span::raw(format!(" · {people}")));
+        spans.push(Span::raw(format!(" · {people} · ")));
+        let mode = format!("AI {}", shown.mode.as_str());
+        if shown.mode == AiMode::Off {
+            spans.push(Span::styled(mode, Style::new().fg(Color::Yellow)));
+        } else {
+            spans.push(Span::raw(mode));
+        }
         if shown.relaying {
             spans.push(Span::raw(" · you relay the AI"));
         } else if !header.relay {
@@ -280,7 +371,11 @@ pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) ->
     frame.render_widget(paragraph.scroll((offset, 0)), history);
 
     if let Some(h) = &input.hint {
-        frame.render_widget(Line::from(sanitize(h, false)).yellow(), hint);
+        let lines: Vec<Line> = h
+            .lines()
+            .map(|l| Line::from(sanitize(l, false)).yellow())
+            .collect();
+        frame.render_widget(Text::from(lines), hint);
     }
 
     // The input line shows its end when it is longer than the terminal is wide.
@@ -295,7 +390,7 @@ pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) ->
     let typed_width = u16::try_from(Span::raw(visible.as_str()).width()).unwrap_or(u16::MAX);
     let cursor_x = (bottom.x + prompt.len() as u16).saturating_add(typed_width);
     let typed = if visible.is_empty() {
-        Span::raw("Enter sends · /reset clears the chat · Esc or /quit leaves").dim()
+        Span::raw("Enter sends · /help lists commands · Esc or /quit leaves").dim()
     } else {
         Span::raw(visible)
     };
@@ -386,6 +481,54 @@ mod tests {
     }
 
     #[test]
+    fn the_ai_commands() {
+        let mut input = Input::default();
+        assert_eq!(typed(&mut input, "/stop"), Action::Stop);
+        assert_eq!(typed(&mut input, "/again"), Action::Again);
+        assert_eq!(typed(&mut input, "/ai"), Action::ShowMode);
+        assert_eq!(typed(&mut input, "/ai off"), Action::SetMode(AiMode::Off));
+        assert_eq!(
+            typed(&mut input, " /ai  Addressed "),
+            Action::SetMode(AiMode::Addressed)
+        );
+        assert_eq!(typed(&mut input, "/ai auto"), Action::SetMode(AiMode::Auto));
+        assert_eq!(
+            typed(&mut input, "/ai always"),
+            Action::SetMode(AiMode::Always)
+        );
+        assert_eq!(typed(&mut input, "/ai sometimes"), Action::None);
+        assert!(
+            input
+                .hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("always, addressed, auto and off"),
+            "{:?}",
+            input.hint
+        );
+        assert_eq!(input.line, "/ai sometimes", "kept to be fixed");
+        input.line.clear();
+        assert_eq!(typed(&mut input, "/instructions"), Action::ShowInstructions);
+        assert_eq!(
+            typed(&mut input, "/instructions Answer in French.  "),
+            Action::SetInstructions("Answer in French.".into())
+        );
+        assert_eq!(
+            typed(&mut input, "/instructions -"),
+            Action::SetInstructions(String::new())
+        );
+        assert_eq!(typed(&mut input, "/help"), Action::None);
+        let help = input.hint.clone().unwrap_or_default();
+        for command in ["/ai", "/instructions", "/stop", "/again", "/reset", "/quit"] {
+            assert!(help.contains(command), "/help names {command}: {help}");
+        }
+        assert_eq!(typed(&mut input, "/stopp"), Action::None, "not a command");
+        assert!(input.hint.as_deref().unwrap_or_default().contains("/help"));
+        assert!(mode_hint(AiMode::Off).contains("nothing is sent"));
+        assert!(instructions_hint("Be brief.").contains("Be brief."));
+    }
+
+    #[test]
     fn rows_render_streaming_answers_with_a_marker() {
         let shown = Shown {
             welcome: "Welcome, Ann! AI is here.".into(),
@@ -408,6 +551,9 @@ mod tests {
             ],
             people: 1,
             relaying: true,
+            mode: AiMode::Auto,
+            instructions: String::new(),
+            answering: true,
         };
         let text: Vec<String> = history_text(&shown)
             .lines
