@@ -1,0 +1,347 @@
+//! ai-eval: the chat AI's quality harness. Group-chat situations (who is in the room, what
+//! was said, who asks what) go through the chat's real prompt builder to a real backend;
+//! the answer as shown is checked. Prints one JSON line per situation, then the score.
+//!
+//! ```sh
+//! cargo run --release -p synq-bench --bin ai-eval -- --model-path FILE.gguf --threads 2
+//! cargo run --release -p synq-bench --bin ai-eval -- --url http://localhost:11434/v1 --model llama3.2
+//! ```
+//!
+//! See crates/synq-bench/README.md ("ai-eval") for the situations file and the checks.
+
+mod checks;
+mod prompt_v1;
+mod situations;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{ArgGroup, Parser, ValueEnum};
+use futures_util::StreamExt;
+use serde::Serialize;
+use synq_ai::local::{LocalBackend, LocalOptions};
+use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
+use synq_ai::{ChatBackend, ChatMessage, ChatRequest, Role};
+use synq_chat::prompt::{self, AiRequest, PromptInput, PromptMessage, PromptRole};
+
+use situations::Loaded;
+
+#[derive(Parser)]
+#[command(
+    about = "Checks the chat AI's answers to group-chat situations, through the chat's real prompt builder and a real backend",
+    group(ArgGroup::new("backend").required(true).args(["url", "model_path"]))
+)]
+struct Args {
+    /// An OpenAI-compatible API base (e.g. http://localhost:11434/v1, or a synq serve
+    /// started with --ai-allow-anonymous: http://127.0.0.1:8080/ai/v1).
+    #[arg(long)]
+    url: Option<String>,
+    /// The model to ask for at --url.
+    #[arg(long, default_value = "default", requires = "url")]
+    model: String,
+    /// The environment variable holding the API key for --url (sent as a bearer token).
+    #[arg(long, requires = "url")]
+    api_key_env: Option<String>,
+    /// A GGUF chat model run by synq's embedded backend.
+    #[arg(long)]
+    model_path: Option<PathBuf>,
+    /// A situations file (TOML); default: the bundled ai-eval/situations.toml.
+    #[arg(long)]
+    situations: Option<PathBuf>,
+    /// Which prompt builder: the chat's (current) or the milestone's original (v1).
+    #[arg(long, value_enum, default_value_t = PromptKind::Current)]
+    prompt: PromptKind,
+    /// Check the model's raw answer instead of the answer as the chat shows it.
+    #[arg(long)]
+    no_hygiene: bool,
+    /// Run only these situations, by name or category (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// CPU threads of the embedded model (default: candle's, the physical cores).
+    #[arg(long, requires = "model_path")]
+    threads: Option<usize>,
+    /// Upper bound on each answer's tokens.
+    #[arg(long, default_value_t = 200)]
+    max_tokens: u32,
+    /// Add the prompt's messages to each situation's line.
+    #[arg(long)]
+    show_prompt: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PromptKind {
+    /// `synq_chat::prompt::build`, as the chat sends it.
+    Current,
+    /// The milestone's original prompt (commit e078000).
+    V1,
+}
+
+impl PromptKind {
+    fn name(self) -> &'static str {
+        match self {
+            PromptKind::Current => "current",
+            PromptKind::V1 => "v1",
+        }
+    }
+}
+
+/// The last line: the score.
+#[derive(Serialize)]
+struct Score {
+    /// "passed/total".
+    score: String,
+    passed: usize,
+    total: usize,
+    percent: f64,
+    /// "passed/total" per category.
+    per_category: BTreeMap<String, String>,
+    /// Situations whose answer spoke as a human.
+    spoke_as_human: usize,
+    /// Situations the backend gave no complete answer to.
+    errors: usize,
+    model: String,
+    prompt: &'static str,
+    hygiene: bool,
+    temperature: f32,
+    max_tokens: u32,
+}
+
+/// Greedy decoding, for answers that do not change from run to run.
+const TEMPERATURE: f32 = 0.0;
+const SEED: u64 = 0;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let text = match &args.situations {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => situations::BUNDLED.to_owned(),
+    };
+    let mut all = situations::parse(&text)?;
+    if !args.only.is_empty() {
+        for want in &args.only {
+            if !all
+                .iter()
+                .any(|s| &s.situation.name == want || &s.situation.category == want)
+            {
+                bail!("--only {want:?}: no situation has this name or category");
+            }
+        }
+        all.retain(|s| {
+            args.only
+                .iter()
+                .any(|w| w == &s.situation.name || w == &s.situation.category)
+        });
+    }
+
+    let (backend, model) = backend(&args).await?;
+    let hygiene = !args.no_hygiene;
+    let mut passed = 0;
+    let mut per_category: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut spoke_as_human = 0;
+    let mut errors = 0;
+    for (i, s) in all.iter().enumerate() {
+        let started = Instant::now();
+        let line = evaluate(&*backend, s, &args, hygiene).await?;
+        let pass = line.pass;
+        passed += usize::from(pass);
+        let cat = per_category
+            .entry(s.situation.category.clone())
+            .or_default();
+        cat.0 += usize::from(pass);
+        cat.1 += 1;
+        spoke_as_human += usize::from(line.failed.contains(&"spoke_as_human"));
+        errors += usize::from(line.failed.contains(&"error"));
+        eprintln!(
+            "ai-eval: {}/{} {}: {} ({:.1} s)",
+            i + 1,
+            all.len(),
+            s.situation.name,
+            if pass { "pass" } else { "FAIL" },
+            started.elapsed().as_secs_f64()
+        );
+        println!("{}", serde_json::to_string(&line)?);
+    }
+    let total = all.len();
+    let per_category: BTreeMap<String, String> = per_category
+        .into_iter()
+        .map(|(c, (p, t))| (c, format!("{p}/{t}")))
+        .collect();
+    let score = Score {
+        score: format!("{passed}/{total}"),
+        passed,
+        total,
+        percent: (passed as f64 * 1000.0 / total as f64).round() / 10.0,
+        per_category,
+        spoke_as_human,
+        errors,
+        model,
+        prompt: args.prompt.name(),
+        hygiene,
+        temperature: TEMPERATURE,
+        max_tokens: args.max_tokens,
+    };
+    println!("{}", serde_json::to_string(&score)?);
+    if errors > 0 {
+        eprintln!("ai-eval: {errors} situation(s) got no answer from the backend (see \"error\")");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The backend the flags name, and how to name its model in the score line.
+async fn backend(args: &Args) -> anyhow::Result<(Arc<dyn ChatBackend>, String)> {
+    if let Some(url) = &args.url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--url must be an http:// or https:// API base, not {url:?}");
+        }
+        let mut config = OpenAiConfig::new(url.clone(), args.model.clone());
+        if let Some(var) = &args.api_key_env {
+            let key = std::env::var(var)
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+                .with_context(|| format!("--api-key-env {var}: the variable is not set"))?;
+            config.api_key = Some(key);
+        }
+        let backend = OpenAiBackend::new(config)?;
+        return Ok((Arc::new(backend), format!("{} at {url}", args.model)));
+    }
+    let Some(path) = args.model_path.clone() else {
+        bail!("give --url URL or --model-path FILE.gguf");
+    };
+    let options = LocalOptions {
+        threads: args.threads,
+        default_temperature: TEMPERATURE,
+        ..LocalOptions::default()
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let backend = tokio::task::spawn_blocking(move || LocalBackend::load(&path, options))
+        .await
+        .context("the model loading thread failed")??;
+    Ok((Arc::new(backend), name))
+}
+
+/// The prompt the chat would send for the situation.
+fn prompt_for(s: &Loaded, kind: PromptKind) -> anyhow::Result<AiRequest> {
+    let sit = &s.situation;
+    let history = situations::to_entries(&sit.history)?;
+    Ok(match kind {
+        PromptKind::Current => prompt::build(&PromptInput {
+            present: &sit.present,
+            history: &history,
+            instructions: &sit.instructions,
+            asker: &sit.asker,
+            text: &sit.post,
+        }),
+        PromptKind::V1 => prompt_v1::build(&sit.present, &history, &sit.asker, &sit.post),
+    })
+}
+
+/// One situation's JSON line.
+#[derive(Serialize)]
+struct Line {
+    situation: String,
+    category: String,
+    pass: bool,
+    /// The failed checks' names.
+    failed: Vec<&'static str>,
+    /// The answer as shown.
+    answer: String,
+    /// The model's answer, when hygiene changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<String>,
+    /// What decided each failed check.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
+    ttft_ms: Option<u64>,
+    total_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<Vec<PromptMessage>>,
+}
+
+/// Asks the backend and checks the answer.
+async fn evaluate(
+    backend: &dyn ChatBackend,
+    s: &Loaded,
+    args: &Args,
+    hygiene: bool,
+) -> anyhow::Result<Line> {
+    let request = prompt_for(s, args.prompt)?;
+    let messages = request
+        .messages
+        .iter()
+        .map(|m| ChatMessage {
+            role: match m.role {
+                PromptRole::System => Role::System,
+                PromptRole::User => Role::User,
+                PromptRole::Assistant => Role::Assistant,
+            },
+            content: m.content.clone(),
+        })
+        .collect();
+    let chat = ChatRequest::new(messages)
+        .max_tokens(args.max_tokens)
+        .temperature(TEMPERATURE)
+        .seed(SEED);
+    let started = Instant::now();
+    let (raw, ttft, error) = ask(backend, chat).await;
+    let total = started.elapsed();
+
+    let people = s.people();
+    let names: Vec<&str> = people.iter().map(String::as_str).collect();
+    let shown = if hygiene {
+        synq_chat::hygiene::clean(&raw, &names)
+    } else {
+        raw.clone()
+    };
+    let mut outcome = checks::run(s, &shown);
+    if let Some(e) = &error {
+        outcome.failed.insert(0, "error");
+        outcome.notes.insert(0, format!("error: {e}"));
+    }
+    Ok(Line {
+        situation: s.situation.name.clone(),
+        category: s.situation.category.clone(),
+        pass: outcome.pass(),
+        failed: outcome.failed,
+        raw: (shown != raw).then_some(raw),
+        answer: shown,
+        notes: outcome.notes,
+        ttft_ms: ttft.map(|t| t.as_millis() as u64),
+        total_ms: total.as_millis() as u64,
+        prompt: args.show_prompt.then_some(request.messages),
+    })
+}
+
+/// The whole answer, the time to its first text, and the error that ended it early.
+async fn ask(
+    backend: &dyn ChatBackend,
+    request: ChatRequest,
+) -> (String, Option<Duration>, Option<String>) {
+    let started = Instant::now();
+    let mut text = String::new();
+    let mut ttft = None;
+    let mut stream = match backend.stream_chat(request).await {
+        Ok(stream) => stream,
+        Err(e) => return (text, None, Some(e.to_string())),
+    };
+    while let Some(delta) = stream.next().await {
+        match delta {
+            Ok(delta) => {
+                if ttft.is_none() && !delta.is_empty() {
+                    ttft = Some(started.elapsed());
+                }
+                text.push_str(&delta);
+            }
+            Err(e) => return (text, ttft, Some(e.to_string())),
+        }
+    }
+    (text, ttft, None)
+}
