@@ -5,8 +5,18 @@
 use serde_json::Value;
 use synq_ai::testing::{FakeUpstream, Reply, within};
 
-/// Runs ai-eval with `args` against `up`; its exit success and its JSON lines.
+/// Runs ai-eval with `args` against `up`; its exit success, its JSON lines and stderr.
 async fn ai_eval(up: &FakeUpstream, args: &[&str]) -> (bool, Vec<Value>, String) {
+    let (ok, stdout, stderr) = ai_eval_text(up, args).await;
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{stderr}")))
+        .collect();
+    (ok, lines, stderr)
+}
+
+/// Runs ai-eval with `args` against `up`; its exit success, stdout and stderr.
+async fn ai_eval_text(up: &FakeUpstream, args: &[&str]) -> (bool, String, String) {
     let out = within(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-eval"))
             .args(["--url", &up.base_url])
@@ -16,13 +26,9 @@ async fn ai_eval(up: &FakeUpstream, args: &[&str]) -> (bool, Vec<Value>, String)
     )
     .await
     .expect("ai-eval runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let lines = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{stderr}")))
-        .collect();
-    (out.status.success(), lines, stderr)
+    (out.status.success(), stdout, stderr)
 }
 
 fn failed(line: &Value) -> Vec<&str> {
@@ -71,6 +77,15 @@ async fn an_answer_that_defers_to_bo_passes() {
     assert_eq!(last["role"], "user");
     assert_eq!(last["content"], "Ann: Bo, are you coming tonight?");
     assert_eq!(messages.len(), 5, "system, three posts, the post: {body}");
+
+    // The line's fields come in the documented order.
+    let (_, stdout, _) = ai_eval_text(&up, &["--only", "bo-coming-tonight"]).await;
+    assert!(
+        stdout.starts_with(
+            r#"{"situation":"bo-coming-tonight","category":"addressed-to-human","pass":true,"failed":[],"answer":"Bo will tell you himself.","ttft_ms":"#
+        ),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]

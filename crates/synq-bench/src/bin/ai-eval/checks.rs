@@ -103,7 +103,7 @@ pub fn speaks_as_human(text: &str, people: &[String]) -> Option<String> {
                 line.get(..name.len())
                     .is_some_and(|head| head.eq_ignore_ascii_case(name))
                     && line[name.len()..]
-                        .trim_start_matches(|c: char| c == '*' || c == '_' || c == ' ')
+                        .trim_start_matches(['*', '_', ' '])
                         .starts_with(':')
             })
         })
@@ -128,10 +128,10 @@ pub fn markup(text: &str) -> Option<String> {
     for line in text.lines() {
         let line = line.trim_start();
         if HEADING.is_match(line) {
-            return Some(format!("a heading: {:?}", line));
+            return Some(format!("a heading: {line:?}"));
         }
         if ["- ", "* ", "+ ", "• "].iter().any(|b| line.starts_with(b)) {
-            return Some(format!("a list bullet: {:?}", line));
+            return Some(format!("a list bullet: {line:?}"));
         }
     }
     HTML_TAG
