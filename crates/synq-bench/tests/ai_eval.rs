@@ -61,22 +61,25 @@ async fn an_answer_that_defers_to_bo_passes() {
     assert_eq!(score["prompt"], "current");
     assert_eq!(score["hygiene"], true);
 
-    // What went upstream: the chat's prompt, greedy, at most 200 tokens.
+    // What went upstream: the chat's prompt (whatever its shape), greedy, at most 200
+    // tokens.
     let body = &up.requests()[0];
     assert_eq!(body["temperature"], 0.0);
     assert_eq!(body["max_tokens"], 200);
     let messages = body["messages"].as_array().expect("messages");
     assert_eq!(messages[0]["role"], "system");
-    assert!(
-        messages[0]["content"]
-            .as_str()
-            .is_some_and(|s| s.contains("Ann, Bo")),
-        "{body}"
-    );
-    let last = messages.last().expect("the post");
-    assert_eq!(last["role"], "user");
-    assert_eq!(last["content"], "Ann: Bo, are you coming tonight?");
-    assert_eq!(messages.len(), 5, "system, three posts, the post: {body}");
+    let prompt: String = messages
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    for said in [
+        "Anyone up for the movie at 8 tonight?",
+        "Which movie?",
+        "The new one at the Rex, it starts at 8.",
+        "Bo, are you coming tonight?",
+    ] {
+        assert!(prompt.contains(said), "{said:?} is not in {body}");
+    }
 
     // The line's fields come in the documented order.
     let (_, stdout, _) = ai_eval_text(&up, &["--only", "bo-coming-tonight"]).await;
@@ -115,6 +118,14 @@ async fn an_answer_as_bo_fails_as_speaking_for_a_human() {
         assert_eq!(score["prompt"], prompt);
         assert_eq!(score["hygiene"], false);
     }
+
+    // With hygiene, the answer is checked as the chat shows it, and the raw one is kept.
+    up.set_default(Reply::text(&["AI: Bo will tell you himself."]));
+    let (ok, lines, stderr) = ai_eval(&up, &["--only", "bo-coming-tonight"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(lines[0]["pass"], true, "{}", lines[0]);
+    assert_eq!(lines[0]["answer"], "Bo will tell you himself.");
+    assert_eq!(lines[0]["raw"], "AI: Bo will tell you himself.");
 }
 
 #[tokio::test]
@@ -125,7 +136,7 @@ async fn a_category_is_scored_situation_by_situation() {
         Reply::text(&["Biscuit"]),
         Reply::text(&["**Gus** brings them."]),
     ]);
-    let (ok, lines, stderr) = ai_eval(&up, &["--only", "memory"]).await;
+    let (ok, lines, stderr) = ai_eval(&up, &["--only", "memory", "--no-hygiene"]).await;
     assert!(ok, "{stderr}");
     let by_name = |n: &str| {
         lines
@@ -177,7 +188,7 @@ async fn checks_of_a_custom_file_and_backend_errors() {
         Reply::text(&["Sure.\nann: I'm still here!"]),
     ]);
     let path = file.to_str().expect("a UTF-8 path");
-    let (ok, lines, stderr) = ai_eval(&up, &["--situations", path]).await;
+    let (ok, lines, stderr) = ai_eval(&up, &["--situations", path, "--no-hygiene"]).await;
     assert!(ok, "{stderr}");
     assert_eq!(failed(&lines[0]), ["max_words"]);
     // Ann left, and is still a name the AI must not speak as.

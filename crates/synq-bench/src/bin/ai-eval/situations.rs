@@ -189,15 +189,15 @@ fn load(s: Situation) -> anyhow::Result<Loaded> {
     })
 }
 
-/// The situation's history as the chat's entries, oldest first, one minute apart.
-///
-/// Joins and leaves are notices "NAME joined" / "NAME left", as `ChatModel` writes them
-/// today.
+/// The situation's history as the chat's entries, oldest first, one minute apart. An AI
+/// answer answers the post before it.
 pub fn to_entries(history: &[Happened]) -> anyhow::Result<Vec<Entry>> {
+    let mut last_post = 0;
     history
         .iter()
         .enumerate()
         .map(|(i, h)| {
+            let id = i as u64 + 1;
             let kind = match h {
                 Happened {
                     from: Some(name),
@@ -205,11 +205,15 @@ pub fn to_entries(history: &[Happened]) -> anyhow::Result<Vec<Entry>> {
                     ai: None,
                     joined: None,
                     left: None,
-                } => EntryKind::Post {
-                    from: ViewId::new(format!("view-{name}")),
-                    name: name.clone(),
-                    text: text.clone(),
-                },
+                } => {
+                    last_post = id;
+                    EntryKind::Post {
+                        from: ViewId::new(format!("view-{name}")),
+                        name: name.clone(),
+                        text: text.clone(),
+                        reply_to: None,
+                    }
+                }
                 Happened {
                     from: None,
                     text: None,
@@ -217,9 +221,12 @@ pub fn to_entries(history: &[Happened]) -> anyhow::Result<Vec<Entry>> {
                     joined: None,
                     left: None,
                 } => EntryKind::Ai {
-                    request: i as u64 + 1,
+                    request: id,
+                    post: last_post,
                     text: text.clone(),
                     state: AiState::Done,
+                    stopped_by: None,
+                    regenerated_by: None,
                 },
                 Happened {
                     from: None,
@@ -227,26 +234,22 @@ pub fn to_entries(history: &[Happened]) -> anyhow::Result<Vec<Entry>> {
                     ai: None,
                     joined: Some(name),
                     left: None,
-                } => EntryKind::Notice {
-                    text: format!("{name} joined"),
-                },
+                } => EntryKind::Joined { name: name.clone() },
                 Happened {
                     from: None,
                     text: None,
                     ai: None,
                     joined: None,
                     left: Some(name),
-                } => EntryKind::Notice {
-                    text: format!("{name} left"),
-                },
+                } => EntryKind::Left { name: name.clone() },
                 _ => bail!(
                     "history line {} must be exactly one of {{from, text}}, {{ai}}, {{joined}}, {{left}}",
                     i + 1
                 ),
             };
             Ok(Entry {
-                id: i as u64 + 1,
-                at: (i as u64 + 1) * 60_000,
+                id,
+                at: id * 60_000,
                 kind,
             })
         })
