@@ -17,9 +17,15 @@ async fn ai_eval(up: &FakeUpstream, args: &[&str]) -> (bool, Vec<Value>, String)
 
 /// Runs ai-eval with `args` against `up`; its exit success, stdout and stderr.
 async fn ai_eval_text(up: &FakeUpstream, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["--url", &up.base_url];
+    all.extend_from_slice(args);
+    run(&all).await
+}
+
+/// Runs ai-eval with `args`; its exit success, stdout and stderr.
+async fn run(args: &[&str]) -> (bool, String, String) {
     let out = within(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-eval"))
-            .args(["--url", &up.base_url])
             .args(args)
             .kill_on_drop(true)
             .output(),
@@ -136,8 +142,12 @@ async fn a_category_is_scored_situation_by_situation() {
         Reply::text(&["Biscuit"]),
         Reply::text(&["**Gus** brings them."]),
     ]);
-    let (ok, lines, stderr) = ai_eval(&up, &["--only", "memory", "--no-hygiene"]).await;
+    let (ok, stdout, stderr) = ai_eval_text(&up, &["--only", "memory", "--no-hygiene"]).await;
     assert!(ok, "{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
     let by_name = |n: &str| {
         lines
             .iter()
@@ -153,6 +163,26 @@ async fn a_category_is_scored_situation_by_situation() {
     let score = lines.last().expect("the score");
     assert_eq!(score["score"], "2/3");
     assert_eq!(score["per_category"]["memory"], "2/3");
+
+    // The recorded answers, checked again without a model, score the same.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let recorded = dir.path().join("run.jsonl");
+    std::fs::write(&recorded, &stdout).expect("write the run");
+    let path = recorded.to_str().expect("a UTF-8 path");
+    let (ok, again, stderr) = run(&["--answers", path, "--only", "memory", "--no-hygiene"]).await;
+    assert!(ok, "{stderr}");
+    let again: Vec<Value> = again
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    for (a, b) in lines.iter().zip(&again) {
+        assert_eq!((&a["pass"], &a["failed"]), (&b["pass"], &b["failed"]));
+    }
+    assert_eq!(again.last().expect("the score")["score"], "2/3");
+    // A situation the recording lacks is an error.
+    let (ok, _, stderr) = run(&["--answers", path, "--only", "add"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("\"add\""), "{stderr}");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The checks on an answer as shown. Each failed check is reported by its name (the keys
-//! of the situations file, plus the universal `spoke_as_human` and `not_empty`) and a note
+//! of the situations file, plus the universal `spoke_as_human`, `repeated_a_person` and
+//! `not_empty`) and a note
 //! saying what decided it.
 
 use std::sync::LazyLock;
@@ -40,6 +41,9 @@ pub fn run(s: &Loaded, shown: &str) -> Outcome {
     let text = normalize_quotes(shown);
     if let Some(line) = speaks_as_human(&text, &s.people()) {
         out.fail("spoke_as_human", format!("{line:?}"));
+    }
+    if let Some(post) = repeated_post(&text, s) {
+        out.fail("repeated_a_person", format!("{post:?}"));
     }
     if text.trim().is_empty() {
         out.fail("not_empty", "the answer is empty".into());
@@ -108,6 +112,38 @@ pub fn speaks_as_human(text: &str, people: &[String]) -> Option<String> {
             })
         })
         .map(|line| line.trim().to_owned())
+}
+
+/// Posts this short (in words, "AI" not counted) may be quoted by a fair answer.
+const MIN_REPEATED_WORDS: usize = 4;
+
+/// A person's post (the one asked about, or one of the history) that the answer repeats
+/// word for word: the model speaking as that person, or echoing the question.
+fn repeated_post<'a>(text: &str, s: &'a Loaded) -> Option<&'a str> {
+    let answer = format!(" {} ", words(text));
+    let sit = &s.situation;
+    let history = sit.history.iter().filter_map(|h| h.text.as_deref());
+    std::iter::once(sit.post.as_str())
+        .chain(history)
+        .find(|post| {
+            let post = words(post);
+            post.split(' ').count() >= MIN_REPEATED_WORDS && answer.contains(&format!(" {post} "))
+        })
+}
+
+/// The words of `text`, lowercase, without punctuation or the word "AI", one space apart
+/// ("I'd" is "id").
+fn words(text: &str) -> String {
+    let kept: String = text
+        .chars()
+        .filter(|c| *c != '\'')
+        .flat_map(char::to_lowercase)
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect();
+    kept.split_whitespace()
+        .filter(|w| *w != "ai")
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 static HTML_TAG: LazyLock<Regex> = LazyLock::new(|| {
@@ -216,5 +252,39 @@ mod tests {
         assert_eq!(off.failed, vec!["must_mention_any", "must_mention_all"]);
         let empty = run(s, " ");
         assert!(empty.failed.contains(&"not_empty"), "{empty:?}");
+    }
+
+    #[test]
+    fn repeating_a_persons_post_fails() {
+        let s = &parse(
+            r#"
+            [[situation]]
+            name = "x"
+            category = "c"
+            present = ["Ann", "Bo"]
+            history = [
+              { from = "Bo", text = "I'd rather have sushi." },
+              { from = "Ann", text = "Sushi is healthier" },
+            ]
+            asker = "Ann"
+            post = "AI, what did Bo want to eat tonight?"
+        "#,
+        )
+        .unwrap()[0];
+        for echo in [
+            "AI, what did Bo want to eat tonight?",
+            "what did Bo want to eat tonight? Sushi.",
+            "I\u{2019}d rather have sushi!",
+        ] {
+            assert_eq!(run(s, echo).failed, vec!["repeated_a_person"], "{echo:?}");
+        }
+        // Short posts may be quoted; a fair answer passes.
+        for fair in [
+            "Bo said sushi is healthier.",
+            "Bo would rather have sushi.",
+            "Bo wanted to eat sushi tonight.",
+        ] {
+            assert!(run(s, fair).pass(), "{fair:?}");
+        }
     }
 }

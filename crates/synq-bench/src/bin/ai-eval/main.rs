@@ -13,7 +13,7 @@ mod checks;
 mod prompt_v1;
 mod situations;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use anyhow::{Context, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
 use futures_util::StreamExt;
 use serde::Serialize;
+use serde_json::Value;
 use synq_ai::local::{LocalBackend, LocalOptions};
 use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
 use synq_ai::{ChatBackend, ChatMessage, ChatRequest, Role};
@@ -32,7 +33,7 @@ use situations::Loaded;
 #[derive(Parser)]
 #[command(
     about = "Checks the chat AI's answers to group-chat situations, through the chat's real prompt builder and a real backend",
-    group(ArgGroup::new("backend").required(true).args(["url", "model_path"]))
+    group(ArgGroup::new("backend").required(true).args(["url", "model_path", "answers"]))
 )]
 struct Args {
     /// An OpenAI-compatible API base (e.g. http://localhost:11434/v1, or a synq serve
@@ -48,6 +49,11 @@ struct Args {
     /// A GGUF chat model run by synq's embedded backend.
     #[arg(long)]
     model_path: Option<PathBuf>,
+    /// No model: check the answers recorded by an earlier run (its stdout; the model's
+    /// raw answer of each situation) again, e.g. after a change of the checks or of the
+    /// hygiene. Greedy answers to an unchanged prompt are the same.
+    #[arg(long, value_name = "FILE.jsonl")]
+    answers: Option<PathBuf>,
     /// A situations file (TOML); default: the bundled ai-eval/situations.toml.
     #[arg(long)]
     situations: Option<PathBuf>,
@@ -138,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let (backend, model) = backend(&args).await?;
+    let (source, model) = source(&args).await?;
     let hygiene = !args.no_hygiene;
     let mut passed = 0;
     let mut per_category: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -146,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     let mut errors = 0;
     for (i, s) in all.iter().enumerate() {
         let started = Instant::now();
-        let line = evaluate(&*backend, s, &args, hygiene).await?;
+        let line = evaluate(&source, s, &args, hygiene).await?;
         let pass = line.pass;
         passed += usize::from(pass);
         let cat = per_category
@@ -191,6 +197,40 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Where the answers come from.
+enum Source {
+    Backend(Arc<dyn ChatBackend>),
+    /// The raw answer of each situation, recorded by an earlier run.
+    Recorded(HashMap<String, String>),
+}
+
+/// The source the flags name, and how to name its model in the score line.
+async fn source(args: &Args) -> anyhow::Result<(Source, String)> {
+    if let Some(path) = &args.answers {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut answers = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line: Value = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+            let Some(name) = line["situation"].as_str() else {
+                continue; // the score
+            };
+            let raw = line.get("raw").unwrap_or(&line["answer"]);
+            let raw = raw
+                .as_str()
+                .with_context(|| format!("{} line {}: no answer", path.display(), i + 1))?;
+            answers.insert(name.to_owned(), raw.to_owned());
+        }
+        return Ok((
+            Source::Recorded(answers),
+            format!("answers recorded in {}", path.display()),
+        ));
+    }
+    let (backend, model) = backend(args).await?;
+    Ok((Source::Backend(backend), model))
 }
 
 /// The backend the flags name, and how to name its model in the score line.
@@ -267,12 +307,7 @@ struct Line {
 }
 
 /// Asks the backend and checks the answer.
-async fn evaluate(
-    backend: &dyn ChatBackend,
-    s: &Loaded,
-    args: &Args,
-    hygiene: bool,
-) -> anyhow::Result<Line> {
+async fn evaluate(source: &Source, s: &Loaded, args: &Args, hygiene: bool) -> anyhow::Result<Line> {
     let request = prompt_for(s, args.prompt)?;
     let messages = request
         .messages
@@ -291,7 +326,16 @@ async fn evaluate(
         .temperature(TEMPERATURE)
         .seed(SEED);
     let started = Instant::now();
-    let (raw, ttft, error) = ask(backend, chat).await;
+    let (raw, ttft, error) = match source {
+        Source::Backend(backend) => ask(&**backend, chat).await,
+        Source::Recorded(answers) => match answers.get(&s.situation.name) {
+            Some(raw) => (raw.clone(), None, None),
+            None => bail!(
+                "the recorded answers have none for situation {:?}",
+                s.situation.name
+            ),
+        },
+    };
     let total = started.elapsed();
 
     let people = s.people();
