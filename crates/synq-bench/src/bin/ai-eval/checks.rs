@@ -114,21 +114,32 @@ pub fn speaks_as_human(text: &str, people: &[String]) -> Option<String> {
         .map(|line| line.trim().to_owned())
 }
 
-/// Posts this short (in words, "AI" not counted) may be quoted by a fair answer.
+/// Sentences this short (in words, "AI" not counted) may be repeated by a fair answer.
 const MIN_REPEATED_WORDS: usize = 4;
 
-/// A person's post (the one asked about, or one of the history) that the answer repeats
-/// word for word: the model speaking as that person, or echoing the question.
+/// A person's post (the one asked about, or one of the history) one of whose sentences
+/// the answer repeats word for word as a sentence of its own: the model speaking as that
+/// person, or echoing the question. (A sentence that only contains a post's words, as a
+/// summary's "the picnic is in the city park by the lake" does, is fine.)
 fn repeated_post<'a>(text: &str, s: &'a Loaded) -> Option<&'a str> {
-    let answer = format!(" {} ", words(text));
+    let answer = sentences(text);
     let sit = &s.situation;
     let history = sit.history.iter().filter_map(|h| h.text.as_deref());
     std::iter::once(sit.post.as_str())
         .chain(history)
         .find(|post| {
-            let post = words(post);
-            post.split(' ').count() >= MIN_REPEATED_WORDS && answer.contains(&format!(" {post} "))
+            sentences(post)
+                .iter()
+                .any(|p| p.split(' ').count() >= MIN_REPEATED_WORDS && answer.contains(p))
         })
+}
+
+/// The sentences of `text` (ended by `.`, `!`, `?` or a new line), as [`words`].
+fn sentences(text: &str) -> Vec<String> {
+    text.split(['.', '!', '?', '\n'])
+        .map(words)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// The words of `text`, lowercase, without punctuation or the word "AI", one space apart
@@ -265,6 +276,7 @@ mod tests {
             history = [
               { from = "Bo", text = "I'd rather have sushi." },
               { from = "Ann", text = "Sushi is healthier" },
+              { from = "Bo", text = "Fine. The place by the lake, then." },
             ]
             asker = "Ann"
             post = "AI, what did Bo want to eat tonight?"
@@ -275,6 +287,7 @@ mod tests {
             "AI, what did Bo want to eat tonight?",
             "what did Bo want to eat tonight? Sushi.",
             "I\u{2019}d rather have sushi!",
+            "Sure.\nThe place by the lake then",
         ] {
             assert_eq!(run(s, echo).failed, vec!["repeated_a_person"], "{echo:?}");
         }
@@ -283,6 +296,7 @@ mod tests {
             "Bo said sushi is healthier.",
             "Bo would rather have sushi.",
             "Bo wanted to eat sushi tonight.",
+            "Sushi, at the place by the lake.",
         ] {
             assert!(run(s, fair).pass(), "{fair:?}");
         }
