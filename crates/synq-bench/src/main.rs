@@ -584,6 +584,18 @@ impl Spawned {
         if !has("--client-rate-limit") {
             server_args.extend(["--client-rate-limit".into(), "0".into()]);
         }
+        // Every client of the load generator comes from 127.0.0.1: the per-address caps
+        // (made for a public server) and the session cap would refuse a large run.
+        for flag in [
+            "--max-sessions",
+            "--max-sessions-per-address",
+            "--max-connections-per-address",
+            "--max-connections",
+        ] {
+            if !has(flag) {
+                server_args.extend([flag.into(), "0".into()]);
+            }
+        }
         server_args.extend(extra.iter().cloned());
         let mut c = tokio::process::Command::new(bin)
             // No AI: the embedded model would load in the background and skew the figures.
