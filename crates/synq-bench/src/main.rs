@@ -116,6 +116,13 @@ fn cpu_split(pid: &str, hz: f64) -> Option<(f64, f64)> {
     Some((utime / hz, stime / hz))
 }
 
+/// Resident memory of a process (VmRSS), in KiB.
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Refuses anything but a loopback `ws://` URL: the load is real.
 fn check_loopback(url: &str) -> anyhow::Result<()> {
     let rest = url
@@ -709,6 +716,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
     {
         eprintln!("synq-bench: cannot read /proc/{pid}/stat; server CPU will be null");
     }
+    let rss_before = server_pid.as_deref().and_then(rss_kib);
 
     let total = args.sessions * args.clients;
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -771,6 +779,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
 
     let started = ctx.t0.elapsed();
     let server_cpu0 = server_pid.as_deref().and_then(|p| cpu_split(p, hz));
+    let rss_joined = server_pid.as_deref().and_then(rss_kib);
     let own_cpu0 = cpu_seconds("self", hz);
     let mut end = started;
     if joined_all {
@@ -803,6 +812,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
     }
     let server_cpu1 = server_pid.as_deref().and_then(|p| cpu_split(p, hz));
     let own_cpu1 = cpu_seconds("self", hz);
+    let rss_end = server_pid.as_deref().and_then(rss_kib);
 
     // Everyone stops; late reports (partial counts) are still collected.
     let _ = stop_tx.send(true);
@@ -887,6 +897,13 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         "server_cpu_pct_of_core": server_cpu.map(|c| round(100.0 * c / cpu_interval, 1)),
         "server_cpu_sys_s": server_split.map(|(_, s)| round(s, 2)),
         "client_cpu_s": own_cpu.map(|c| round(c, 2)),
+        "server_rss_mib": {
+            "before": rss_before.map(|k| round(k as f64 / 1024.0, 1)),
+            "joined": rss_joined.map(|k| round(k as f64 / 1024.0, 1)),
+            "end": rss_end.map(|k| round(k as f64 / 1024.0, 1)),
+        },
+        "server_kib_per_session": rss_before.zip(rss_joined)
+            .map(|(a, b)| round((b as f64 - a as f64) / args.sessions.max(1) as f64, 1)),
         "join_s": round(join_s, 2),
         "server_args": args.server_args,
         "errors": n_errors,

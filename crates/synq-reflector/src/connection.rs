@@ -13,8 +13,7 @@ use synq_protocol::client::{
     ArgsError, JoinArgs, SaveArgs, SendArgs, SendTags, SnapArgs, TickConfig, TuttiArgs,
 };
 use synq_protocol::{Action, ClientEnvelope, CloseCode, frames};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +24,7 @@ use crate::sync_gate::SyncTurn;
 
 pub(crate) type ConnId = u64;
 
-/// A frame of the session's broadcast stream.
+/// A frame of the session's broadcast: encoded once, shared by every recipient's queue.
 #[derive(Clone, Debug)]
 pub(crate) enum Shared {
     /// RECV (or REQU): every active client gets it.
@@ -34,17 +33,28 @@ pub(crate) enum Shared {
     Tick(Utf8Bytes),
 }
 
-/// A frame for one connection only.
+/// What a session sends one connection, in the order it is written. Broadcast frames go
+/// into each recipient's own queue (a pointer to the shared bytes): unlike a broadcast
+/// ring of `--client-backlog` slots per session, a queue takes memory only for the frames
+/// a client actually has pending, so an idle session costs little.
 #[derive(Debug)]
 pub(crate) enum Direct {
     Frame(Utf8Bytes),
-    /// The SYNC (written piece by piece, never built whole), and the broadcast stream
-    /// positioned right after it (active clients only).
-    Sync {
-        frame: SyncFrame,
-        stream: Option<broadcast::Receiver<Shared>>,
-    },
+    /// A TICK: skipped when more frames are queued behind it.
+    Tick(Utf8Bytes),
+    /// The SYNC (written piece by piece, never built whole). The broadcasts queued after
+    /// it continue right where it ends.
+    Sync(Box<SyncFrame>),
     Close(CloseCode),
+}
+
+impl From<Shared> for Direct {
+    fn from(frame: Shared) -> Direct {
+        match frame {
+            Shared::Msg(f) => Direct::Frame(f),
+            Shared::Tick(f) => Direct::Tick(f),
+        }
+    }
 }
 
 /// How a session reaches a connection.
@@ -61,9 +71,10 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
+    /// Queues `d`; a client whose queue is full (`--client-backlog` frames) is not
+    /// reading and is closed.
     pub(crate) fn send(&self, d: Direct) {
-        if self.direct.try_send(d).is_err() {
-            // A client that lets even its direct queue overflow is not reading.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.direct.try_send(d) {
             self.kill.cancel();
         }
     }
@@ -87,7 +98,8 @@ pub(crate) async fn run(
 ) {
     let conn_id = ctx.next_conn_id();
     Metrics::add_i(&ctx.metrics.clients, 1);
-    let (direct_tx, mut direct) = mpsc::channel(256);
+    // The channel allocates its slots in small blocks as frames are queued, not up front.
+    let (direct_tx, mut direct) = mpsc::channel(ctx.config.client_backlog.max(16));
     let kill = CancellationToken::new();
     let handle = ConnHandle {
         id: conn_id,
@@ -102,7 +114,6 @@ pub(crate) async fn run(
         handle,
         session_id: session_id.clone().unwrap_or_default(),
         session: None,
-        stream: None,
     };
     let exit = match session_id {
         None => Exit::Close(CloseCode::OutdatedProtocol),
@@ -139,7 +150,7 @@ async fn finish(mut socket: WebSocket, exit: Exit, ctx: &Ctx) {
 }
 
 enum Event {
-    Out(Item),
+    Out(Direct),
     /// `None`: the deadline passed.
     In(Option<Option<Result<Message, axum::Error>>>),
 }
@@ -150,8 +161,6 @@ struct Conn {
     session_id: String,
     session: Option<SessionHandle>,
     limiter: RateLimiter,
-    /// The session's broadcast stream, once SYNC was sent (active clients only).
-    stream: Option<broadcast::Receiver<Shared>>,
 }
 
 impl Conn {
@@ -177,16 +186,15 @@ impl Conn {
                 timer.as_mut().reset(deadline);
             }
             if kill.is_cancelled() {
-                tracing::warn!(conn = self.handle.id, session = %self.session_id, "closing client: its queue overflowed");
+                tracing::warn!(conn = self.handle.id, session = %self.session_id, limit = self.ctx.config.client_backlog, "closing client: it fell more than --client-backlog frames behind");
                 return Exit::Close(CloseCode::ClientUnresponsive);
             }
             let event = tokio::select! {
                 () = kill.cancelled() => continue,
                 d = direct.recv() => match d {
-                    Some(d) => Event::Out(Item::Direct(d)),
+                    Some(d) => Event::Out(d),
                     None => return Exit::Done,
                 },
-                r = recv_stream(&mut self.stream) => Event::Out(Item::Stream(r)),
                 () = session_ended(&self.session) => {
                     // Sessions only end by themselves once nobody is connected: this one
                     // failed. A rejoin starts it afresh from its journal.
@@ -269,7 +277,7 @@ impl Conn {
         &mut self,
         socket: &mut WebSocket,
         direct: &mut mpsc::Receiver<Direct>,
-        first: Item,
+        first: Direct,
     ) -> Option<Exit> {
         let mut next = (first, None);
         loop {
@@ -295,13 +303,12 @@ impl Conn {
         &mut self,
         socket: &mut WebSocket,
         direct: &mut mpsc::Receiver<Direct>,
-        first: Item,
+        first: Direct,
         mut turn: Option<SyncTurn>,
     ) -> Written {
         let write_timeout = self.ctx.config.write_timeout;
         let conn = self.handle.id;
         let mut batch = Batch::default();
-        let stream = &mut self.stream;
         let work = async {
             let mut item = first;
             let mut waiting = None;
@@ -310,7 +317,8 @@ impl Conn {
                     waiting = Some(item);
                     break;
                 }
-                if let Some(exit) = feed(socket, item, stream, &mut batch, conn).await {
+                let more = !direct.is_empty();
+                if let Some(exit) = feed(socket, item, more, &mut batch).await {
                     return Err(exit);
                 }
                 // The SYNC is written: its turn goes to the next joiner.
@@ -319,15 +327,8 @@ impl Conn {
                     break;
                 }
                 item = match direct.try_recv() {
-                    Ok(d) => Item::Direct(d),
-                    Err(_) => match stream.as_mut().map(broadcast::Receiver::try_recv) {
-                        Some(Ok(s)) => Item::Stream(Ok(s)),
-                        Some(Err(TryRecvError::Lagged(n))) => {
-                            Item::Stream(Err(RecvError::Lagged(n)))
-                        }
-                        Some(Err(TryRecvError::Closed)) => Item::Stream(Err(RecvError::Closed)),
-                        Some(Err(TryRecvError::Empty)) | None => break,
-                    },
+                    Ok(d) => d,
+                    Err(_) => break,
                 };
             }
             match socket.flush().await {
@@ -528,23 +529,9 @@ struct Batch {
 
 const MAX_BATCH_FRAMES: u64 = 1024;
 
-enum Item {
-    Direct(Direct),
-    Stream(Result<Shared, RecvError>),
-}
-
 async fn session_ended(session: &Option<SessionHandle>) {
     match session {
         Some(s) => s.closed().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn recv_stream(
-    stream: &mut Option<broadcast::Receiver<Shared>>,
-) -> Result<Shared, RecvError> {
-    match stream {
-        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -575,12 +562,12 @@ enum Written {
     All,
     Exit(Exit),
     /// A large SYNC that must wait for its turn before it is written.
-    NeedsTurn(Item),
+    NeedsTurn(Direct),
 }
 
 /// Whether `item` is a SYNC large enough to wait for a turn (`SyncGate`).
-fn needs_turn(item: &Item) -> bool {
-    matches!(item, Item::Direct(Direct::Sync { frame, .. }) if frame.len() > synq_protocol::CHUNK_SIZE)
+fn needs_turn(item: &Direct) -> bool {
+    matches!(item, Direct::Sync(frame) if frame.len() > synq_protocol::CHUNK_SIZE)
 }
 
 /// A SYNC: one frame if it is small, else `_CHUNK` pieces made one at a time as the socket
@@ -601,39 +588,15 @@ async fn feed_sync(sink: &mut WebSocket, sync: SyncFrame, batch: &mut Batch) -> 
     None
 }
 
-async fn feed(
-    sink: &mut WebSocket,
-    item: Item,
-    stream: &mut Option<broadcast::Receiver<Shared>>,
-    batch: &mut Batch,
-    conn: ConnId,
-) -> Option<Exit> {
+/// Feeds one queued item; `more`: other items are queued behind it.
+async fn feed(sink: &mut WebSocket, item: Direct, more: bool, batch: &mut Batch) -> Option<Exit> {
     match item {
-        Item::Direct(Direct::Frame(f)) => feed_text(sink, f, batch).await,
-        Item::Direct(Direct::Sync { frame, stream: s }) => {
-            *stream = s;
-            feed_sync(sink, frame, batch).await
-        }
-        Item::Direct(Direct::Close(code)) => Some(Exit::Close(code)),
-        Item::Stream(Ok(Shared::Msg(f))) => feed_text(sink, f, batch).await,
-        Item::Stream(Ok(Shared::Tick(f))) => {
-            if stream.as_ref().is_some_and(|s| s.is_empty()) {
-                feed_text(sink, f, batch).await
-            } else {
-                None
-            }
-        }
-        Item::Stream(Err(RecvError::Lagged(n))) => {
-            tracing::warn!(
-                conn,
-                behind = n,
-                "closing client: fell {n} frames behind the session"
-            );
-            Some(Exit::Close(CloseCode::ClientUnresponsive))
-        }
-        Item::Stream(Err(RecvError::Closed)) => {
-            *stream = None;
-            None
-        }
+        Direct::Frame(f) => feed_text(sink, f, batch).await,
+        // A client with frames queued is behind: a TICK would only add to its backlog, and
+        // the frames behind it carry later times anyway.
+        Direct::Tick(f) if !more => feed_text(sink, f, batch).await,
+        Direct::Tick(_) => None,
+        Direct::Sync(frame) => feed_sync(sink, *frame, batch).await,
+        Direct::Close(code) => Some(Exit::Close(code)),
     }
 }

@@ -1,7 +1,7 @@
 //! One session ("island" in Croquet's reflector): a single task owning all of the
 //! session's state. Connections send it [`Command`]s; it answers through each
-//! connection's direct channel (SYNC, INFO, close) and through the session's broadcast
-//! stream (RECV, TICK, REQU), whose frames are encoded once and shared by all recipients.
+//! connection's queue: SYNC, INFO and close to one, and the broadcasts (RECV, TICK, REQU),
+//! encoded once and shared by all recipients, to every client that was sent its SYNC.
 //!
 //! Work is done in batches: the task takes every command that is waiting, applies them,
 //! writes the journal once for the whole batch, and only then sends anything. That order
@@ -18,7 +18,7 @@ use synq_protocol::client::{
 use synq_protocol::frames::{self, RecvFrame, SnapshotRef};
 use synq_protocol::identity::{self, check_content, is_synq_session};
 use synq_protocol::{CloseCode, INITIAL_SEQ};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::connection::{ConnHandle, ConnId, Direct, Shared};
@@ -213,6 +213,8 @@ struct Client {
     user: Option<Box<serde_json::value::RawValue>>,
     user_string: Option<String>,
     active: bool,
+    /// Its SYNC is queued: broadcasts go into its queue from then on (active clients).
+    subscribed: bool,
 }
 
 /// A user value waiting in the join/leave batch.
@@ -282,9 +284,8 @@ pub(crate) struct Island {
     last_requ: Option<u64>,
     last_info: Option<u64>,
     last_refusal: Option<u64>,
-    /// The broadcast stream, while anyone subscribes: made on demand, because its ring
-    /// of `client_backlog` slots is most of what an idle session would cost.
-    stream: Option<broadcast::Sender<Shared>>,
+    /// Clients whose SYNC is queued and that get broadcasts.
+    subscribers: usize,
     journal: Option<Journal>,
     /// A compacted journal made by an accepted snapshot, written before the next commit.
     compaction: Option<Vec<u8>>,
@@ -394,20 +395,12 @@ impl Island {
             last_requ: None,
             last_info: None,
             last_refusal: None,
-            stream: None,
+            subscribers: 0,
             journal,
             compaction: None,
             outbox: Vec::new(),
             ctx,
         }
-    }
-
-    /// The broadcast stream, made if nobody listens yet.
-    fn subscribe(&mut self) -> broadcast::Receiver<Shared> {
-        let capacity = self.ctx.config.client_backlog.max(16);
-        self.stream
-            .get_or_insert_with(|| broadcast::channel(capacity).0)
-            .subscribe()
     }
 
     /// The session's main loop; returns when the session has been idle long enough and
@@ -644,6 +637,7 @@ impl Island {
                 user: args.user,
                 user_string,
                 active,
+                subscribed: false,
             },
         );
         if self.next_tick.is_none() {
@@ -1189,6 +1183,7 @@ impl Island {
         let Some(c) = self.clients.remove(&conn) else {
             return;
         };
+        self.subscribers -= usize::from(c.subscribed);
         if c.active
             && let Some(user) = c.user
         {
@@ -1200,7 +1195,6 @@ impl Island {
         if self.clients.is_empty() {
             self.idle_due = Some(Instant::now() + self.ctx.config.idle_grace);
             self.next_tick = None;
-            self.stream = None;
         }
     }
 
@@ -1228,7 +1222,7 @@ impl Island {
             return;
         };
         self.next_tick = Some(now + period);
-        if self.stream.as_ref().is_none_or(|s| s.receiver_count() == 0) {
+        if self.subscribers == 0 {
             return;
         }
         let time = self.clock.now();
@@ -1295,22 +1289,20 @@ impl Island {
         for out in outbox.drain(..) {
             match out {
                 Out::Broadcast(frame) => {
-                    // Err (or no stream) only means nobody is listening right now.
-                    if let Some(s) = &self.stream {
-                        let _ = s.send(frame);
+                    for c in self.clients.values().filter(|c| c.subscribed) {
+                        c.handle.send(Direct::from(frame.clone()));
                     }
                 }
                 Out::Sync { conn, frame } => {
                     // Subscribing here, between broadcasts, is what makes the first RECV
                     // this client sees carry exactly SYNC.seq + 1.
-                    let active = self.clients.get(&conn).map(|c| c.active);
-                    let stream = match active {
-                        Some(true) => Some(self.subscribe()),
-                        Some(false) => None,
-                        None => continue,
+                    let Some(c) = self.clients.get_mut(&conn) else {
+                        continue;
                     };
-                    if let Some(c) = self.clients.get(&conn) {
-                        c.handle.send(Direct::Sync { frame, stream });
+                    c.handle.send(Direct::Sync(Box::new(frame)));
+                    if c.active && !c.subscribed {
+                        c.subscribed = true;
+                        self.subscribers += 1;
                     }
                 }
                 Out::Direct(conn, d) => {
