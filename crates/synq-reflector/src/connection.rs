@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -15,7 +16,6 @@ use synq_protocol::client::{
 use synq_protocol::{Action, ClientEnvelope, CloseCode, frames};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::island::{Command, SyncFrame};
 use crate::metrics::Metrics;
@@ -66,8 +66,11 @@ pub(crate) struct ConnHandle {
     /// The `Host` the client connected to: snapshots must be stored there.
     pub host: Option<Arc<str>>,
     direct: mpsc::Sender<Direct>,
-    /// Cancelled when the connection must end now (e.g. its direct queue overflowed).
-    kill: CancellationToken,
+    /// Set when the connection must end (its queue overflowed). A flag, not a wakeable
+    /// token: a full queue wakes its reader anyway, which checks the flag after each batch,
+    /// and a token's waker would be registered again on every one of the connection's
+    /// wake-ups.
+    overflowed: Arc<AtomicBool>,
 }
 
 impl ConnHandle {
@@ -75,7 +78,7 @@ impl ConnHandle {
     /// reading and is closed.
     pub(crate) fn send(&self, d: Direct) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.direct.try_send(d) {
-            self.kill.cancel();
+            self.overflowed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -100,13 +103,13 @@ pub(crate) async fn run(
     Metrics::add_i(&ctx.metrics.clients, 1);
     // The channel allocates its slots in small blocks as frames are queued, not up front.
     let (direct_tx, mut direct) = mpsc::channel(ctx.config.client_backlog.max(16));
-    let kill = CancellationToken::new();
+    let overflowed = Arc::new(AtomicBool::new(false));
     let handle = ConnHandle {
         id: conn_id,
         peer: crate::peer::group(peer),
         host: host.map(Arc::from),
         direct: direct_tx,
-        kill: kill.clone(),
+        overflowed: Arc::clone(&overflowed),
     };
     let mut conn = Conn {
         limiter: RateLimiter::new(ctx.config.client_rate_limit, ctx.config.client_burst),
@@ -117,7 +120,7 @@ pub(crate) async fn run(
     };
     let exit = match session_id {
         None => Exit::Close(CloseCode::OutdatedProtocol),
-        Some(_) => conn.serve(&mut socket, &mut direct, &kill).await,
+        Some(_) => conn.serve(&mut socket, &mut direct, &overflowed).await,
     };
     finish(socket, exit, &ctx).await;
     if let Some(s) = conn.session.take() {
@@ -168,7 +171,7 @@ impl Conn {
         &mut self,
         socket: &mut WebSocket,
         direct: &mut mpsc::Receiver<Direct>,
-        kill: &CancellationToken,
+        overflowed: &AtomicBool,
     ) -> Exit {
         let connected = Instant::now();
         let mut last_activity = connected;
@@ -185,12 +188,11 @@ impl Conn {
             if timer.deadline() != deadline && (timer.is_elapsed() || deadline < timer.deadline()) {
                 timer.as_mut().reset(deadline);
             }
-            if kill.is_cancelled() {
+            if overflowed.load(Ordering::Relaxed) {
                 tracing::warn!(conn = self.handle.id, session = %self.session_id, limit = self.ctx.config.client_backlog, "closing client: it fell more than --client-backlog frames behind");
                 return Exit::Close(CloseCode::ClientUnresponsive);
             }
             let event = tokio::select! {
-                () = kill.cancelled() => continue,
                 d = direct.recv() => match d {
                     Some(d) => Event::Out(d),
                     None => return Exit::Done,
