@@ -96,8 +96,8 @@ struct ServeArgs {
     /// Large SYNCs written at once to one address (IPv6: one /64; 0 = unlimited).
     #[arg(long, default_value_t = 4)]
     max_syncs_per_address: usize,
-    /// Sessions held in memory at once (0 = unlimited). A session with participants
-    /// costs about 400 KB (its broadcast ring of --client-backlog frames).
+    /// Sessions held in memory at once (0 = unlimited). An idle session with two
+    /// participants costs about 40 KB.
     #[arg(long, default_value_t = 1000)]
     max_sessions: usize,
     /// Sessions in memory started from one address (IPv6: one /64; 0 = unlimited). Behind
