@@ -1,6 +1,8 @@
 //! Benchmarks the embedded model on one GGUF file and prints one JSON line:
 //! `cargo run --release -p synq-ai --bin ai-bench -- --model FILE.gguf --max-tokens 128 --threads 2`
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

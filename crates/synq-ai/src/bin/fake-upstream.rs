@@ -5,6 +5,8 @@
 //!
 //! `cargo run -p synq-ai --features testing --bin fake-upstream -- --reply "Hello there"`
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::time::Duration;
 

@@ -7,6 +7,8 @@
 //!
 //! `cargo run --release -p synq-ai --features testing --bin gateway-bench -- --requests 500`
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! Model steps per second, native: one JSON line. The wasm32 figure comes from
 //! `node run.mjs <wasm> bench N` (see the README).
 
+#![forbid(unsafe_code)]
+
 use std::time::Instant;
 
 fn main() {

@@ -9,6 +9,8 @@
 //!
 //! See crates/synq-bench/README.md ("ai-eval") for the situations file and the checks.
 
+#![forbid(unsafe_code)]
+
 mod checks;
 mod prompt_v1;
 mod situations;
