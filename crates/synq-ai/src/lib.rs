@@ -9,6 +9,13 @@
 //! - [`gateway`]: the HTTP routes (`/ai/v1/chat/completions`, `/ai/v1/models`, `/ai`) with
 //!   their guards, and [`gateway::AiArgs`], the `synq serve` flags that configure them.
 
+// The one unsafe operation (setting candle's thread count in the environment) is allowed
+// where it is; nothing else may be unsafe.
+#![deny(unsafe_code)]
+// Not model code: AI backends and the HTTP gateway, called by one elected view (clippy.toml's
+// determinism rules are for model code).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 pub mod backend;
 pub mod error;
 pub mod gateway;

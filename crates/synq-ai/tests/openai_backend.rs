@@ -2,6 +2,10 @@
 //! (`synq_ai::testing::FakeUpstream`): streaming and not, error statuses, retries, timeouts,
 //! and cancellation by dropping the stream.
 
+// Not model code: a test of the AI backends (clippy.toml's determinism rules are for model
+// code).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;

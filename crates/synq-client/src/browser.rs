@@ -1,6 +1,9 @@
 //! The browser transport (wasm32): the browser's WebSocket and fetch (through gloo-net),
 //! its timers, and `spawn_local` (the page has one thread).
 
+// Not model code: the browser transport (WebSocket, fetch, timers).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

@@ -2,6 +2,9 @@
 //! and uploads, paces sends and feeds the [`Controller`]. After a dropped connection it
 //! rejoins with the same view id, so nothing is lost or applied twice.
 
+// Not model code: the driver moves bytes between a transport and the controller.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 

@@ -1,5 +1,8 @@
 //! The native transport: tokio, tungstenite for the WebSocket, reqwest for the file store.
 
+// Not model code: the tokio transport (sockets, HTTP, timers).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

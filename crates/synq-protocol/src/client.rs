@@ -71,7 +71,7 @@ impl TickConfig {
     }
 }
 
-/// `JOIN` arguments (see the protocol spec §1.3.1).
+/// `JOIN` arguments (docs/protocol.md, "JOIN").
 #[derive(Debug, Clone)]
 pub struct JoinArgs {
     pub name: Option<String>,
@@ -241,7 +241,7 @@ impl SendTags {
     }
 }
 
-/// `TUTTI` arguments (§1.3.3).
+/// `TUTTI` arguments (docs/protocol.md, "TUTTI").
 #[derive(Debug, Clone)]
 pub struct TuttiArgs {
     /// Send time as the client wrote it (echoed verbatim in the tally).

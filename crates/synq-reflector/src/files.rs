@@ -134,8 +134,8 @@ pub(crate) async fn get(State(st): State<FilesState>, Path(path): Path<String>) 
     }
 }
 
-/// What a file belongs to, read from the paths Croquet and synq clients upload to
-/// (reflector-protocol.md §3.2):
+/// What a file belongs to, read from the paths Croquet and synq clients upload to (see
+/// docs/protocol.md, "Snapshots and the message buffer", and docs/security.md, "File store"):
 /// - `snapshots/<sessionId>/<T>_<seq>-<hash>.snap` (no apiKey; synq's client too),
 /// - `apps/<appId>/snap/<codeHash>/<persistentId>.<sessionId>/<T>_<seq>.<hash>` (apiKey),
 /// - `apps/<appId>/<persistentId>/save/<hash>` (persisted data) and

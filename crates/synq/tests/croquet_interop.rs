@@ -5,6 +5,10 @@
 //!
 //! Needs Node.js and `npm ci --ignore-scripts` in `interop/croquet` (scripts/test.sh does it).
 
+// Not model code: a test of the synq binary, which measures and waits on wall-clock time
+// (clippy.toml's determinism rules are for model code).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

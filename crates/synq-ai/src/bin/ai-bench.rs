@@ -1,6 +1,11 @@
 //! Benchmarks the embedded model on one GGUF file and prints one JSON line:
 //! `cargo run --release -p synq-ai --bin ai-bench -- --model FILE.gguf --max-tokens 128 --threads 2`
 
+#![forbid(unsafe_code)]
+// Not model code: a benchmark that measures wall-clock time (clippy.toml's determinism rules
+// are for model code).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

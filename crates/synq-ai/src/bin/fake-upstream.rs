@@ -5,6 +5,10 @@
 //!
 //! `cargo run -p synq-ai --features testing --bin fake-upstream -- --reply "Hello there"`
 
+#![forbid(unsafe_code)]
+// Not model code: a test server (clippy.toml's determinism rules are for model code).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::io::Write as _;
 use std::time::Duration;
 

@@ -7,6 +7,11 @@
 //!
 //! `cargo run --release -p synq-ai --features testing --bin gateway-bench -- --requests 500`
 
+#![forbid(unsafe_code)]
+// Not model code: a benchmark that measures wall-clock time (clippy.toml's determinism rules
+// are for model code).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -119,6 +119,10 @@ impl std::fmt::Debug for LocalBackend {
 }
 
 /// candle sizes its thread pool once per process, from `CANDLE_NUM_THREADS`.
+#[expect(
+    unsafe_code,
+    reason = "std::env::set_var is unsafe in edition 2024; see SAFETY below"
+)]
 fn configure_threads(threads: Option<usize>) {
     static APPLIED: OnceLock<Option<usize>> = OnceLock::new();
     let applied = *APPLIED.get_or_init(|| {

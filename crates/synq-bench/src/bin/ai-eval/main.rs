@@ -9,6 +9,11 @@
 //!
 //! See crates/synq-bench/README.md ("ai-eval") for the situations file and the checks.
 
+#![forbid(unsafe_code)]
+// Not model code: a harness that calls AI backends (clippy.toml's determinism rules are for
+// model code).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 mod checks;
 mod prompt_v1;
 mod situations;
