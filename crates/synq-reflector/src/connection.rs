@@ -18,60 +18,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::island::{Command, SyncFrame};
+use crate::handle::{Command, ConnHandle, ConnId, Direct, Shared};
 use crate::metrics::Metrics;
 use crate::registry::{Ctx, SessionHandle};
+use crate::sync_frame::SyncFrame;
 use crate::sync_gate::SyncTurn;
-
-pub(crate) type ConnId = u64;
-
-/// A frame of the session's broadcast stream.
-#[derive(Clone, Debug)]
-pub(crate) enum Shared {
-    /// RECV (or REQU): every active client gets it.
-    Msg(Utf8Bytes),
-    /// TICK: skipped by a client that still has frames queued (it is behind anyway).
-    Tick(Utf8Bytes),
-}
-
-/// A frame for one connection only.
-#[derive(Debug)]
-pub(crate) enum Direct {
-    Frame(Utf8Bytes),
-    /// The SYNC (written piece by piece, never built whole), and the broadcast stream
-    /// positioned right after it (active clients only).
-    Sync {
-        frame: SyncFrame,
-        stream: Option<broadcast::Receiver<Shared>>,
-    },
-    Close(CloseCode),
-}
-
-/// How a session reaches a connection.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnHandle {
-    pub id: ConnId,
-    /// The peer's address group (IPv6: its /64), for per-address limits.
-    pub peer: IpAddr,
-    /// The `Host` the client connected to: snapshots must be stored there.
-    pub host: Option<Arc<str>>,
-    direct: mpsc::Sender<Direct>,
-    /// Cancelled when the connection must end now (e.g. its direct queue overflowed).
-    kill: CancellationToken,
-}
-
-impl ConnHandle {
-    pub(crate) fn send(&self, d: Direct) {
-        if self.direct.try_send(d).is_err() {
-            // A client that lets even its direct queue overflow is not reading.
-            self.kill.cancel();
-        }
-    }
-
-    pub(crate) fn close(&self, code: CloseCode) {
-        self.send(Direct::Close(code));
-    }
-}
 
 /// Run a connection to completion. `session_id` is `None` when the URL named none.
 ///
@@ -89,13 +40,13 @@ pub(crate) async fn run(
     Metrics::add_i(&ctx.metrics.clients, 1);
     let (direct_tx, mut direct) = mpsc::channel(256);
     let kill = CancellationToken::new();
-    let handle = ConnHandle {
-        id: conn_id,
-        peer: crate::peer::group(peer),
-        host: host.map(Arc::from),
-        direct: direct_tx,
-        kill: kill.clone(),
-    };
+    let handle = ConnHandle::new(
+        conn_id,
+        crate::peer::group(peer),
+        host.map(Arc::from),
+        direct_tx,
+        kill.clone(),
+    );
     let mut conn = Conn {
         limiter: RateLimiter::new(ctx.config.client_rate_limit, ctx.config.client_burst),
         ctx: Arc::clone(&ctx),
