@@ -122,8 +122,7 @@ impl Island {
                 }
                 () = &mut timer => {}
             }
-            let audience = self.stream.as_ref().is_some_and(|s| s.receiver_count() > 0);
-            self.session.poll(now(), audience);
+            self.session.poll(now(), self.audience());
             self.install_compaction().await;
             self.flush();
             if self.session.is_idle(now()) {
@@ -236,19 +235,22 @@ impl Island {
     fn flush(&mut self) {
         if self.session.has_outbox() {
             self.commit_journal();
-            self.deliver();
         }
+        self.deliver();
         for conn in self.session.take_departed() {
             self.conns.remove(&conn);
         }
-        if !self.session.has_clients() {
-            self.stream = None;
-        }
     }
 
-    /// The fan-out: sends the session's outbox, in order, to the stream and to single
-    /// connections.
+    // The fan-out is `deliver`, `subscribe` and `audience`: nothing else touches the
+    // stream.
+
+    /// Sends the session's outbox, in order, to the stream and to single connections.
     fn deliver(&mut self) {
+        if !self.session.has_clients() {
+            // Nobody is left to read it: an idle session holds no stream.
+            self.stream = None;
+        }
         let mut outbox = self.session.take_outbox();
         for out in outbox.drain(..) {
             match out {
@@ -280,6 +282,11 @@ impl Island {
             }
         }
         self.session.return_outbox(outbox);
+    }
+
+    /// Whether anyone reads the stream (ticks for nobody are not made).
+    fn audience(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.receiver_count() > 0)
     }
 
     /// The broadcast stream, made if nobody listens yet.
