@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
+use super::snapshots::snapshot_url_ok;
 use super::*;
 
 const HOST: &str = "h:8080";
