@@ -17,75 +17,11 @@ use synq_protocol::{Action, ClientEnvelope, CloseCode, frames};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::island::{Command, SyncFrame};
+use crate::handle::{Command, ConnHandle, Direct};
 use crate::metrics::Metrics;
 use crate::registry::{Ctx, SessionHandle};
+use crate::sync_frame::SyncFrame;
 use crate::sync_gate::SyncTurn;
-
-pub(crate) type ConnId = u64;
-
-/// A frame of the session's broadcast: encoded once, shared by every recipient's queue.
-#[derive(Clone, Debug)]
-pub(crate) enum Shared {
-    /// RECV (or REQU): every active client gets it.
-    Msg(Utf8Bytes),
-    /// TICK: skipped by a client that still has frames queued (it is behind anyway).
-    Tick(Utf8Bytes),
-}
-
-/// What a session sends one connection, in the order it is written. Broadcast frames go
-/// into each recipient's own queue (a pointer to the shared bytes): unlike a broadcast
-/// ring of `--client-backlog` slots per session, a queue takes memory only for the frames
-/// a client actually has pending, so an idle session costs little.
-#[derive(Debug)]
-pub(crate) enum Direct {
-    Frame(Utf8Bytes),
-    /// A TICK: skipped when more frames are queued behind it.
-    Tick(Utf8Bytes),
-    /// The SYNC (written piece by piece, never built whole). The broadcasts queued after
-    /// it continue right where it ends.
-    Sync(Box<SyncFrame>),
-    Close(CloseCode),
-}
-
-impl From<Shared> for Direct {
-    fn from(frame: Shared) -> Direct {
-        match frame {
-            Shared::Msg(f) => Direct::Frame(f),
-            Shared::Tick(f) => Direct::Tick(f),
-        }
-    }
-}
-
-/// How a session reaches a connection.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnHandle {
-    pub id: ConnId,
-    /// The peer's address group (IPv6: its /64), for per-address limits.
-    pub peer: IpAddr,
-    /// The `Host` the client connected to: snapshots must be stored there.
-    pub host: Option<Arc<str>>,
-    direct: mpsc::Sender<Direct>,
-    /// Set when the connection must end (its queue overflowed). A flag, not a wakeable
-    /// token: a full queue wakes its reader anyway, which checks the flag after each batch,
-    /// and a token's waker would be registered again on every one of the connection's
-    /// wake-ups.
-    overflowed: Arc<AtomicBool>,
-}
-
-impl ConnHandle {
-    /// Queues `d`; a client whose queue is full (`--client-backlog` frames) is not
-    /// reading and is closed.
-    pub(crate) fn send(&self, d: Direct) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.direct.try_send(d) {
-            self.overflowed.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn close(&self, code: CloseCode) {
-        self.send(Direct::Close(code));
-    }
-}
 
 /// Run a connection to completion. `session_id` is `None` when the URL named none.
 ///
@@ -104,13 +40,13 @@ pub(crate) async fn run(
     // The channel allocates its slots in small blocks as frames are queued, not up front.
     let (direct_tx, mut direct) = mpsc::channel(ctx.config.client_backlog.max(16));
     let overflowed = Arc::new(AtomicBool::new(false));
-    let handle = ConnHandle {
-        id: conn_id,
-        peer: crate::peer::group(peer),
-        host: host.map(Arc::from),
-        direct: direct_tx,
-        overflowed: Arc::clone(&overflowed),
-    };
+    let handle = ConnHandle::new(
+        conn_id,
+        crate::peer::group(peer),
+        host.map(Arc::from),
+        direct_tx,
+        Arc::clone(&overflowed),
+    );
     let mut conn = Conn {
         limiter: RateLimiter::new(ctx.config.client_rate_limit, ctx.config.client_burst),
         ctx: Arc::clone(&ctx),

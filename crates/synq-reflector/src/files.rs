@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::origin;
 use crate::quota::{AddressQuota, StoreQuota};
 use crate::registry::Ctx;
-use crate::store::{BlobKey, BlobStore, ByteStream, PutOutcome, StoreError};
+use crate::store::{BlobKey, BlobStore, ByteStream, Owner, PutOutcome, StoreError, owner};
 
 #[derive(Clone)]
 pub(crate) struct FilesState {
@@ -131,37 +131,6 @@ pub(crate) async fn get(State(st): State<FilesState>, Path(path): Path<String>) 
             tracing::error!(path = %short(&path), error = %e, "file store read failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "storage error\n").into_response()
         }
-    }
-}
-
-/// What a file belongs to, read from the paths Croquet and synq clients upload to (see
-/// docs/protocol.md, "Snapshots and the message buffer", and docs/security.md, "File store"):
-/// - `snapshots/<sessionId>/<T>_<seq>-<hash>.snap` (no apiKey; synq's client too),
-/// - `apps/<appId>/snap/<codeHash>/<persistentId>.<sessionId>/<T>_<seq>.<hash>` (apiKey),
-/// - `apps/<appId>/<persistentId>/save/<hash>` (persisted data) and
-///   `apps/<appId>/<persistentId>/data/<hash>` (Data API): no session id; they belong to
-///   the sessions of that app and persistent id.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Owner<'a> {
-    Session(&'a str),
-    App {
-        app_id: &'a str,
-        persistent_id: &'a str,
-    },
-}
-
-pub(crate) fn owner(key: &BlobKey) -> Option<Owner<'_>> {
-    let segs: Vec<&str> = key.as_str().split('/').collect();
-    match *segs.as_slice() {
-        ["snapshots", sid, _] => Some(Owner::Session(sid)),
-        ["apps", _, "snap", _, pid_sid, _] => {
-            pid_sid.split_once('.').map(|(_, sid)| Owner::Session(sid))
-        }
-        ["apps", app_id, persistent_id, "save" | "data", _] => Some(Owner::App {
-            app_id,
-            persistent_id,
-        }),
-        _ => None,
     }
 }
 

@@ -1,335 +1,67 @@
-//! One session ("island" in Croquet's reflector): a single task owning all of the
-//! session's state. Connections send it [`Command`]s; it answers through each
-//! connection's queue: SYNC, INFO and close to one, and the broadcasts (RECV, TICK, REQU),
-//! encoded once and shared by all recipients, to every client that was sent its SYNC.
+//! One session's task ("island" in Croquet's reflector): the I/O around a [`Session`].
+//! It owns the session's journal, its command receiver, its one timer and the handles of
+//! its connections (the fan-out); the session's rules are all in [`Session`].
 //!
-//! Work is done in batches: the task takes every command that is waiting, applies them,
-//! writes the journal once for the whole batch, and only then sends anything. That order
-//! is what makes a broadcast message durable before any client has seen it.
+//! Work is done in batches: the task takes every command that is waiting, hands them to
+//! the session, writes the journal once for the whole batch, and only then sends what the
+//! session produced. That order is what makes a broadcast message durable before any
+//! client has seen it. Broadcast frames (RECV, TICK, REQU) are encoded once by the
+//! session and shared by all recipients; SYNC, INFO and closes go to one connection.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-use synq_protocol::client::{
-    JoinArgs, MessageTail, SaveArgs, SendArgs, SendTags, SnapArgs, TickConfig, TuttiArgs,
-};
-use synq_protocol::frames::{self, RecvFrame, SnapshotRef};
-use synq_protocol::identity::{self, check_content, is_synq_session};
-use synq_protocol::{CloseCode, INITIAL_SEQ};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::connection::{ConnHandle, ConnId, Direct, Shared};
-use crate::journal::{Header, Journal, Recovered, SnapshotPointer};
+use crate::config::ReflectorConfig;
+use crate::handle::{Command, ConnHandle, ConnId, Direct};
+use crate::journal::{Journal, Records, Recovered};
 use crate::metrics::Metrics;
-use crate::registry::Ctx;
-
-/// What a connection asks of its session.
-pub(crate) enum Command {
-    Join {
-        conn: ConnHandle,
-        args: Box<JoinArgs>,
-    },
-    Send {
-        conn: ConnId,
-        args: SendArgs,
-        tags: Option<SendTags>,
-    },
-    Tutti {
-        conn: ConnId,
-        args: TuttiArgs,
-    },
-    Snap {
-        conn: ConnId,
-        args: SnapArgs,
-    },
-    Save {
-        conn: ConnId,
-        args: SaveArgs,
-    },
-    Ticks {
-        conn: ConnId,
-        cfg: TickConfig,
-    },
-    Closed {
-        conn: ConnId,
-    },
-}
-
-/// The session clock: integer ms since the session started, never decreasing.
-struct Clock {
-    start: Instant,
-    base: u64,
-    scale: f64,
-    last: u64,
-}
-
-impl Clock {
-    fn new(base: u64) -> Clock {
-        Clock {
-            start: Instant::now(),
-            base,
-            scale: 1.0,
-            last: base,
-        }
-    }
-
-    fn now(&mut self) -> u64 {
-        let t = self.base + (self.start.elapsed().as_secs_f64() * 1000.0 * self.scale) as u64;
-        self.last = self.last.max(t);
-        self.last
-    }
-
-    /// Unscaled ms since the clock started (for the `rawtime` flag).
-    fn raw(&self) -> u64 {
-        self.base + self.start.elapsed().as_millis() as u64
-    }
-
-    fn set_scale(&mut self, scale: f64) {
-        let now = self.now();
-        self.base = now;
-        self.start = Instant::now();
-        self.scale = scale;
-    }
-}
-
-/// A retained message: the RECV frame as broadcast, from which SYNC replays `[time, seq, …]`.
-struct Retained {
-    seq: u32,
-    frame: Utf8Bytes,
-    args_start: usize,
-}
-
-impl Retained {
-    fn new(seq: u32, rf: RecvFrame) -> Retained {
-        let args_len = rf.args().len();
-        let frame_len = rf.frame.len();
-        Retained {
-            seq,
-            args_start: frame_len - 1 - args_len,
-            frame: Utf8Bytes::from(rf.frame),
-        }
-    }
-
-    fn args(&self) -> &str {
-        let s = self.frame.as_str();
-        &s[self.args_start..s.len() - 1]
-    }
-
-    /// What it costs to keep: counted against the session's and the server's limits.
-    fn bytes(&self) -> usize {
-        self.frame.len()
-    }
-}
-
-/// A SYNC as pieces: the text around the message list, and the retained messages, shared
-/// with the session (not copied). A SYNC of a large session is written to the socket in
-/// `_CHUNK` pieces made one at a time, so no SYNC ever exists as one string: clients that
-/// join and stop reading cost a piece each, not a copy of the session.
-#[derive(Debug)]
-pub(crate) struct SyncFrame {
-    head: String,
-    messages: Vec<(Utf8Bytes, usize)>,
-    tail: String,
-}
-
-impl SyncFrame {
-    fn args(frame: &Utf8Bytes, start: usize) -> &str {
-        let s = frame.as_str();
-        &s[start..s.len() - 1]
-    }
-
-    fn segments(&self) -> impl Iterator<Item = &str> {
-        let messages = self
-            .messages
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (f, start))| {
-                [if i == 0 { "" } else { "," }, SyncFrame::args(f, *start)]
-            });
-        std::iter::once(self.head.as_str())
-            .chain(messages)
-            .chain(std::iter::once(self.tail.as_str()))
-    }
-
-    /// Length of the whole frame in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.segments().map(str::len).sum()
-    }
-
-    /// The frame (of `total` bytes, its [`SyncFrame::len`]) whole if it is at most `size`
-    /// bytes, else `_CHUNK<first><last>` pieces of at most `size` bytes of it, split on
-    /// character boundaries (as `frames::chunk`).
-    pub(crate) fn pieces(&self, total: usize, size: usize) -> impl Iterator<Item = String> + '_ {
-        let whole = total <= size;
-        let mut segments = self.segments();
-        let mut rest = "";
-        let mut emitted = 0;
-        std::iter::from_fn(move || {
-            if emitted >= total {
-                return None;
-            }
-            let prefix = if whole { 0 } else { 8 };
-            let mut piece = String::with_capacity(prefix + size.min(total - emitted));
-            if !whole {
-                piece.push_str("_CHUNK00");
-            }
-            while piece.len() - prefix < size {
-                if rest.is_empty() {
-                    match segments.next() {
-                        Some(s) => rest = s,
-                        None => break,
-                    }
-                    continue;
-                }
-                let mut end = (size - (piece.len() - prefix)).min(rest.len());
-                while !rest.is_char_boundary(end) {
-                    end -= 1;
-                }
-                if end == 0 {
-                    break;
-                }
-                piece.push_str(&rest[..end]);
-                rest = &rest[end..];
-            }
-            let first = emitted == 0;
-            emitted += piece.len() - prefix;
-            if !whole {
-                let flags = [u8::from(first), u8::from(emitted >= total)].map(|b| b'0' + b);
-                piece.replace_range(6..8, std::str::from_utf8(&flags).unwrap_or("00"));
-            }
-            Some(piece)
-        })
-    }
-}
-
-struct Client {
-    handle: ConnHandle,
-    /// Joined with a user: a participant (announced, may vote, snapshot and set ticks).
-    /// In synq sessions, the authenticated view id stamped on this connection's messages.
-    view_id: Option<String>,
-    user: Option<Box<serde_json::value::RawValue>>,
-    user_string: Option<String>,
-    active: bool,
-    /// Its SYNC is queued: broadcasts go into its queue from then on (active clients).
-    subscribed: bool,
-}
-
-/// A user value waiting in the join/leave batch.
-struct PendingUser {
-    raw: String,
-    string: Option<String>,
-}
-
-struct Tally {
-    send_time: f64,
-    send_time_raw: String,
-    wants_vote: bool,
-    target: String,
-    votes: Vec<(String, u32)>,
-    expecting: i64,
-    due: Instant,
-}
-
-enum Out {
-    Broadcast(Shared),
-    Sync { conn: ConnId, frame: SyncFrame },
-    Direct(ConnId, Direct),
-}
+use crate::session::{Effect, Input, Out, Session};
 
 pub(crate) struct Island {
-    ctx: Arc<Ctx>,
-    id: String,
-    id_json: String,
-    header: Option<Header>,
-    clock: Clock,
-    seq: u32,
-    /// Messages since the fallback (or since the session's start, or the snapshot).
-    messages: VecDeque<Retained>,
-    /// The latest accepted snapshot: what joiners load.
-    snapshot: Option<SnapshotPointer>,
-    /// What a synq joiner loads if the snapshot does not load: the snapshot before it, or
-    /// (url empty) a replay of every message since the session started. A SNAP that names
-    /// a file that is not a snapshot (its sender had no password) can then cost joiners
-    /// time, never the room.
-    fallback: Option<SnapshotPointer>,
-    /// `messages` start at the session's first message (none was ever dropped).
-    from_start: bool,
-    /// How many of `messages` (and their bytes) the latest snapshot contains: kept only
-    /// for the fallback, and the first to go when the session needs room.
-    covered: usize,
-    covered_bytes: usize,
-    leave_delay: Duration,
-    flags: BTreeMap<String, bool>,
-    flags_json: String,
-    tick: Option<Duration>,
-    next_tick: Option<Instant>,
-    last_time_record: u64,
-    clients: BTreeMap<ConnId, Client>,
-    joined: Vec<PendingUser>,
-    left: Vec<PendingUser>,
-    users_due: Option<Instant>,
-    tallies: HashMap<String, Tally>,
-    completed: VecDeque<(String, f64)>,
-    completed_sentinel: Option<f64>,
-    /// msgID → (when last let through, its debounce period).
-    debounce: HashMap<String, (Instant, Duration)>,
-    /// Bytes of `messages`, also counted in the server-wide `stored_bytes`.
-    retained_bytes: usize,
-    last_snapshot_at: Option<Instant>,
-    leaves: Vec<(Instant, ConnId)>,
-    idle_due: Option<Instant>,
-    last_requ: Option<u64>,
-    last_info: Option<u64>,
-    last_refusal: Option<u64>,
-    /// Clients whose SYNC is queued and that get broadcasts.
-    subscribers: usize,
+    session: Session,
+    config: Arc<ReflectorConfig>,
+    metrics: Arc<Metrics>,
     journal: Option<Journal>,
-    /// A compacted journal made by an accepted snapshot, written before the next commit.
-    compaction: Option<Vec<u8>>,
-    outbox: Vec<Out>,
+    /// The connections the session knows, and those refused at JOIN until their close
+    /// is sent.
+    conns: HashMap<ConnId, ConnHandle>,
+    /// The connections that get broadcasts: active clients whose SYNC is queued. Each
+    /// has its own queue; a broadcast frame is queued to each (shared, not copied).
+    subscribers: Vec<ConnHandle>,
 }
 
-fn random_timeline() -> String {
-    // Croquet uses ~11 base-36 characters; any unique string works.
-    let n: u64 = rand::random();
-    let mut s = String::new();
-    let mut v = n;
-    while v > 0 {
-        let d = (v % 36) as u32;
-        s.push(char::from_digit(d, 36).unwrap_or('0'));
-        v /= 36;
-    }
-    s
+/// Why [`Island::run`] returned.
+pub(crate) enum Ended {
+    /// The session has had no client for its idle grace period: the registry may retire it.
+    Idle,
+    /// Nobody can send it commands any more.
+    Closed,
 }
 
-/// The idle tick period for a requested one in ms: none for absent, zero, negative or NaN;
-/// otherwise clamped to [`min`, `MAX_TICK_MS`] (a huge value once made the conversion to a
-/// `Duration` panic and killed the session; a tiny one cost a core for 50 sessions).
-fn tick_period(ms: Option<f64>, min: Duration) -> Option<Duration> {
-    let min_ms = min.as_millis() as f64;
-    ms.filter(|t| *t > 0.0)
-        .map(|t| Duration::from_millis(t.clamp(min_ms, synq_protocol::MAX_TICK_MS) as u64))
-}
-
-/// A client-supplied delay in ms as a `Duration`, clamped to [0, 60 s].
-fn clamped_ms(ms: Option<f64>) -> Duration {
-    let ms = ms.filter(|d| *d > 0.0).unwrap_or(0.0).min(60_000.0);
-    Duration::from_millis(ms as u64)
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 impl Island {
-    pub(crate) async fn load(ctx: Arc<Ctx>, id: String) -> Island {
-        let dir = ctx.session_dir(&id);
-        let durability = ctx.config.durability;
+    /// Opens (or resumes from its journal in `dir`) the session `id`.
+    pub(crate) async fn load(
+        config: Arc<ReflectorConfig>,
+        metrics: Arc<Metrics>,
+        dir: PathBuf,
+        id: String,
+    ) -> Island {
+        let durability = config.durability;
         let opened = tokio::task::spawn_blocking(move || Journal::open(&dir, durability)).await;
         let (journal, rec) = match opened {
             Ok(Ok((j, r))) => (Some(j), r),
             Ok(Err(e)) => {
                 tracing::error!(session = %id, error = %e, "cannot open session journal; this session will not survive a restart");
-                Metrics::add(&ctx.metrics.journal_errors, 1);
+                Metrics::add(&metrics.journal_errors, 1);
                 (None, Recovered::default())
             }
             Err(e) => {
@@ -337,75 +69,33 @@ impl Island {
                 (None, Recovered::default())
             }
         };
-        let id_json = frames::quote(&id);
-        let resumed = rec.header.is_some();
-        if resumed {
+        if rec.header.is_some() {
             tracing::info!(session = %id, messages = rec.messages.len(), seq = ?rec.last_seq, time = rec.time, snapshot = rec.snapshot.is_some(), "session resumed from journal");
         }
-        let messages: VecDeque<Retained> = rec
-            .messages
-            .iter()
-            .map(|m| Retained::new(m.seq, RecvFrame::from_args(&id_json, &m.args)))
-            .collect();
-        // Ticks are not journaled one by one (a time record is written at most once a
-        // second), so clients may have seen up to a second more; start past that so time
-        // never goes backwards for a client that rejoins after a restart.
-        let base = if resumed { rec.time + 1000 } else { 0 };
-        let retained_bytes: usize = messages.iter().map(Retained::bytes).sum();
-        let covered = rec.snapshot.as_ref().map_or(0, |s| {
-            synq_protocol::seq::covered_by_snapshot(s.seq, messages.iter().map(|m| m.seq))
-        });
-        let covered_bytes = messages.iter().take(covered).map(Retained::bytes).sum();
-        Metrics::add_i(&ctx.metrics.stored_bytes, retained_bytes as i64);
-        Metrics::add_i(&ctx.metrics.sessions, 1);
+        let records = match journal {
+            Some(_) => Records::default(),
+            None => Records::disabled(),
+        };
         Island {
-            tick: rec
-                .header
-                .as_ref()
-                .and_then(|h| tick_period(h.tick_ms, ctx.config.min_tick)),
-            header: rec.header,
-            id,
-            id_json,
-            clock: Clock::new(base),
-            seq: rec.last_seq.unwrap_or(INITIAL_SEQ),
-            messages,
-            from_start: rec.snapshot.is_none()
-                && rec.fallback.as_ref().is_none_or(|f| f.url.is_empty()),
-            snapshot: rec.snapshot,
-            fallback: rec.fallback,
-            covered,
-            covered_bytes,
-            leave_delay: Duration::ZERO,
-            flags: BTreeMap::new(),
-            flags_json: "{}".into(),
-            next_tick: None,
-            last_time_record: base,
-            clients: BTreeMap::new(),
-            joined: Vec::new(),
-            left: Vec::new(),
-            users_due: None,
-            tallies: HashMap::new(),
-            completed: VecDeque::new(),
-            completed_sentinel: None,
-            debounce: HashMap::new(),
-            retained_bytes,
-            last_snapshot_at: None,
-            leaves: Vec::new(),
-            idle_due: None,
-            last_requ: None,
-            last_info: None,
-            last_refusal: None,
-            subscribers: 0,
+            session: Session::new(
+                Arc::clone(&config),
+                Arc::clone(&metrics),
+                id,
+                rec,
+                records,
+                now(),
+            ),
+            config,
+            metrics,
             journal,
-            compaction: None,
-            outbox: Vec::new(),
-            ctx,
+            conns: HashMap::new(),
+            subscribers: Vec::new(),
         }
     }
 
-    /// The session's main loop; returns when the session has been idle long enough and
-    /// was removed from the registry.
-    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    /// Runs the session until it has been idle long enough (the registry then retires
+    /// it, or calls this again if a JOIN is on its way) or nobody can reach it.
+    pub(crate) async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) -> Ended {
         // Grown on demand: idle sessions keep no batch buffer of their own.
         let mut batch = Vec::new();
         // One timer, moved to the next deadline only when that changes (not re-created on
@@ -414,14 +104,17 @@ impl Island {
         let timer = tokio::time::sleep_until(far());
         tokio::pin!(timer);
         loop {
-            let due = self.next_due().unwrap_or_else(far);
+            let due = self
+                .session
+                .next_deadline()
+                .map_or_else(far, Instant::from_std);
             if timer.deadline() != due {
                 timer.as_mut().reset(due);
             }
             tokio::select! {
                 n = rx.recv_many(&mut batch, 512) => {
                     if n == 0 {
-                        break;
+                        return Ended::Closed;
                     }
                     for cmd in batch.drain(..) {
                         self.handle(cmd);
@@ -429,813 +122,71 @@ impl Island {
                 }
                 () = &mut timer => {}
             }
-            self.fire_timers(Instant::now());
+            self.session.poll(now(), self.audience());
             self.install_compaction().await;
             self.flush();
-            if self.clients.is_empty() && self.idle_due.is_some_and(|d| d <= Instant::now()) {
-                if self.ctx.remove_if_idle(&self.id, &rx) {
-                    break;
-                }
-                self.idle_due = None;
+            if self.session.is_idle(now()) {
+                return Ended::Idle;
             }
         }
+    }
+
+    /// The registry did not retire the idle session (a JOIN is waiting).
+    pub(crate) fn kept(&mut self) {
+        self.session.kept(now());
+    }
+
+    /// The session ends: its time is journaled.
+    pub(crate) async fn close(mut self) {
         self.install_compaction().await;
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let time = self.clock.now();
-        if let Some(j) = &mut self.journal {
-            j.time(time);
-        }
+        let time = self.session.finish(now());
         self.commit_journal();
-        tracing::info!(session = %self.id, time, seq = self.seq, "session closed (idle)");
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        let tallies = self.tallies.values().map(|t| t.due);
-        let leaves = self.leaves.iter().map(|(t, _)| *t);
-        [self.users_due, self.next_tick, self.idle_due]
-            .into_iter()
-            .flatten()
-            .chain(tallies)
-            .chain(leaves)
-            .min()
+        tracing::info!(session = %self.session.id(), time, seq = self.session.seq(), "session closed (idle)");
     }
 
     fn handle(&mut self, cmd: Command) {
-        match cmd {
-            Command::Join { conn, args } => self.join(conn, *args),
-            Command::Send { conn, args, tags } => self.send(conn, args, tags),
-            Command::Tutti { conn, args } => self.tutti(conn, args),
-            Command::Snap { conn, args } => self.snap(conn, args),
-            Command::Save { conn, args } => self.save(conn, args),
-            Command::Ticks { conn, cfg } => self.ticks(conn, cfg),
-            Command::Closed { conn } => self.closed(conn),
-        }
-    }
-
-    fn join(&mut self, conn: ConnHandle, mut args: JoinArgs) {
-        if synq_protocol::identity::is_obsolete_synq_session(&self.id) {
-            tracing::info!(session = %self.id, conn = conn.id, "JOIN refused: a session of an older synq");
-            conn.close(CloseCode::OutdatedProtocol);
-            return;
-        }
-        // synq sessions: every JOIN is a view with the room key, and its id matches its
-        // proof; neither the proof nor the key is announced.
-        let mut view_id = None;
-        let mut room_verifier = None;
-        if is_synq_session(&self.id) {
-            let checked = match args.user.as_deref().map(|u| identity::check_user(u.get())) {
-                Some(Ok(checked)) => checked,
-                Some(Err(e)) => {
-                    tracing::warn!(session = %self.id, conn = conn.id, error = %e, "JOIN refused");
-                    conn.close(CloseCode::BadIdentity);
-                    return;
-                }
-                None => {
-                    tracing::warn!(session = %self.id, conn = conn.id, "JOIN refused: no user");
-                    conn.close(CloseCode::BadIdentity);
-                    return;
-                }
-            };
-            // The session's first JOIN fixes the verifier; a session without one (a journal
-            // from before room keys) is never opened to a key that merely came first.
-            let fixed = self.header.as_ref().map(|h| h.room_verifier.as_deref());
-            if fixed.is_some_and(|v| v != Some(checked.room_verifier.as_str())) {
-                tracing::info!(session = %self.id, conn = conn.id, "JOIN refused: wrong room key");
-                conn.close(CloseCode::WrongRoomKey);
-                return;
-            }
-            match serde_json::value::RawValue::from_string(checked.announced) {
-                Ok(raw) => args.user = Some(raw),
-                Err(_) => {
-                    conn.close(CloseCode::BadIdentity);
-                    return;
-                }
-            }
-            view_id = Some(checked.view_id);
-            room_verifier = Some(checked.room_verifier);
-        }
-        // Participants and observers are counted apart: silent observers cannot fill a room.
-        let participant = args.user.is_some();
-        let (same_kind, limit) = if participant {
-            let n = self.clients.values().filter(|c| c.active).count();
-            (n, self.ctx.config.max_clients_per_session)
-        } else {
-            let n = self.clients.values().filter(|c| !c.active).count();
-            (n, self.ctx.config.max_observers_per_session)
-        };
-        if same_kind >= limit {
-            tracing::warn!(session = %self.id, conn = conn.id, participant, limit, "JOIN refused: session full");
-            conn.close(CloseCode::SessionFull);
-            return;
-        }
-        if self.header.is_none() {
-            // The JOIN that creates the session fixes its tick rate and tove.
-            let tick_ms = match args.ticks {
-                None => Some(synq_protocol::DEFAULT_TICK_MS),
-                Some(t) => Some(t.tick.unwrap_or(synq_protocol::DEFAULT_TICK_MS)),
-            }
-            .filter(|t| t.is_finite());
-            let header = Header {
-                timeline: random_timeline(),
-                tove: args.tove.clone(),
-                tick_ms,
-                delay_ms: args.ticks.and_then(|t| t.delay),
-                app_id: args.app_id.clone(),
-                persistent_id: args.persistent_id.clone(),
-                developer_id: args.developer_id.clone(),
-                room_verifier,
-            };
-            self.tick = tick_period(header.tick_ms, self.ctx.config.min_tick);
-            if let Some(j) = &mut self.journal {
-                j.header(&header);
-            }
-            // The name is the room's name in synq: not for logs that others may read.
-            tracing::info!(session = %self.id, tick = ?self.tick, "session created");
-            tracing::debug!(session = %self.id, name = ?args.name, "session name");
-            self.header = Some(header);
-        }
-        // leaveDelay and flags are session-wide and follow the latest JOIN (as in Croquet).
-        self.leave_delay = clamped_ms(args.leave_delay);
-        self.flags = args.flags.clone();
-        self.flags_json = serde_json::to_string(&self.flags).unwrap_or_else(|_| "{}".into());
-        self.idle_due = None;
-
-        let persisted_url =
-            if self.snapshot.is_none() && self.messages.is_empty() && self.seq == INITIAL_SEQ {
-                self.ctx.persisted_url(self.header.as_ref())
-            } else {
-                None
-            };
-        let time = self.clock.now();
-        let header = self.header.as_ref();
-        // Croquet clients get the messages after the snapshot; synq clients all retained
-        // ones, with the fallback that they start from.
-        let synq = is_synq_session(&self.id);
-        let skip = match (&self.snapshot, synq) {
-            (Some(s), false) => {
-                synq_protocol::seq::covered_by_snapshot(s.seq, self.messages.iter().map(|m| m.seq))
-            }
-            _ => 0,
-        };
-        let sync = frames::Sync {
-            snapshot: self.snapshot.as_ref().map(|s| SnapshotRef {
-                time_raw: &s.time_raw,
-                seq: s.seq,
-                url: &s.url,
-            }),
-            persisted_url: persisted_url.as_deref(),
-            time,
-            seq: self.seq,
-            tove: header.and_then(|h| h.tove.as_deref()),
-            reflector: &self.ctx.config.label,
-            timeline: header.map_or("", |h| h.timeline.as_str()),
-            flags_json: &self.flags_json,
-            fallback: self
-                .fallback
-                .as_ref()
-                .filter(|_| synq)
-                .map(|s| SnapshotRef {
-                    time_raw: &s.time_raw,
-                    seq: s.seq,
-                    url: &s.url,
-                }),
-        };
-        let (head, tail) = sync.parts(&self.id_json);
-        let frame = SyncFrame {
-            head,
-            messages: self
-                .messages
-                .iter()
-                .skip(skip)
-                .map(|m| (m.frame.clone(), m.args_start))
-                .collect(),
-            tail,
-        };
-        self.outbox.push(Out::Sync {
-            conn: conn.id,
-            frame,
-        });
-        Metrics::add(&self.ctx.metrics.joins, 1);
-
-        let user_string = args.user_string();
-        let active = args.user.is_some();
-        tracing::debug!(session = %self.id, conn = conn.id, user = ?args.user.as_ref().map(|u| u.get()), "JOIN");
-        if let Some(user) = &args.user {
-            self.user_joined(PendingUser {
-                raw: user.get().to_owned(),
-                string: user_string.clone(),
-            });
-        }
-        self.clients.insert(
-            conn.id,
-            Client {
-                handle: conn,
-                view_id,
-                user: args.user,
-                user_string,
-                active,
-                subscribed: false,
-            },
-        );
-        if self.next_tick.is_none() {
-            self.next_tick = self.tick.map(|p| Instant::now() + p);
-        }
-        self.hand_ai_capability();
-    }
-
-    /// synq sessions: hands the participant (an active client) that just joined the AI
-    /// capability that the AI gateway asks for, as `{"id", "action": "AICAP", "args":
-    /// {"token", "expires"}}`, just before its SYNC (the last one queued) so that it holds
-    /// one once it is synced. A rejoin brings a new one. Croquet sessions get nothing new.
-    fn hand_ai_capability(&mut self) {
-        let Some(issue) = &self.ctx.config.ai_capability else {
-            return;
-        };
-        let Some((at, conn)) = self
-            .outbox
-            .iter()
-            .enumerate()
-            .rev()
-            .find_map(|(i, o)| match o {
-                Out::Sync { conn, .. } => Some((i, *conn)),
-                _ => None,
-            })
-        else {
-            return;
-        };
-        if !synq_protocol::identity::is_synq_session(&self.id)
-            || !self.clients.get(&conn).is_some_and(|c| c.active)
-        {
-            return;
-        }
-        let frame = format!(
-            "{{\"id\":{},\"action\":\"AICAP\",\"args\":{}}}",
-            self.id_json,
-            (issue.0)(&self.id)
-        );
-        self.outbox
-            .insert(at, Out::Direct(conn, Direct::Frame(Utf8Bytes::from(frame))));
-    }
-
-    fn user_joined(&mut self, user: PendingUser) {
-        if let Some(s) = &user.string
-            && let Some(i) = self.left.iter().position(|p| p.string.as_ref() == Some(s))
-        {
-            self.left.remove(i);
-            return;
-        }
-        self.joined.push(user);
-        self.arm_users();
-    }
-
-    fn user_left(&mut self, user: PendingUser) {
-        if let Some(s) = &user.string
-            && let Some(i) = self
-                .joined
-                .iter()
-                .position(|p| p.string.as_ref() == Some(s))
-        {
-            self.joined.remove(i);
-            return;
-        }
-        self.left.push(user);
-        self.arm_users();
-    }
-
-    fn arm_users(&mut self) {
-        if self.users_due.is_none() {
-            self.users_due =
-                Some(Instant::now() + Duration::from_millis(synq_protocol::USERS_INTERVAL_MS));
-        }
-    }
-
-    fn send(&mut self, conn: ConnId, args: SendArgs, tags: Option<SendTags>) {
-        let Some(tail) = self.client_tail(conn, &args.tail) else {
-            return;
-        };
-        if let Some((msg_id, ms)) = tags.as_ref().and_then(SendTags::debounce)
-            && self.debounced(msg_id, ms)
-        {
-            tracing::trace!(session = %self.id, "debounced");
-            return;
-        }
-        self.broadcast(&tail, true);
-    }
-
-    /// What to sequence for a client's message whose elements after `[time, seq` are
-    /// `tail`, or `None` if it must not be.
-    ///
-    /// In synq sessions the message must be exactly the sealed payload and the latency,
-    /// and the reflector appends the sending connection's view id: the last element of
-    /// every client message is the reflector's stamp, on every path (SEND and TUTTI's
-    /// `firstMsg`). A connection without an identity cannot send there, and one that sends
-    /// anything else (an object payload posing as a reflector event, a stamp of its own) is
-    /// closed. In Croquet sessions the message is passed on as it is (`rawtime` aside).
-    fn client_tail(&mut self, conn: ConnId, tail: &MessageTail) -> Option<String> {
-        let client = self.clients.get(&conn)?;
-        if is_synq_session(&self.id) {
-            let id = client.view_id.as_ref()?;
-            if let Err(e) = check_content(tail) {
-                tracing::warn!(session = %self.id, conn, "closing client: {e}");
-                client.handle.close(CloseCode::MalformedMessage);
-                return None;
-            }
-            return Some(format!("{},{}", tail.text, frames::quote(id)));
-        }
-        if self.flags.contains_key("rawtime") {
-            let raw = self.clock.raw().to_string();
-            return Some(tail.with_last_replaced(&raw));
-        }
-        Some(tail.text.clone())
-    }
-
-    /// Whether a message tagged `debounce` must be dropped: one with the same id went
-    /// through less than `ms` ago. What is remembered is bounded: ids longer than
-    /// [`MAX_DEBOUNCE_ID`] bytes are not debounced, periods are capped at a minute, and at
-    /// most `max_debounce_ids` ids are kept (expired ones are forgotten first; when all are
-    /// live, a new id is let through unremembered).
-    fn debounced(&mut self, msg_id: &str, ms: f64) -> bool {
-        if msg_id.len() > MAX_DEBOUNCE_ID {
-            return false;
-        }
-        let now = Instant::now();
-        if let Some((last, period)) = self.debounce.get(msg_id)
-            && now.duration_since(*last) < *period
-        {
-            return true;
-        }
-        if self.debounce.len() >= self.ctx.config.max_debounce_ids
-            && !self.debounce.contains_key(msg_id)
-        {
-            self.debounce
-                .retain(|_, (last, period)| now.duration_since(*last) < *period);
-            if self.debounce.len() >= self.ctx.config.max_debounce_ids {
-                return false;
-            }
-        }
-        self.debounce
-            .insert(msg_id.to_owned(), (now, clamped_ms(Some(ms))));
-        false
-    }
-
-    /// Sequence, journal and broadcast one message whose elements after `[time, seq` are
-    /// `tail`. A client's message (`from_client`) is also refused when the session or the
-    /// server holds as many bytes of messages as it may; the reflector's own (joins,
-    /// leaves, tallies) are small and always go through.
-    fn broadcast(&mut self, tail: &str, from_client: bool) -> bool {
-        let ctx = Arc::clone(&self.ctx);
-        let cfg = &ctx.config;
-        let bytes = tail.len() + self.id_json.len() + 48;
-        let server_bytes = || {
-            let b = ctx
-                .metrics
-                .stored_bytes
-                .load(std::sync::atomic::Ordering::Relaxed);
-            usize::try_from(b).unwrap_or(0)
-        };
-        let full = |island: &Island| {
-            island.messages.len() >= cfg.max_messages
-                || from_client
-                    && (island.retained_bytes + bytes > cfg.max_session_bytes
-                        || server_bytes() + bytes > cfg.max_stored_bytes)
-        };
-        if full(self) && self.drop_fallback() {
-            tracing::info!(session = %self.id, "the session needs room: its fallback snapshot is given up");
-        }
-        let n = self.messages.len();
-        if full(self) {
-            let server_bytes = server_bytes();
-            let time = self.clock.now();
-            self.request_snapshot(time);
-            Metrics::add(&self.ctx.metrics.messages_refused, 1);
-            if self.last_refusal.is_none_or(|t| time >= t + 1000) {
-                self.last_refusal = Some(time);
-                tracing::warn!(session = %self.id, retained = n, bytes = self.retained_bytes, server_bytes, "message refused: the session holds as many messages as it may ({n} messages, {} bytes) and needs a snapshot first, or the server is at --max-stored-bytes", self.retained_bytes);
-                self.info_all(
-                    "SNAPSHOT_NEEDED",
-                    "Cannot buffer more messages. Need snapshot.",
-                    "warning",
-                );
-            }
-            return false;
-        }
-        let time = self.clock.now();
-        // Asked for by what came since the latest snapshot (the fallback's share is
-        // given up when room is needed).
-        let since = n - self.covered;
-        if since + 1 >= cfg.snapshot_request_at
-            || self.retained_bytes - self.covered_bytes + bytes > cfg.max_session_bytes / 2
-        {
-            self.request_snapshot(time);
-            let almost_full =
-                cfg.max_messages - (cfg.max_messages.saturating_sub(cfg.snapshot_request_at)) / 4;
-            if since + 1 >= almost_full && self.last_info.is_none_or(|t| time >= t + 10_000) {
-                self.last_info = Some(time);
-                self.info_all(
-                    "SNAPSHOT_NEEDED",
-                    "Message buffer almost full. Need snapshot.",
-                    "warning",
-                );
-            }
-        }
-        self.seq = self.seq.wrapping_add(1);
-        let rf = RecvFrame::new(&self.id_json, time, self.seq, tail);
-        if let Some(j) = &mut self.journal {
-            j.message(rf.args());
-        }
-        let retained = Retained::new(self.seq, rf);
-        self.outbox
-            .push(Out::Broadcast(Shared::Msg(retained.frame.clone())));
-        self.retained_bytes += retained.bytes();
-        Metrics::add_i(&self.ctx.metrics.stored_bytes, retained.bytes() as i64);
-        self.messages.push_back(retained);
-        Metrics::add(&self.ctx.metrics.messages_broadcast, 1);
-        // Ticks only flow when nothing else was broadcast for a full period.
-        self.next_tick = self.tick.map(|p| Instant::now() + p);
-        true
-    }
-
-    /// Drops the messages that only the fallback needs (those the latest snapshot
-    /// contains) and the fallback with them. Returns whether there was one.
-    fn drop_fallback(&mut self) -> bool {
-        if self.fallback.is_none() || self.snapshot.is_none() {
-            return false;
-        }
-        self.messages.drain(..self.covered);
-        self.retained_bytes -= self.covered_bytes;
-        Metrics::add_i(&self.ctx.metrics.stored_bytes, -(self.covered_bytes as i64));
-        self.covered = 0;
-        self.covered_bytes = 0;
-        self.fallback = None;
-        true
-    }
-
-    /// A message generated by the reflector itself (users, tally): `rawtime` appends.
-    fn broadcast_own(&mut self, payload: &str) {
-        if self.flags.contains_key("rawtime") {
-            let tail = format!("{payload},{}", self.clock.raw());
-            self.broadcast(&tail, false);
-        } else {
-            self.broadcast(payload, false);
-        }
-    }
-
-    fn request_snapshot(&mut self, time: u64) {
-        if self.last_requ.is_some_and(|t| time < t + 1000) {
-            return;
-        }
-        self.last_requ = Some(time);
-        tracing::info!(session = %self.id, retained = self.messages.len(), "requesting a snapshot (REQU)");
-        Metrics::add(&self.ctx.metrics.snapshot_requests, 1);
-        self.outbox
-            .push(Out::Broadcast(Shared::Msg(Utf8Bytes::from(frames::requ(
-                &self.id_json,
-            )))));
-    }
-
-    fn info_all(&mut self, code: &str, msg: &str, level: &str) {
-        let frame = Utf8Bytes::from(frames::info(&self.id_json, code, msg, level));
-        // In stream order for active clients (so it follows the messages it is about),
-        // directly to the others.
-        self.outbox.push(Out::Broadcast(Shared::Msg(frame.clone())));
-        for (id, _) in self.clients.iter().filter(|(_, c)| !c.active) {
-            self.outbox
-                .push(Out::Direct(*id, Direct::Frame(frame.clone())));
-        }
-    }
-
-    fn tutti(&mut self, conn: ConnId, a: TuttiArgs) {
-        if !self.is_participant(conn) {
-            return;
-        }
-        let now = self.clock.now();
-        if !self.tallies.contains_key(&a.tutti_key) {
-            if a.send_time < self.tally_history_limit(now) {
-                tracing::debug!(session = %self.id, key = %a.tutti_key, "vote too old; ignored");
-                return;
-            }
-            if self.completed.iter().any(|(k, _)| *k == a.tutti_key) {
-                tracing::debug!(session = %self.id, key = %a.tutti_key, "vote for a completed tally; ignored");
-                return;
-            }
-            if let Some(first) = &a.first_msg {
-                let Some(tail) = self.client_tail(conn, first) else {
-                    return;
+        let input = match cmd {
+            Command::Join { conn, args } => {
+                let persisted_url = self
+                    .session
+                    .persisted_key(&args)
+                    .and_then(|key| read_persisted(&self.config.data_dir, &key));
+                let input = Input::Join {
+                    conn: conn.id,
+                    host: conn.host.clone(),
+                    args,
+                    persisted_url,
                 };
-                self.broadcast(&tail, true);
+                self.conns.insert(conn.id, conn);
+                input
             }
-            self.tallies.insert(
-                a.tutti_key.clone(),
-                Tally {
-                    send_time: a.send_time,
-                    send_time_raw: a.send_time_raw.get().to_owned(),
-                    wants_vote: a.wants_vote,
-                    target: a.tally_target.get().to_owned(),
-                    votes: Vec::new(),
-                    expecting: self.clients.len() as i64,
-                    due: Instant::now() + Duration::from_millis(synq_protocol::TALLY_INTERVAL_MS),
-                },
-            );
-        }
-        let Some(t) = self.tallies.get_mut(&a.tutti_key) else {
-            return;
+            Command::Send { conn, args, tags } => Input::Send { conn, args, tags },
+            Command::Tutti { conn, args } => Input::Tutti { conn, args },
+            Command::Snap { conn, args } => Input::Snap { conn, args },
+            Command::Save { conn, args } => Input::Save { conn, args },
+            Command::Ticks { conn, cfg } => Input::Ticks { conn, cfg },
+            Command::Closed { conn } => Input::Closed { conn },
         };
-        match t.votes.iter_mut().find(|(v, _)| *v == a.payload) {
-            Some((_, n)) => *n += 1,
-            None => t.votes.push((a.payload, 1)),
-        }
-        t.expecting -= 1;
-        if t.expecting <= 0 {
-            self.complete_tally(&a.tutti_key);
-        }
-    }
-
-    fn tally_history_limit(&mut self, now: u64) -> f64 {
-        let age_limit = now as f64 - synq_protocol::MAX_TALLY_AGE_MS as f64 + 1.0;
-        self.completed.retain(|(_, t)| *t >= age_limit);
-        self.completed_sentinel
-            .map_or(age_limit, |s| s.max(age_limit))
-    }
-
-    fn complete_tally(&mut self, key: &str) {
-        let Some(t) = self.tallies.remove(key) else {
-            return;
-        };
-        if t.wants_vote || t.votes.len() > 1 {
-            let payload =
-                frames::tally_payload(&t.send_time_raw, &t.votes, &t.target, key, t.expecting);
-            self.broadcast_own(&payload);
-        }
-        self.completed.push_back((key.to_owned(), t.send_time));
-        while self.completed.len() > synq_protocol::MAX_COMPLETED_TALLIES {
-            if let Some((_, st)) = self.completed.pop_front() {
-                self.completed_sentinel = Some(self.completed_sentinel.map_or(st, |s| s.max(st)));
+        self.session.handle(input, now());
+        for effect in self.session.take_effects() {
+            match effect {
+                Effect::Close(conn, code) => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        c.close(code);
+                    }
+                }
+                Effect::Persist { key, url } => self.persist(&key, &url),
             }
         }
     }
 
-    fn snap(&mut self, conn: ConnId, a: SnapArgs) {
-        if a.dissident {
-            tracing::warn!(session = %self.id, conn, time = a.time, "dissident snapshot ignored (its state disagreed with the majority)");
-            return;
-        }
-        if self.snapshot.as_ref().is_some_and(|s| a.time <= s.time) {
-            tracing::debug!(session = %self.id, time = a.time, "snapshot not newer than the current one; ignored");
-            return;
-        }
-        if self.snapshot.as_ref().is_some_and(|s| s.seq == a.seq) {
-            // A client's periodic snapshot with no message since the last one: it would
-            // spare joiners only ticks.
-            tracing::debug!(session = %self.id, seq = a.seq, "snapshot at the seq of the current one; ignored");
-            return;
-        }
-        if let Err(why) = self.check_snapshot(conn, &a) {
-            tracing::warn!(session = %self.id, conn, "snapshot refused: {why}");
-            Metrics::add(&self.ctx.metrics.snapshots_refused, 1);
-            return;
-        }
-        // The snapshot being replaced becomes the fallback: only what comes before it is
-        // dropped. Before the first snapshot, the fallback is a replay from the start.
-        match self.snapshot.take() {
-            Some(previous) => {
-                let covered = synq_protocol::seq::covered_by_snapshot(
-                    previous.seq,
-                    self.messages.iter().map(|m| m.seq),
-                );
-                let dropped: usize = self.messages.drain(..covered).map(|m| m.bytes()).sum();
-                self.retained_bytes -= dropped;
-                Metrics::add_i(&self.ctx.metrics.stored_bytes, -(dropped as i64));
-                self.fallback = Some(previous);
-            }
-            None => {
-                self.fallback = self.from_start.then(|| SnapshotPointer {
-                    time_raw: "0".into(),
-                    time: 0.0,
-                    seq: INITIAL_SEQ,
-                    url: String::new(),
-                });
-            }
-        }
-        self.from_start = false;
-        self.covered =
-            synq_protocol::seq::covered_by_snapshot(a.seq, self.messages.iter().map(|m| m.seq));
-        self.covered_bytes = self
-            .messages
-            .iter()
-            .take(self.covered)
-            .map(Retained::bytes)
-            .sum();
-        self.last_snapshot_at = Some(Instant::now());
-        let snap = SnapshotPointer {
-            time_raw: a.time_raw.get().to_owned(),
-            time: a.time,
-            seq: a.seq,
-            url: a.url,
-        };
-        tracing::info!(session = %self.id, time = a.time, seq = a.seq, url = ?snap.url, retained = self.messages.len(), "snapshot registered");
-        Metrics::add(&self.ctx.metrics.snapshots, 1);
-        self.last_requ = None;
-        let time = self.clock.now();
-        if let (Some(j), Some(h)) = (&mut self.journal, &self.header) {
-            // Written by `run` on a blocking thread before the next commit: up to the
-            // session's byte cap of file I/O must not hold a runtime worker.
-            self.compaction = Some(j.compacted(
-                h,
-                self.fallback.as_ref(),
-                &snap,
-                self.messages.iter().map(Retained::args),
-                time,
-            ));
-        }
-        self.snapshot = Some(snap);
-    }
-
-    /// Whether a SNAP may replace the session's snapshot. Late joiners load what it names,
-    /// so it must come from a participant, name a file of this server's store for this
-    /// session, at a sequence number this reflector issued and a time that has passed;
-    /// and a session takes at most one per `snapshot_min_interval` (each one rewrites the
-    /// journal).
-    fn check_snapshot(&mut self, conn: ConnId, a: &SnapArgs) -> Result<(), String> {
-        let client = self
-            .clients
-            .get(&conn)
-            .filter(|c| c.active)
-            .ok_or("not from a participant (a JOIN with a user)")?;
-        let host = client.handle.host.clone();
-        let now = self.clock.now();
-        if !(a.time >= 0.0 && a.time <= now as f64) {
-            return Err(format!("time {} is not between 0 and now ({now})", a.time));
-        }
-        let lower = self.snapshot.as_ref().map_or(INITIAL_SEQ, |s| s.seq);
-        // Strictly after the last snapshot: each accepted snapshot rewrites the journal,
-        // so each must cost its sender at least one new message.
-        let issued =
-            synq_protocol::seq::after(lower, a.seq) && !synq_protocol::seq::after(self.seq, a.seq);
-        if !issued {
-            return Err(format!(
-                "seq {} was not issued since the last snapshot (last seq {})",
-                a.seq, self.seq
-            ));
-        }
-        if !snapshot_url_ok(&a.url, host.as_deref(), &self.id) {
-            return Err(format!(
-                "url {:?} is not in this server's file store (http(s)://{}/files/snapshots/{}/…)",
-                a.url.get(..a.url.floor_char_boundary(200)).unwrap_or(""),
-                host.as_deref().unwrap_or("<host>"),
-                self.id
-            ));
-        }
-        if self
-            .last_snapshot_at
-            .is_some_and(|t| t.elapsed() < self.ctx.config.snapshot_min_interval)
-        {
-            return Err(
-                "another snapshot was registered less than --snapshot-min-interval ago".into(),
-            );
-        }
-        Ok(())
-    }
-
-    fn is_participant(&self, conn: ConnId) -> bool {
-        self.clients.get(&conn).is_some_and(|c| c.active)
-    }
-
-    fn save(&mut self, conn: ConnId, a: SaveArgs) {
-        let Some(client) = self.clients.get(&conn).filter(|c| c.active) else {
-            return;
-        };
-        let Some(key) = self.header.as_ref().and_then(Ctx::persistent_key) else {
-            tracing::warn!(session = %self.id, conn, "SAVE refused: the session's JOIN had no appId/persistentId");
-            client.handle.close(CloseCode::BadAppId);
-            return;
-        };
-        if a.dissident {
-            tracing::warn!(session = %self.id, conn, "dissident persistent data ignored");
-            return;
-        }
-        match self.ctx.save_persisted_url(&key, &a.url) {
-            Ok(()) => {
-                tracing::info!(session = %self.id, url = %a.url, "persistent data registered")
-            }
+    fn persist(&self, key: &str, url: &str) {
+        let id = self.session.id();
+        match save_persisted(&self.config.data_dir, key, url) {
+            Ok(()) => tracing::info!(session = %id, url = %url, "persistent data registered"),
             Err(e) => {
-                tracing::error!(session = %self.id, error = %e, "cannot record persistent data");
-                Metrics::add(&self.ctx.metrics.journal_errors, 1);
-            }
-        }
-    }
-
-    fn ticks(&mut self, conn: ConnId, cfg: TickConfig) {
-        if !self.is_participant(conn) {
-            return;
-        }
-        if let (Some(d), Some(h)) = (cfg.delay, &mut self.header)
-            && d > 0.0
-        {
-            h.delay_ms = Some(clamped_ms(Some(d)).as_millis() as f64);
-        }
-        let scale = cfg
-            .scale
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map_or(1.0, |s| s.clamp(1.0 / 64.0, 64.0));
-        self.clock.set_scale(scale);
-        if let Some(p) = tick_period(cfg.tick, self.ctx.config.min_tick) {
-            self.tick = Some(p);
-            self.next_tick = Some(Instant::now() + p);
-        }
-    }
-
-    fn closed(&mut self, conn: ConnId) {
-        if self.clients.contains_key(&conn) {
-            self.leaves.push((Instant::now() + self.leave_delay, conn));
-        }
-    }
-
-    fn fire_timers(&mut self, now: Instant) {
-        if self.leaves.iter().any(|(t, _)| *t <= now) {
-            let (due, later): (Vec<_>, Vec<_>) =
-                self.leaves.drain(..).partition(|(t, _)| *t <= now);
-            self.leaves = later;
-            for (_, conn) in due {
-                self.remove_client(conn);
-            }
-        }
-        if self.users_due.is_some_and(|t| t <= now) {
-            self.announce_users();
-        }
-        let expired: Vec<String> = self
-            .tallies
-            .iter()
-            .filter(|(_, t)| t.due <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            self.complete_tally(&key);
-        }
-        if self.next_tick.is_some_and(|t| t <= now) {
-            self.tick(now);
-        }
-    }
-
-    fn remove_client(&mut self, conn: ConnId) {
-        let Some(c) = self.clients.remove(&conn) else {
-            return;
-        };
-        self.subscribers -= usize::from(c.subscribed);
-        if c.active
-            && let Some(user) = c.user
-        {
-            self.user_left(PendingUser {
-                raw: user.get().to_owned(),
-                string: c.user_string,
-            });
-        }
-        if self.clients.is_empty() {
-            self.idle_due = Some(Instant::now() + self.ctx.config.idle_grace);
-            self.next_tick = None;
-        }
-    }
-
-    fn announce_users(&mut self) {
-        self.users_due = None;
-        if self.joined.is_empty() && self.left.is_empty() {
-            return;
-        }
-        let active = self.clients.values().filter(|c| c.active).count();
-        let total = self.clients.len();
-        let joined = std::mem::take(&mut self.joined);
-        let left = std::mem::take(&mut self.left);
-        // With nobody left to tell, the batch is dropped (the VM synthesizes the exits).
-        if active > 0 {
-            let j: Vec<&str> = joined.iter().map(|u| u.raw.as_str()).collect();
-            let l: Vec<&str> = left.iter().map(|u| u.raw.as_str()).collect();
-            let payload = frames::users_payload(active, total, &j, &l);
-            self.broadcast_own(&payload);
-        }
-    }
-
-    fn tick(&mut self, now: Instant) {
-        let Some(period) = self.tick else {
-            self.next_tick = None;
-            return;
-        };
-        self.next_tick = Some(now + period);
-        if self.subscribers == 0 {
-            return;
-        }
-        let time = self.clock.now();
-        self.outbox
-            .push(Out::Broadcast(Shared::Tick(Utf8Bytes::from(frames::tick(
-                &self.id_json,
-                time,
-            )))));
-        Metrics::add(&self.ctx.metrics.ticks, 1);
-        if time >= self.last_time_record + 1000 {
-            self.last_time_record = time;
-            if let Some(j) = &mut self.journal {
-                j.time(time);
+                tracing::error!(session = %id, error = %e, "cannot record persistent data");
+                Metrics::add(&self.metrics.journal_errors, 1);
             }
         }
     }
@@ -1244,7 +195,7 @@ impl Island {
     /// thread; this session waits (its commands queue), the others and the HTTP server
     /// go on.
     async fn install_compaction(&mut self) {
-        let Some(image) = self.compaction.take() else {
+        let Some(image) = self.session.records().take_compaction() else {
             return;
         };
         let Some(mut journal) = self.journal.take() else {
@@ -1255,183 +206,104 @@ impl Island {
             (journal, r)
         })
         .await;
+        let id = self.session.id();
         match done {
             Ok((journal, result)) => {
                 self.journal = Some(journal);
                 if let Err(e) = result {
-                    tracing::error!(session = %self.id, error = %e, "cannot compact the session journal");
-                    Metrics::add(&self.ctx.metrics.journal_errors, 1);
+                    tracing::error!(session = %id, error = %e, "cannot compact the session journal");
+                    Metrics::add(&self.metrics.journal_errors, 1);
                 }
             }
             Err(e) => {
-                tracing::error!(session = %self.id, error = %e, "journal compaction failed; this session will not survive a restart");
-                Metrics::add(&self.ctx.metrics.journal_errors, 1);
+                tracing::error!(session = %id, error = %e, "journal compaction failed; this session will not survive a restart");
+                Metrics::add(&self.metrics.journal_errors, 1);
             }
         }
     }
 
     fn commit_journal(&mut self) {
         if let Some(j) = &mut self.journal
-            && let Err(e) = j.commit()
+            && let Err(e) = j.write(self.session.records())
         {
-            tracing::error!(session = %self.id, error = %e, "journal write failed; messages are still delivered but may not survive a restart");
-            Metrics::add(&self.ctx.metrics.journal_errors, 1);
+            tracing::error!(session = %self.session.id(), error = %e, "journal write failed; messages are still delivered but may not survive a restart");
+            Metrics::add(&self.metrics.journal_errors, 1);
         }
     }
 
-    /// Make the batch durable, then send what it produced, in order.
+    /// Make the batch durable, then send what it produced.
     fn flush(&mut self) {
-        if self.outbox.is_empty() {
-            return;
+        if self.session.has_outbox() {
+            self.commit_journal();
         }
-        self.commit_journal();
-        let mut outbox = std::mem::take(&mut self.outbox);
+        self.deliver();
+        for conn in self.session.take_departed() {
+            self.conns.remove(&conn);
+            self.subscribers.retain(|c| c.id != conn);
+        }
+    }
+
+    // The fan-out is `deliver` and `audience`: nothing else touches `subscribers`.
+
+    /// Sends the session's outbox, in order, to the subscribers and to single connections.
+    fn deliver(&mut self) {
+        if !self.session.has_clients() {
+            self.subscribers.clear();
+        }
+        let mut outbox = self.session.take_outbox();
         for out in outbox.drain(..) {
             match out {
                 Out::Broadcast(frame) => {
-                    for c in self.clients.values().filter(|c| c.subscribed) {
-                        c.handle.send(Direct::from(frame.clone()));
+                    for c in &self.subscribers {
+                        c.send(Direct::from(frame.clone()));
                     }
                 }
                 Out::Sync { conn, frame } => {
                     // Subscribing here, between broadcasts, is what makes the first RECV
                     // this client sees carry exactly SYNC.seq + 1.
-                    let Some(c) = self.clients.get_mut(&conn) else {
+                    let Some(active) = self.session.client(conn) else {
                         continue;
                     };
-                    c.handle.send(Direct::Sync(Box::new(frame)));
-                    if c.active && !c.subscribed {
-                        c.subscribed = true;
-                        self.subscribers += 1;
+                    if let Some(c) = self.conns.get(&conn) {
+                        c.send(Direct::Sync(Box::new(frame)));
+                        if active && !self.subscribers.iter().any(|s| s.id == conn) {
+                            self.subscribers.push(c.clone());
+                        }
                     }
                 }
-                Out::Direct(conn, d) => {
-                    if let Some(c) = self.clients.get(&conn) {
-                        c.handle.send(d);
+                Out::Frame(conn, frame) => {
+                    if self.session.client(conn).is_some()
+                        && let Some(c) = self.conns.get(&conn)
+                    {
+                        c.send(Direct::Frame(frame));
                     }
                 }
             }
         }
-        self.outbox = outbox;
+        self.session.return_outbox(outbox);
+    }
+
+    /// Whether anyone gets broadcasts (ticks for nobody are not made).
+    fn audience(&self) -> bool {
+        !self.subscribers.is_empty()
     }
 }
 
-impl Drop for Island {
-    /// Also on a panic: the server-wide counts must not keep a failed session's share.
-    fn drop(&mut self) {
-        Metrics::add_i(
-            &self.ctx.metrics.stored_bytes,
-            -(self.retained_bytes as i64),
-        );
-        Metrics::add_i(&self.ctx.metrics.sessions, -1);
-    }
+fn persisted_path(data_dir: &Path, key: &str) -> PathBuf {
+    data_dir.join("persistent").join(format!("{key}.url"))
 }
 
-/// Longest `debounce` message id that is remembered (Croquet's are short names).
-const MAX_DEBOUNCE_ID: usize = 128;
-
-/// Whether `url` names a snapshot of session `id` in the file store of the server the
-/// client reached as `host`: `http(s)://HOST/files/PATH`, where PATH is one of the paths
-/// Croquet and synq clients store snapshots at, for this session (see `files::owner`).
-fn snapshot_url_ok(url: &str, host: Option<&str>, id: &str) -> bool {
-    let Some(host) = host else {
-        return false;
-    };
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let Some((url_host, path)) = rest.split_once('/') else {
-        return false;
-    };
-    let Some(key) = path
-        .strip_prefix("files/")
-        .and_then(|k| crate::store::BlobKey::parse(k).ok())
-    else {
-        return false;
-    };
-    url_host.eq_ignore_ascii_case(host)
-        && crate::files::owner(&key) == Some(crate::files::Owner::Session(id))
+/// URL of the persistent data saved by an earlier session of the same app.
+fn read_persisted(data_dir: &Path, key: &str) -> Option<String> {
+    std::fs::read_to_string(persisted_path(data_dir, key)).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tick_periods_are_clamped_and_never_panic() {
-        let min = Duration::from_millis(20);
-        assert_eq!(tick_period(Some(1e308), min), Some(Duration::from_secs(60)));
-        assert_eq!(
-            tick_period(Some(f64::INFINITY), min),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(tick_period(Some(1.0), min), Some(min));
-        assert_eq!(
-            tick_period(Some(50.0), min),
-            Some(Duration::from_millis(50))
-        );
-        assert_eq!(tick_period(Some(f64::NAN), min), None);
-        assert_eq!(tick_period(Some(-5.0), min), None);
-        assert_eq!(clamped_ms(Some(1e308)), Duration::from_secs(60));
-        assert_eq!(clamped_ms(Some(f64::NAN)), Duration::ZERO);
+fn save_persisted(data_dir: &Path, key: &str, url: &str) -> std::io::Result<()> {
+    let path = persisted_path(data_dir, key);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
     }
-
-    #[test]
-    fn snapshot_urls_must_name_this_sessions_file_in_this_store() {
-        let ok = "http://h:8080/files/snapshots/sid/0000007244_42-abc.snap";
-        assert!(snapshot_url_ok(ok, Some("h:8080"), "sid"));
-        let croquet = "https://h/files/apps/com.app/snap/code/pid.sid/0000007244_1.hash";
-        assert!(snapshot_url_ok(croquet, Some("h"), "sid"));
-        assert!(!snapshot_url_ok(croquet, Some("h"), "other"));
-        assert!(snapshot_url_ok(ok, Some("H:8080"), "sid"));
-        assert!(!snapshot_url_ok(ok, Some("h:8081"), "sid"));
-        assert!(!snapshot_url_ok(ok, None, "sid"));
-        assert!(!snapshot_url_ok(ok, Some("h:8080"), "other"));
-        for bad in [
-            "http://evil/files/snapshots/sid/x.snap",
-            "http://h:8080/files/snapshots/sid/../x.snap",
-            "http://h:8080/files/snapshots/sid/a/b.snap",
-            "http://h:8080/files/snapshots/sidx/a.snap",
-            "ftp://h:8080/files/snapshots/sid/a.snap",
-            "http://h:8080/files/snapshots/sid/",
-            "http://h:8080/files/snapshots/sid/a.snap?x=1",
-        ] {
-            assert!(!snapshot_url_ok(bad, Some("h:8080"), "sid"), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_large_sync_is_written_in_chunks_that_reassemble() {
-        let frame = |args: &str| {
-            let f = format!("{{\"x\":{args}}}");
-            (Utf8Bytes::from(f), 5)
-        };
-        let sync = SyncFrame {
-            head: "{\"messages\":[".into(),
-            messages: (0..50).map(|i| frame(&format!("[{i},\"€€ab\"]"))).collect(),
-            tail: "]}".into(),
-        };
-        let whole: String = sync.segments().collect();
-        assert_eq!(whole.len(), sync.len());
-        assert!(serde_json::from_str::<serde_json::Value>(&whole).is_ok());
-        assert_eq!(
-            sync.pieces(whole.len(), whole.len()).collect::<Vec<_>>(),
-            vec![whole.clone()]
-        );
-        let pieces: Vec<String> = sync.pieces(whole.len(), 7).collect();
-        assert!(pieces.len() > 10);
-        assert!(pieces[0].starts_with("_CHUNK10"));
-        assert!(pieces.last().is_some_and(|p| p.starts_with("_CHUNK01")));
-        assert!(
-            pieces[1..pieces.len() - 1]
-                .iter()
-                .all(|p| p.starts_with("_CHUNK00"))
-        );
-        assert!(pieces.iter().all(|p| p.len() <= 8 + 7));
-        let joined: String = pieces.iter().map(|p| &p[8..]).collect();
-        assert_eq!(joined, whole);
-    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, url)?;
+    std::fs::rename(&tmp, &path)
 }

@@ -43,6 +43,28 @@ pub struct Header {
     pub room_verifier: Option<String>,
 }
 
+impl Header {
+    /// The name of the persistent data of the app and persistent id this session was
+    /// created with (Croquet's `persistentId`), as a safe file name; `None` if it has none.
+    pub fn persistent_key(&self) -> Option<String> {
+        let app = self.app_id.as_deref()?;
+        let pid = self.persistent_id.as_deref()?;
+        let dev = self.developer_id.as_deref().unwrap_or("unknown_dev_id");
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '~'
+                    }
+                })
+                .collect()
+        };
+        Some(format!("{}.{}.{}", clean(dev), clean(app), clean(pid)))
+    }
+}
+
 /// An accepted snapshot. As a fallback, an empty `url` means "replay from the session's
 /// first message" (all of them are retained).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -99,8 +121,106 @@ pub fn message_time_seq(args: &str) -> Option<(u64, u32)> {
 pub struct Journal {
     dir: PathBuf,
     file: Option<File>,
-    buf: Vec<u8>,
+    buf: Records,
     durability: Durability,
+}
+
+/// Records waiting to be written, built without any I/O: the session's rules journal into
+/// one of these, and the session's task writes it with [`Journal::write`] (so the rules
+/// can be tested without files).
+#[derive(Debug, Default)]
+pub struct Records {
+    buf: Vec<u8>,
+    /// The compact journal an accepted snapshot made ([`Records::compact`]).
+    compaction: Option<Vec<u8>>,
+    /// Nothing is kept (the session has no journal).
+    off: bool,
+}
+
+impl Records {
+    /// Records of a session that has no journal: nothing is kept, no compaction is made.
+    pub fn disabled() -> Records {
+        Records {
+            off: true,
+            ..Records::default()
+        }
+    }
+
+    pub fn header(&mut self, h: &Header) {
+        if !self.off
+            && let Ok(body) = serde_json::to_vec(h)
+        {
+            push_record(&mut self.buf, TAG_HEADER, &body);
+        }
+    }
+
+    pub fn message(&mut self, args: &str) {
+        if !self.off {
+            push_record(&mut self.buf, TAG_MESSAGE, args.as_bytes());
+        }
+    }
+
+    pub fn time(&mut self, time: u64) {
+        if !self.off {
+            push_record(&mut self.buf, TAG_TIME, time.to_string().as_bytes());
+        }
+    }
+
+    /// Whether records are waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The bytes of the records waiting to be written.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Makes the compact journal that replaces the file (see [`Journal::compacted`]) and
+    /// keeps it for [`Records::take_compaction`]; the records buffered until now are in it.
+    pub fn compact<'a>(
+        &mut self,
+        header: &Header,
+        fallback: Option<&SnapshotPointer>,
+        snapshot: &SnapshotPointer,
+        messages: impl Iterator<Item = &'a str>,
+        time: u64,
+    ) {
+        if !self.off {
+            self.compaction = Some(self.compacted(header, fallback, snapshot, messages, time));
+        }
+    }
+
+    /// The compaction made since the last call, to [`Journal::install`] before the next write.
+    pub fn take_compaction(&mut self) -> Option<Vec<u8>> {
+        self.compaction.take()
+    }
+
+    fn compacted<'a>(
+        &mut self,
+        header: &Header,
+        fallback: Option<&SnapshotPointer>,
+        snapshot: &SnapshotPointer,
+        messages: impl Iterator<Item = &'a str>,
+        time: u64,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 * 1024);
+        if let Ok(body) = serde_json::to_vec(header) {
+            push_record(&mut out, TAG_HEADER, &body);
+        }
+        if let Some(body) = fallback.and_then(|f| serde_json::to_vec(f).ok()) {
+            push_record(&mut out, TAG_FALLBACK, &body);
+        }
+        if let Ok(body) = serde_json::to_vec(snapshot) {
+            push_record(&mut out, TAG_SNAPSHOT, &body);
+        }
+        for m in messages {
+            push_record(&mut out, TAG_MESSAGE, m.as_bytes());
+        }
+        push_record(&mut out, TAG_TIME, time.to_string().as_bytes());
+        self.buf.clear();
+        out
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -151,7 +271,7 @@ impl Journal {
                 file: Some(file),
                 // Grown on first use: most sessions write little, and thousands of idle
                 // sessions should not hold a buffer each.
-                buf: Vec::new(),
+                buf: Records::default(),
                 durability,
             },
             recovered,
@@ -159,17 +279,15 @@ impl Journal {
     }
 
     pub fn header(&mut self, h: &Header) {
-        if let Ok(body) = serde_json::to_vec(h) {
-            push_record(&mut self.buf, TAG_HEADER, &body);
-        }
+        self.buf.header(h);
     }
 
     pub fn message(&mut self, args: &str) {
-        push_record(&mut self.buf, TAG_MESSAGE, args.as_bytes());
+        self.buf.message(args);
     }
 
     pub fn time(&mut self, time: u64) {
-        push_record(&mut self.buf, TAG_TIME, time.to_string().as_bytes());
+        self.buf.time(time);
     }
 
     /// Whether records are waiting to be committed.
@@ -179,22 +297,34 @@ impl Journal {
 
     /// Write buffered records (one `write`), and sync them if so configured.
     pub fn commit(&mut self) -> Result<(), JournalError> {
-        if self.buf.is_empty() {
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.write(&mut buf);
+        self.buf = buf;
+        result
+    }
+
+    /// Write `records` (one `write`), sync them if so configured, and clear them (keeping
+    /// their buffer for the next batch).
+    pub fn write(&mut self, records: &mut Records) -> Result<(), JournalError> {
+        if records.buf.is_empty() {
             return Ok(());
         }
         let path = self.dir.join(FILE_NAME);
         let file = match &mut self.file {
             Some(f) => f,
-            None => return Err(io_at(&path)(io::Error::other("journal is closed"))),
+            None => {
+                records.buf.clear();
+                return Err(io_at(&path)(io::Error::other("journal is closed")));
+            }
         };
-        let result = file.write_all(&self.buf).and_then(|()| {
+        let result = file.write_all(&records.buf).and_then(|()| {
             if self.durability == Durability::Fsync {
                 file.sync_data()
             } else {
                 Ok(())
             }
         });
-        self.buf.clear();
+        records.buf.clear();
         result.map_err(io_at(&path))
     }
 
@@ -210,22 +340,8 @@ impl Journal {
         messages: impl Iterator<Item = &'a str>,
         time: u64,
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 * 1024);
-        if let Ok(body) = serde_json::to_vec(header) {
-            push_record(&mut out, TAG_HEADER, &body);
-        }
-        if let Some(body) = fallback.and_then(|f| serde_json::to_vec(f).ok()) {
-            push_record(&mut out, TAG_FALLBACK, &body);
-        }
-        if let Ok(body) = serde_json::to_vec(snapshot) {
-            push_record(&mut out, TAG_SNAPSHOT, &body);
-        }
-        for m in messages {
-            push_record(&mut out, TAG_MESSAGE, m.as_bytes());
-        }
-        push_record(&mut out, TAG_TIME, time.to_string().as_bytes());
-        self.buf.clear();
-        out
+        self.buf
+            .compacted(header, fallback, snapshot, messages, time)
     }
 
     /// Replace the journal file with `image` (write a temporary file, sync it if so

@@ -24,6 +24,7 @@
 pub mod config;
 mod connection;
 mod files;
+mod handle;
 mod http;
 mod island;
 pub mod journal;
@@ -33,7 +34,9 @@ pub mod peer;
 pub mod quota;
 mod registry;
 mod server;
+mod session;
 pub mod store;
+mod sync_frame;
 mod sync_gate;
 
 pub use config::{AiCapabilityIssuer, Durability, FileLimits, ReflectorConfig};

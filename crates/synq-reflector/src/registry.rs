@@ -14,9 +14,8 @@ use synq_protocol::client::JoinArgs;
 use tokio::sync::mpsc;
 
 use crate::config::ReflectorConfig;
-use crate::connection::ConnHandle;
-use crate::island::{Command, Island};
-use crate::journal::Header;
+use crate::handle::{Command, ConnHandle};
+use crate::island::{Ended, Island};
 use crate::metrics::Metrics;
 
 /// A way to reach a running session.
@@ -44,7 +43,7 @@ struct Entry {
 }
 
 pub(crate) struct Ctx {
-    pub config: ReflectorConfig,
+    pub config: Arc<ReflectorConfig>,
     pub metrics: Arc<Metrics>,
     /// Turns to write large SYNCs.
     pub sync_gate: crate::sync_gate::SyncGate,
@@ -90,7 +89,7 @@ impl Ctx {
                 config.max_syncs_per_address,
                 Arc::clone(&metrics),
             ),
-            config,
+            config: Arc::new(config),
             metrics,
             sessions: Mutex::new(Sessions::default()),
             next_conn: AtomicU64::new(1),
@@ -187,17 +186,26 @@ impl Ctx {
     /// JOINs and never answers: the task removes the session, which ends its connections
     /// (they watch [`SessionHandle::closed`]) and lets the next JOIN start it afresh.
     fn start(self: &Arc<Self>, id: &str) -> SessionHandle {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let ctx = Arc::clone(self);
         let id = id.to_owned();
         let handle = SessionHandle { tx };
         let own = handle.clone();
         tokio::spawn(async move {
             let run = AssertUnwindSafe(async {
-                Island::load(Arc::clone(&ctx), id.clone())
-                    .await
-                    .run(rx)
-                    .await;
+                let config = Arc::clone(&ctx.config);
+                let metrics = Arc::clone(&ctx.metrics);
+                let mut island =
+                    Island::load(config, metrics, ctx.session_dir(&id), id.clone()).await;
+                // The registry retires an idle session itself, under its lock, so that a
+                // JOIN cannot reach a session that is ending.
+                while let Ended::Idle = island.run(&mut rx).await {
+                    if ctx.remove_if_idle(&id, &rx) {
+                        break;
+                    }
+                    island.kept();
+                }
+                island.close().await;
             });
             if let Err(panic) = run.catch_unwind().await {
                 let why = panic
@@ -225,8 +233,8 @@ impl Ctx {
         self.sessions().by_id.contains_key(id)
     }
 
-    /// Called by an idle session: removes it unless a command (a JOIN) is waiting.
-    pub(crate) fn remove_if_idle(&self, id: &str, rx: &mpsc::UnboundedReceiver<Command>) -> bool {
+    /// Removes an idle session unless a command (a JOIN) is waiting for it.
+    fn remove_if_idle(&self, id: &str, rx: &mpsc::UnboundedReceiver<Command>) -> bool {
         let mut sessions = self.sessions();
         if !rx.is_empty() {
             return false;
@@ -278,46 +286,5 @@ impl Ctx {
             );
         }
         removed
-    }
-
-    pub(crate) fn persistent_key(h: &Header) -> Option<String> {
-        let app = h.app_id.as_deref()?;
-        let pid = h.persistent_id.as_deref()?;
-        let dev = h.developer_id.as_deref().unwrap_or("unknown_dev_id");
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '~'
-                    }
-                })
-                .collect()
-        };
-        Some(format!("{}.{}.{}", clean(dev), clean(app), clean(pid)))
-    }
-
-    fn persisted_path(&self, key: &str) -> PathBuf {
-        self.config
-            .data_dir
-            .join("persistent")
-            .join(format!("{key}.url"))
-    }
-
-    /// URL of the persistent data saved by an earlier session of the same app.
-    pub(crate) fn persisted_url(&self, h: Option<&Header>) -> Option<String> {
-        let key = Self::persistent_key(h?)?;
-        std::fs::read_to_string(self.persisted_path(&key)).ok()
-    }
-
-    pub(crate) fn save_persisted_url(&self, key: &str, url: &str) -> std::io::Result<()> {
-        let path = self.persisted_path(key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, url)?;
-        std::fs::rename(&tmp, &path)
     }
 }
