@@ -359,27 +359,36 @@ impl Conn {
                 match SendArgs::parse(env.args) {
                     Ok(args) => Command::Send {
                         conn,
-                        args,
-                        tags: SendTags::parse(env.tags),
+                        args: Box::new(args),
+                        tags: SendTags::parse(env.tags).map(Box::new),
                     },
                     Err(e) => return self.malformed(e),
                 }
             }
             Action::Tutti => match TuttiArgs::parse(env.args) {
-                Ok(args) => Command::Tutti { conn, args },
+                Ok(args) => Command::Tutti {
+                    conn,
+                    args: Box::new(args),
+                },
                 Err(e) => return self.malformed(e),
             },
             Action::Snap => match SnapArgs::parse(env.args) {
-                Ok(args) => Command::Snap { conn, args },
+                Ok(args) => Command::Snap {
+                    conn,
+                    args: Box::new(args),
+                },
                 Err(e) => return self.malformed(e),
             },
             Action::Save => match SaveArgs::parse(env.args) {
-                Ok(args) => Command::Save { conn, args },
+                Ok(args) => Command::Save {
+                    conn,
+                    args: Box::new(args),
+                },
                 Err(e) => return self.malformed(e),
             },
             Action::Ticks => Command::Ticks {
                 conn,
-                cfg: TickConfig::parse(env.args),
+                cfg: Box::new(TickConfig::parse(env.args)),
             },
             Action::Ping => {
                 self.handle

@@ -157,14 +157,18 @@ impl Island {
                     args,
                     persisted_url,
                 };
-                self.conns.insert(conn.id, conn);
+                self.conns.insert(conn.id, *conn);
                 input
             }
-            Command::Send { conn, args, tags } => Input::Send { conn, args, tags },
-            Command::Tutti { conn, args } => Input::Tutti { conn, args },
-            Command::Snap { conn, args } => Input::Snap { conn, args },
-            Command::Save { conn, args } => Input::Save { conn, args },
-            Command::Ticks { conn, cfg } => Input::Ticks { conn, cfg },
+            Command::Send { conn, args, tags } => Input::Send {
+                conn,
+                args: *args,
+                tags: tags.map(|t| *t),
+            },
+            Command::Tutti { conn, args } => Input::Tutti { conn, args: *args },
+            Command::Snap { conn, args } => Input::Snap { conn, args: *args },
+            Command::Save { conn, args } => Input::Save { conn, args: *args },
+            Command::Ticks { conn, cfg } => Input::Ticks { conn, cfg: *cfg },
             Command::Closed { conn } => Input::Closed { conn },
         };
         self.session.handle(input, now());

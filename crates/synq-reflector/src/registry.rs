@@ -176,7 +176,7 @@ impl Ctx {
             }
         };
         handle.send(Command::Join {
-            conn,
+            conn: Box::new(conn),
             args: Box::new(args),
         });
         Ok(handle)
