@@ -233,7 +233,7 @@ pub fn chunk(frame: &str) -> Vec<String> {
     chunk_with(frame, CHUNK_SIZE)
 }
 
-fn chunk_with(frame: &str, size: usize) -> Vec<String> {
+pub(crate) fn chunk_with(frame: &str, size: usize) -> Vec<String> {
     if frame.len() <= size {
         return vec![frame.to_owned()];
     }

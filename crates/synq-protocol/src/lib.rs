@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod client;
 pub mod close;
 pub mod envelope;
@@ -16,6 +17,7 @@ pub mod server;
 
 pub use close::CloseCode;
 pub use envelope::{Action, ClientEnvelope, EnvelopeError};
+pub use server::{FrameError, ServerFrame};
 
 /// Protocol version sent in `JOIN.args.version` by Croquet 2.0.4 clients.
 pub const PROTOCOL_VERSION: u64 = 1;
