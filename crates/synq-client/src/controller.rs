@@ -1064,6 +1064,9 @@ impl<M: Model> Controller<M> {
 }
 
 #[cfg(test)]
+mod scripted;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use synq_model::demo::{Room, RoomViewData};
