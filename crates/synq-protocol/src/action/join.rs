@@ -1,4 +1,4 @@
-//! `JOIN`: a connection joins the session its URL names (protocol v1 §1.3.1).
+//! `JOIN`: a connection joins the session its URL names (docs/protocol.md, "JOIN").
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! `TUTTI`: a vote of every client, answered by one `tally` message (§1.3.3).
+//! `TUTTI`: a vote of every client, answered by one `tally` message (docs/protocol.md, "TUTTI").
 
 use serde_json::Value;
 use serde_json::value::RawValue;
