@@ -29,6 +29,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
+use synq_protocol::ServerFrame;
+use synq_protocol::action::{self, JoinRequest, JoinUser, SendRequest, TickConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
@@ -267,14 +269,43 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
 
 /// The `active` count of a `users` announcement after SYNC, if the frame is one.
 fn users_active(frame: &str) -> Option<u64> {
+    // Ticks pass here too while a session fills: parse only what may be an announcement.
     if !frame.contains("\"what\":\"users\"") {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_str(frame).ok()?;
-    if v.get("action")?.as_str()? != "RECV" {
-        return None;
+    match ServerFrame::parse(frame).ok()? {
+        ServerFrame::Recv(m) => m.users()?.active,
+        _ => None,
     }
-    v.get("args")?.get(2)?.get("active")?.as_u64()
+}
+
+fn is_sync(frame: &str) -> bool {
+    matches!(ServerFrame::parse(frame), Ok(ServerFrame::Sync(_)))
+}
+
+/// The JOIN of client `global`: a string user, ticks at `tps` (0: no idle ticks).
+fn join_frame(session: &str, global: u64, tps: f64) -> String {
+    let tick = if tps > 0.0 { 1000.0 / tps } else { 0.0 };
+    JoinRequest {
+        name: format!("bench/{session}"),
+        app_id: "bench".into(),
+        user: JoinUser::Name(format!("v{global}")),
+        ticks: Some(TickConfig {
+            tick: Some(tick),
+            delay: Some(0.0),
+            scale: None,
+        }),
+        ..JoinRequest::default()
+    }
+    .encode(session)
+}
+
+/// The SEND of message `ns` of client `index`: the stamp first in the payload, at a
+/// fixed position of the RECV that [`sent_stamp`] reads.
+fn send_frame(session: &str, index: u64, ns: u64, pad: &str) -> String {
+    // Fixed-width timestamp, so that every payload has the same size.
+    let payload = format!("{index}:{ns:020}:{pad}");
+    SendRequest::new(&payload).encode(session)
 }
 
 fn action_is(frame: &str, action: &str) -> bool {
@@ -323,15 +354,8 @@ async fn join(ctx: &Ctx, session: &str, global: u64) -> anyhow::Result<Halves> {
         .await
         .with_context(|| format!("connect {url}"))?;
     let (mut sink, mut stream) = ws.split();
-    let tick = if args.tps > 0.0 {
-        1000.0 / args.tps
-    } else {
-        0.0
-    };
-    let join = json!({"id": session, "action": "JOIN", "args": {"name": format!("bench/{session}"),
-        "apiKey": "none", "appId": "bench", "version": 1, "user": format!("v{global}"),
-        "ticks": {"tick": tick, "delay": 0}}});
-    sink.send(Message::Text(join.to_string().into())).await?;
+    let join = join_frame(session, global, args.tps);
+    sink.send(Message::Text(join.into())).await?;
 
     // SYNC, then the announcement that counts all clients of the session.
     let mut synced = false;
@@ -347,7 +371,7 @@ async fn join(ctx: &Ctx, session: &str, global: u64) -> anyhow::Result<Halves> {
         };
         let frame = frame.as_str();
         if !synced {
-            synced = action_is(frame, "SYNC");
+            synced = is_sync(frame);
         } else if users_active(frame) == Some(args.clients as u64) {
             break;
         }
@@ -523,10 +547,7 @@ async fn send_loop(
             }
         }
         let ns = t0.elapsed().as_nanos() as u64;
-        // Fixed-width timestamp, so that every payload has the same size.
-        let frame = format!(
-            "{{\"id\":\"{session}\",\"action\":\"SEND\",\"args\":[0,0,\"{index}:{ns:020}:{pad}\",0]}}"
-        );
+        let frame = send_frame(&session, index, ns, &pad);
         flow.sent.fetch_add(1, Ordering::Relaxed);
         sink.send(Message::Text(frame.into())).await?;
         sent.fetch_add(1, Ordering::Relaxed);
@@ -562,7 +583,7 @@ async fn idle(
                 None => return Err((anyhow::anyhow!("connection ended"), Some(r))),
             },
             _ = pulse.tick() => {
-                if let Err(e) = sink.send(Message::Text("{\"action\":\"PULSE\"}".into())).await {
+                if let Err(e) = sink.send(Message::Text(action::pulse().into())).await {
                     return Err((e.into(), Some(r)));
                 }
             }
@@ -956,6 +977,45 @@ mod tests {
             "TICK"
         ));
         assert!(action_is(r#"{"id":"s","action":"SYNC","args":{}}"#, "SYNC"));
+        assert!(is_sync(
+            r#"{"id":"s","action":"SYNC","args":{"url":"","messages":[],"time":0,"seq":4294967280}}"#
+        ));
+        assert!(
+            !is_sync(r#"{"id":"s","action":"SYNC","args":{}}"#),
+            "no seq"
+        );
+        assert_eq!(
+            users_active(r#"{"id":"s","action":"TICK","args":{"what":"users"}}"#),
+            None
+        );
+    }
+
+    /// What the bench sends, as the reflector parses it and reflects it: the stamp is
+    /// where `sent_stamp` looks for it.
+    #[test]
+    fn its_frames_parse_and_the_stamp_survives_the_reflector() {
+        use synq_protocol::client::{JoinArgs, SendArgs};
+        use synq_protocol::frames::{RecvFrame, quote};
+        use synq_protocol::{Action, ClientEnvelope};
+
+        let join = join_frame("s", 7, 20.0);
+        let env = ClientEnvelope::parse(&join).expect("JOIN");
+        assert_eq!(env.action, Action::Join);
+        let j = JoinArgs::parse(env.args).expect("JOIN args");
+        assert_eq!(j.user_string().as_deref(), Some("v7"));
+        assert_eq!(j.ticks.and_then(|t| t.tick), Some(50.0));
+        let idle = join_frame("s", 7, 0.0);
+        assert!(idle.contains(r#""ticks":{"tick":0,"delay":0}"#), "{idle}");
+
+        let send = send_frame("s", 7, 123456, "xxxx");
+        assert_eq!(
+            send,
+            r#"{"id":"s","action":"SEND","args":[0,0,"7:00000000000000123456:xxxx",0]}"#
+        );
+        let env = ClientEnvelope::parse(&send).expect("SEND");
+        let tail = SendArgs::parse(env.args).expect("SEND args").tail;
+        let recv = RecvFrame::new(&quote("s"), 1712, 4294967282, &tail.text);
+        assert_eq!(sent_stamp(&recv.frame), Some((7, 123456)));
     }
 
     #[test]

@@ -6,9 +6,14 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{Value, json};
 use synq_model::{Event, Model, Replica, ViewId};
+use synq_protocol::action::{
+    self, JoinRequest, JoinUser, SendRequest, SendTags, SnapRequest, TickConfig, TuttiRequest,
+};
 use synq_protocol::identity::view_id_for_proof;
 use synq_protocol::seq;
-use synq_protocol::server::{ServerFrame, StreamMessage};
+use synq_protocol::server::{
+    FrameError, Reassembler, ServerFrame, StreamMessage, SyncArgs, Tally, User, Users,
+};
 
 use crate::crypto::{Purpose, SessionKey, random_hex};
 use crate::error::ClientError;
@@ -162,6 +167,16 @@ struct PendingSnapshot {
     seq: u32,
 }
 
+/// A reflector frame the client cannot read: the connection cannot go on.
+fn frame_error(e: FrameError) -> ClientError {
+    ClientError::Protocol(match e {
+        FrameError::ChunkTooLarge { .. } => {
+            format!("{e} (ClientConfig::max_chunked_frame_bytes)")
+        }
+        _ => e.to_string(),
+    })
+}
+
 /// The client state machine of one session.
 pub struct Controller<M: Model> {
     config: ClientConfig,
@@ -189,7 +204,7 @@ pub struct Controller<M: Model> {
     pending_snapshots: BTreeMap<String, PendingSnapshot>,
     effects: VecDeque<Effect>,
     events: VecDeque<SessionEvent<M::Output>>,
-    chunks: Option<String>,
+    chunks: Reassembler,
     loaded_snapshot: Option<String>,
     /// The AI capability the reflector handed this view (synq sessions), for its server's
     /// AI gateway.
@@ -213,6 +228,7 @@ impl<M: Model> Controller<M> {
         let tove = key
             .seal_text(Purpose::SessionCheck, session_id.as_bytes())
             .map_err(crypto)?;
+        let chunks = Reassembler::new(config.max_chunked_frame_bytes);
         Ok(Controller {
             config,
             session_id,
@@ -237,7 +253,7 @@ impl<M: Model> Controller<M> {
             pending_snapshots: BTreeMap::new(),
             effects: VecDeque::new(),
             events: VecDeque::new(),
-            chunks: None,
+            chunks,
             loaded_snapshot: None,
             ai_token: None,
         })
@@ -284,35 +300,34 @@ impl<M: Model> Controller<M> {
     /// when rejoining.
     pub fn join_frame(&self) -> String {
         let tick = 1000.0 / self.config.tps.clamp(1.0 / 30.0, 60.0);
-        json!({
-            "id": self.session_id,
-            "action": "JOIN",
-            "args": {
-                "name": format!("{}/{}", self.config.app_id, self.config.session_name),
-                "appId": self.config.app_id,
-                "apiKey": "none",
-                "version": synq_protocol::PROTOCOL_VERSION,
-                "sdk": concat!("synq-client/", env!("CARGO_PKG_VERSION")),
-                "user": {
-                    "id": self.me.as_str(),
-                    "data": self.sealed_view_data,
-                    "proof": self.proof,
-                    "room": self.key.room_key(),
-                },
-                "ticks": {"tick": tick, "delay": 0},
-                "tove": self.tove,
-                // A reconnect within this time keeps the view in the session.
-                "leaveDelay": 1250,
-            }
-        })
-        .to_string()
+        JoinRequest {
+            name: format!("{}/{}", self.config.app_id, self.config.session_name),
+            app_id: self.config.app_id.clone(),
+            sdk: Some(concat!("synq-client/", env!("CARGO_PKG_VERSION")).to_owned()),
+            user: JoinUser::View {
+                id: self.me.as_str().to_owned(),
+                data: self.sealed_view_data.clone(),
+                proof: Some(self.proof.clone()),
+                room: Some(self.key.room_key().to_owned()),
+            },
+            ticks: Some(TickConfig {
+                tick: Some(tick),
+                delay: Some(0.0),
+                scale: None,
+            }),
+            tove: Some(self.tove.clone()),
+            // A reconnect within this time keeps the view in the session.
+            leave_delay: Some(1250.0),
+            ..JoinRequest::default()
+        }
+        .encode(&self.session_id)
     }
 
     /// The connection dropped: the next SYNC is a rejoin.
     pub fn connection_lost(&mut self, reason: &str) {
         self.synced = false;
         self.own_join_seen = false;
-        self.chunks = None;
+        self.chunks.reset();
         self.last_send_ms = None;
         self.last_activity_ms = None;
         if !matches!(self.phase, Phase::Running) {
@@ -360,8 +375,7 @@ impl<M: Model> Controller<M> {
         if !self.synced || self.queued.is_empty() {
             if now_ms - activity >= KEEPALIVE_MS {
                 self.last_activity_ms = Some(now_ms);
-                self.effects
-                    .push_back(Effect::Send(json!({"action": "PULSE"}).to_string()));
+                self.effects.push_back(Effect::Send(action::pulse()));
             }
             return Ok(());
         }
@@ -403,7 +417,7 @@ impl<M: Model> Controller<M> {
         self.send_wire(Body::Inputs { first_n, inputs }, None)
     }
 
-    fn send_wire(&mut self, body: Body, tags: Option<Value>) -> Result<(), ClientError> {
+    fn send_wire(&mut self, body: Body, tags: Option<SendTags>) -> Result<(), ClientError> {
         let wire = Wire {
             view: self.me.0.clone(),
             body,
@@ -413,11 +427,12 @@ impl<M: Model> Controller<M> {
             .key
             .seal_text(Purpose::Message, &plain)
             .map_err(|e| ClientError::Crypto(e.to_string()))?;
-        let mut frame = json!({"id": self.session_id, "action": "SEND", "args": [0, 0, sealed, 0]});
-        if let Some(tags) = tags {
-            frame["tags"] = tags;
+        let frame = SendRequest {
+            tags,
+            ..SendRequest::new(&sealed)
         }
-        self.effects.push_back(Effect::Send(frame.to_string()));
+        .encode(&self.session_id);
+        self.effects.push_back(Effect::Send(frame));
         Ok(())
     }
 
@@ -425,57 +440,28 @@ impl<M: Model> Controller<M> {
     /// go on: rejoin if [`ClientError::is_transient`], else give up.
     pub fn on_frame(&mut self, text: &str) -> Result<(), ClientError> {
         // Frames over 1 MB arrive in `_CHUNK<first><last>` pieces.
-        if let Some(rest) = text.strip_prefix("_CHUNK") {
-            let (flags, body) = rest
-                .split_at_checked(2)
-                .ok_or_else(|| ClientError::Protocol("a _CHUNK frame without its flags".into()))?;
-            let first = flags.starts_with('1');
-            let last = flags.ends_with('1');
-            let buf = if first {
-                self.chunks.insert(String::new())
-            } else {
-                self.chunks
-                    .as_mut()
-                    .ok_or_else(|| ClientError::Protocol("a _CHUNK without its first".into()))?
+        if Reassembler::is_chunk(text) {
+            return match self.chunks.push(text).map_err(frame_error)? {
+                Some(whole) => self.on_frame(&whole),
+                None => Ok(()),
             };
-            let limit = self.config.max_chunked_frame_bytes;
-            if buf.len().saturating_add(body.len()) > limit {
-                self.chunks = None;
-                return Err(ClientError::Protocol(format!(
-                    "a frame sent in _CHUNK pieces is larger than {limit} bytes \
-                     (ClientConfig::max_chunked_frame_bytes)"
-                )));
-            }
-            buf.push_str(body);
-            if last {
-                let whole = self.chunks.take().unwrap_or_default();
-                return self.on_frame(&whole);
-            }
-            return Ok(());
         }
-        let frame = ServerFrame::parse(text)
-            .map_err(|e| ClientError::Protocol(format!("invalid frame: {e}")))?;
-        match frame.action.as_str() {
-            "SYNC" => self.on_sync(&frame),
-            "RECV" => {
-                let m = frame
-                    .message()
-                    .ok_or_else(|| ClientError::Protocol("RECV without a message".into()))?;
-                match &mut self.phase {
-                    Phase::AwaitingSync => Ok(()),
-                    Phase::Loading { held, .. } => {
-                        held.push(m);
-                        Ok(())
-                    }
-                    Phase::Running => {
-                        self.apply_message(m)?;
-                        self.after_progress();
-                        Ok(())
-                    }
+        match ServerFrame::parse(text).map_err(frame_error)? {
+            ServerFrame::Sync(sync) => self.on_sync(sync),
+            ServerFrame::Recv(m) => match &mut self.phase {
+                Phase::AwaitingSync => Ok(()),
+                Phase::Loading { held, .. } => {
+                    held.push(m);
+                    Ok(())
                 }
-            }
-            "TICK" => {
-                if let (Some(t), Phase::Running) = (frame.tick_time(), &self.phase) {
+                Phase::Running => {
+                    self.apply_message(m)?;
+                    self.after_progress();
+                    Ok(())
+                }
+            },
+            ServerFrame::Tick(t) => {
+                if let Phase::Running = &self.phase {
                     let t = self.checked_time(t)?;
                     if let Some(r) = &mut self.replica {
                         let outputs = r.advance_to(t);
@@ -484,35 +470,33 @@ impl<M: Model> Controller<M> {
                 }
                 Ok(())
             }
-            "REQU" => {
+            ServerFrame::Requ => {
                 self.on_snapshot_request();
                 Ok(())
             }
-            "AICAP" => {
+            ServerFrame::AiCap { token } => {
                 // Goes into an HTTP header: base64url only, bounded.
-                if let Some(t) = frame.args.get("token").and_then(Value::as_str)
-                    && !t.is_empty()
-                    && t.len() <= 1024
-                    && t.bytes()
+                if !token.is_empty()
+                    && token.len() <= 1024
+                    && token
+                        .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 {
-                    self.ai_token = Some(t.to_owned());
+                    self.ai_token = Some(token);
                 }
                 Ok(())
             }
-            "INFO" => {
-                let msg = frame.args.get("msg").and_then(Value::as_str).unwrap_or("");
+            ServerFrame::Info(info) => {
                 self.events
-                    .push_back(SessionEvent::Info(format!("reflector: {msg}")));
+                    .push_back(SessionEvent::Info(format!("reflector: {}", info.msg)));
                 Ok(())
             }
-            _ => Ok(()),
+            ServerFrame::Pong(_) | ServerFrame::Other { .. } => Ok(()),
         }
     }
 
-    fn on_sync(&mut self, frame: &ServerFrame) -> Result<(), ClientError> {
-        let args = &frame.args;
-        if let Some(tove) = args.get("tove").and_then(Value::as_str) {
+    fn on_sync(&mut self, sync: SyncArgs) -> Result<(), ClientError> {
+        if let Some(tove) = &sync.tove {
             let ok = self
                 .key
                 .open_text(Purpose::SessionCheck, tove)
@@ -521,26 +505,18 @@ impl<M: Model> Controller<M> {
                 return Err(ClientError::WrongPassword);
             }
         }
-        let timeline = args
-            .get("timeline")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let sync_seq = args
-            .get("seq")
-            .and_then(Value::as_u64)
-            .and_then(|s| u32::try_from(s).ok())
-            .ok_or_else(|| ClientError::Protocol("SYNC without seq".into()))?;
-        let time = args
-            .get("time")
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0)
-            .max(0.0) as u64;
-        let url = args.get("url").and_then(Value::as_str).unwrap_or("");
-        let persisted = args
-            .get("persisted")
-            .is_some_and(|p| p.as_bool() == Some(true));
-        let messages = frame.sync_messages();
+        let SyncArgs {
+            url,
+            messages,
+            time,
+            seq: sync_seq,
+            timeline,
+            snapshot_seq,
+            persisted,
+            fallback,
+            ..
+        } = sync;
+        let time = time.max(0.0) as u64;
 
         // Rejoin on the same timeline: keep the replica, apply only what is new.
         if let (Some(_), Some(last)) = (&self.replica, self.last_seq)
@@ -574,25 +550,16 @@ impl<M: Model> Controller<M> {
             self.last_seq = Some(sync_seq);
             self.finish_sync(time)?;
         } else {
-            let snapshot_seq = args
-                .get("snapshotSeq")
-                .and_then(Value::as_u64)
-                .and_then(|s| u32::try_from(s).ok())
-                .unwrap_or(sync_seq);
-            let fallback = args.get("fallback").and_then(|f| {
-                let url = f.get("url").and_then(Value::as_str)?;
-                let seq = f
-                    .get("seq")
-                    .and_then(Value::as_u64)
-                    .and_then(|s| u32::try_from(s).ok())?;
-                if url.is_empty() {
-                    return Some((String::new(), seq));
+            let snapshot_seq = snapshot_seq.unwrap_or(sync_seq);
+            let fallback = fallback.and_then(|f| {
+                if f.url.is_empty() {
+                    return Some((String::new(), f.seq));
                 }
-                self.own_snapshot_url(url).map(|u| (u, seq))
+                self.own_snapshot_url(&f.url).map(|u| (u, f.seq))
             });
             // Snapshots are fetched from this client's own server only, whatever host the
             // SNAP named: the reflector's word decides which file, not where from.
-            let url = self.own_snapshot_url(url).ok_or_else(|| {
+            let url = self.own_snapshot_url(&url).ok_or_else(|| {
                 ClientError::Snapshot(format!(
                     "the session's snapshot is not in this server's file store: {:?}",
                     url.get(..url.floor_char_boundary(200)).unwrap_or("")
@@ -763,17 +730,14 @@ impl<M: Model> Controller<M> {
                 ));
                 Ok(())
             }
-            Value::Object(_) => match m.what() {
-                Some("users") => {
-                    self.apply_users(time, &m.payload);
-                    Ok(())
+            Value::Object(_) => {
+                if let Some(users) = m.users() {
+                    self.apply_users(time, users);
+                } else if let Some(tally) = m.tally() {
+                    self.on_tally(tally);
                 }
-                Some("tally") => {
-                    self.on_tally(&m.payload);
-                    Ok(())
-                }
-                _ => Ok(()),
-            },
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -859,28 +823,24 @@ impl<M: Model> Controller<M> {
         Ok(())
     }
 
-    fn apply_users(&mut self, time: u64, payload: &Value) {
-        let entries = |field: &str| -> Vec<Value> {
-            payload
-                .get(field)
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let joined = entries("joined");
-        let left = entries("left");
-        let active = payload.get("active").and_then(Value::as_u64);
-        // Only views whose data opens with the session key are participants.
+    fn apply_users(&mut self, time: u64, users: Users) {
+        let Users {
+            active,
+            joined,
+            left,
+            ..
+        } = users;
+        // Only views whose data opens with the session key are participants (a synq
+        // reflector announces every user as `{id, data}`: anything else is skipped).
         let mut joins = Vec::new();
         for entry in &joined {
-            let Some(id) = entry.get("id").and_then(Value::as_str) else {
+            let User::View { id, data } = entry else {
                 continue;
             };
-            let data = entry.get("data").and_then(Value::as_str).unwrap_or("");
-            match self.key.open_view_data(id, data) {
+            match self.key.open_view_data(id, data.as_deref().unwrap_or("")) {
                 Ok(plain) => {
                     let data = postcard::from_bytes(&plain).unwrap_or_default();
-                    joins.push((ViewId(id.to_owned()), data));
+                    joins.push((ViewId(id.clone()), data));
                 }
                 Err(e) => self.reject(format!("view {id} joined without the session key: {e}")),
             }
@@ -905,10 +865,9 @@ impl<M: Model> Controller<M> {
             }
             outputs.extend(r.apply(time, Event::Join { view, data }).outputs);
         }
-        for entry in &left {
-            if let Some(id) = entry.get("id").and_then(Value::as_str) {
-                let view = ViewId(id.to_owned());
-                outputs.extend(r.apply(time, Event::Exit { view }).outputs);
+        for entry in left {
+            if let User::View { id, .. } = entry {
+                outputs.extend(r.apply(time, Event::Exit { view: ViewId(id) }).outputs);
             }
         }
         self.emit(outputs);
@@ -960,7 +919,11 @@ impl<M: Model> Controller<M> {
 
     fn send_poll(&mut self) {
         self.poll_sent_at = Some(self.events_since_snapshot);
-        let tags = json!({"debounce": 5000, "msgID": "pollForSnapshot"});
+        // Polls of several views within 5 s are reflected once.
+        let tags = SendTags {
+            debounce: Some(5000.0),
+            msg_id: Some("pollForSnapshot".into()),
+        };
         if let Err(e) = self.send_wire(Body::SnapshotPoll, Some(tags)) {
             self.reject(format!("could not ask for a snapshot: {e}"));
         }
@@ -994,12 +957,16 @@ impl<M: Model> Controller<M> {
         let vote = self.key.vote(&snap.hash.0);
         let tutti_key = format!("synq-snapshot@{seq}");
         let payload = json!({"vote": vote, "viewId": self.me.as_str()}).to_string();
-        let frame = json!({
-            "id": self.session_id,
-            "action": "TUTTI",
-            "args": [time, 0, payload, null, true, ["synqSnapshot"], tutti_key],
-        });
-        self.effects.push_back(Effect::Send(frame.to_string()));
+        let frame = TuttiRequest {
+            send_time: time as f64,
+            payload: &payload,
+            first_msg: None,
+            wants_vote: true,
+            tally_target: json!(["synqSnapshot"]),
+            tutti_key: &tutti_key,
+        }
+        .encode(&self.session_id);
+        self.effects.push_back(Effect::Send(frame));
         self.pending_snapshots.insert(
             tutti_key,
             PendingSnapshot {
@@ -1016,30 +983,28 @@ impl<M: Model> Controller<M> {
     }
 
     /// The tally of a snapshot vote: the lowest view of the majority uploads.
-    fn on_tally(&mut self, payload: &Value) {
-        let Some(key) = payload.get("tuttiKey").and_then(Value::as_str) else {
+    fn on_tally(&mut self, tally: Tally) {
+        let Some(key) = tally.tutti_key else {
             return;
         };
-        let Some(pending) = self.pending_snapshots.remove(key) else {
+        let Some(pending) = self.pending_snapshots.remove(&key) else {
             return;
         };
         let mut by_vote: BTreeMap<String, (u32, Vec<String>)> = BTreeMap::new();
-        if let Some(tally) = payload.get("tally").and_then(Value::as_object) {
-            for (ballot, count) in tally {
-                let Ok(b) = serde_json::from_str::<Value>(ballot) else {
-                    continue;
-                };
-                let (Some(vote), Some(view)) = (
-                    b.get("vote").and_then(Value::as_str),
-                    b.get("viewId").and_then(Value::as_str),
-                ) else {
-                    continue;
-                };
-                let count = count.as_u64().unwrap_or(1) as u32;
-                let e = by_vote.entry(vote.to_owned()).or_default();
-                e.0 = e.0.saturating_add(count);
-                e.1.push(view.to_owned());
-            }
+        for (ballot, count) in &tally.votes {
+            let Ok(b) = serde_json::from_str::<Value>(ballot) else {
+                continue;
+            };
+            let (Some(vote), Some(view)) = (
+                b.get("vote").and_then(Value::as_str),
+                b.get("viewId").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let count = u32::try_from(*count).unwrap_or(u32::MAX);
+            let e = by_vote.entry(vote.to_owned()).or_default();
+            e.0 = e.0.saturating_add(count);
+            e.1.push(view.to_owned());
         }
         // Majority; a tie goes to the smaller vote, the same choice everywhere.
         let Some(majority) = by_vote
@@ -1080,12 +1045,14 @@ impl<M: Model> Controller<M> {
             pending.seq,
             &pending.vote[..32.min(pending.vote.len())]
         );
-        let then = json!({
-            "id": self.session_id,
-            "action": "SNAP",
-            "args": {"time": pending.time, "seq": pending.seq, "hash": pending.vote, "url": url, "dissident": null},
-        })
-        .to_string();
+        let then = SnapRequest {
+            time: pending.time as f64,
+            seq: pending.seq,
+            hash: &pending.vote,
+            url: &url,
+            dissident: false,
+        }
+        .encode(&self.session_id);
         self.effects.push_back(Effect::Upload { url, body, then });
     }
 
@@ -1095,6 +1062,9 @@ impl<M: Model> Controller<M> {
             .push_back(SessionEvent::SnapshotUploaded { url });
     }
 }
+
+#[cfg(test)]
+mod scripted;
 
 #[cfg(test)]
 mod tests {
@@ -1204,12 +1174,15 @@ mod tests {
         c.phase = Phase::Running;
         // The session was resumed by new views: every active connection just joined, so
         // the snapshot's views are gone (this looped once per claimed connection).
-        let users = json!({
-            "what": "users",
-            "joined": [{"id": c.me.as_str(), "data": c.sealed_view_data}],
-            "active": 1,
-        });
-        c.apply_users(10, &users);
+        let users = Users {
+            joined: vec![User::View {
+                id: c.me.as_str().to_owned(),
+                data: Some(c.sealed_view_data.clone()),
+            }],
+            active: Some(1),
+            ..Users::default()
+        };
+        c.apply_users(10, users);
         let r = c.replica().expect("replica");
         assert_eq!(r.views().keys().collect::<Vec<_>>(), [c.view_id()]);
         // As many exits as claimed connections, then the join.

@@ -233,7 +233,8 @@ pub fn chunk(frame: &str) -> Vec<String> {
     chunk_with(frame, CHUNK_SIZE)
 }
 
-fn chunk_with(frame: &str, size: usize) -> Vec<String> {
+/// [`chunk`] with pieces of at most `size` bytes of the frame (tests use small pieces).
+pub fn chunk_with(frame: &str, size: usize) -> Vec<String> {
     if frame.len() <= size {
         return vec![frame.to_owned()];
     }

@@ -8,6 +8,7 @@
 // determinism rules are for model code).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod action;
 pub mod client;
 pub mod close;
 pub mod envelope;
@@ -19,6 +20,7 @@ pub mod server;
 
 pub use close::CloseCode;
 pub use envelope::{Action, ClientEnvelope, EnvelopeError};
+pub use server::{FrameError, ServerFrame};
 
 /// Protocol version sent in `JOIN.args.version` by Croquet 2.0.4 clients.
 pub const PROTOCOL_VERSION: u64 = 1;

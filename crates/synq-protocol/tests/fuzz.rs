@@ -17,7 +17,7 @@ use synq_protocol::client::{
 };
 use synq_protocol::frames::{self, RecvFrame, SnapshotRef, Sync};
 use synq_protocol::identity::{check_user, view_id_for_proof};
-use synq_protocol::server::ServerFrame;
+use synq_protocol::server::{LooseFrame, Reassembler, ServerFrame};
 use synq_protocol::{Action, ClientEnvelope, CloseCode, seq};
 
 fn assert_json(text: &str, what: &str) {
@@ -258,7 +258,21 @@ fn exercise_client_frame(text: &str) {
 
 /// Everything a client does to parse a reflector frame.
 fn exercise_server_frame(text: &str) {
-    let Ok(f) = ServerFrame::parse(text) else {
+    if Reassembler::is_chunk(text) {
+        let _ = Reassembler::new(1 << 20).push(text);
+    }
+    if let Ok(f) = ServerFrame::parse(text) {
+        let _ = f.action();
+        let messages = match f {
+            ServerFrame::Recv(m) => vec![m],
+            ServerFrame::Sync(s) => s.messages,
+            _ => Vec::new(),
+        };
+        for m in messages {
+            let _ = (m.what(), m.users(), m.tally(), m.rest.len());
+        }
+    }
+    let Ok(f) = LooseFrame::parse(text) else {
         return;
     };
     if let Some(m) = f.message() {

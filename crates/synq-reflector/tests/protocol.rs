@@ -624,7 +624,7 @@ async fn a_sync_larger_than_a_megabyte_arrives_in_chunks_that_reassemble() {
         }
     }
     assert!(parts >= 2);
-    let sync = synq_protocol::server::ServerFrame::parse(&body).expect("reassembled SYNC is JSON");
+    let sync = synq_protocol::server::LooseFrame::parse(&body).expect("reassembled SYNC is JSON");
     assert_eq!(sync.action, "SYNC");
     assert_eq!(
         sync.sync_messages()

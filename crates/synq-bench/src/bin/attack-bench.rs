@@ -37,6 +37,7 @@ use clap::Parser;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use synq_protocol::action::{JoinRequest, JoinUser, SendRequest, SendTags, TickConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -358,10 +359,18 @@ fn close_kind(frame: Option<&tungstenite::protocol::CloseFrame>) -> String {
 
 fn join_frame(session: &str, user: &str) -> Message {
     Message::text(
-        json!({"id": session, "action": "JOIN", "args": {"name": format!("attack/{session}"),
-            "apiKey": "none", "appId": "attack.bench", "version": 1, "user": user,
-            "ticks": {"tick": 1000, "delay": 0}}})
-        .to_string(),
+        JoinRequest {
+            name: format!("attack/{session}"),
+            app_id: "attack.bench".into(),
+            user: JoinUser::Name(user.into()),
+            ticks: Some(TickConfig {
+                tick: Some(1000.0),
+                delay: Some(0.0),
+                scale: None,
+            }),
+            ..JoinRequest::default()
+        }
+        .encode(session),
     )
 }
 
@@ -539,9 +548,7 @@ async fn join_flood(args: &Args) -> anyhow::Result<Value> {
     let tasks: Vec<_> = senders
         .into_iter()
         .map(|mut sink| {
-            let frame = Message::text(
-                json!({"id": session, "action": "SEND", "args": [0, 0, body, 0]}).to_string(),
-            );
+            let frame = Message::text(SendRequest::new(&body).encode(&session));
             let (rate, secs) = (args.rate, args.send_seconds);
             tokio::spawn(async move {
                 let r = send_at_rate(&mut sink, rate, secs, |_| frame.clone()).await;
@@ -898,10 +905,16 @@ async fn debounce_flood(args: &Args) -> anyhow::Result<Value> {
                 tasks.push(tokio::spawn(async move {
                     let r = send_at_rate(&mut sink, rate, secs, |n| {
                         let id = payload(bytes, ((c as u64) << 48) | n);
+                        let tags = SendTags {
+                            debounce: Some(1000.0),
+                            msg_id: Some(id),
+                        };
                         Message::text(
-                            json!({"id": session, "action": "SEND", "args": [0, 0, "x", 0],
-                                "tags": {"debounce": 1000, "msgID": id}})
-                            .to_string(),
+                            SendRequest {
+                                tags: Some(tags),
+                                ..SendRequest::new("x")
+                            }
+                            .encode(&session),
                         )
                     })
                     .await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use synq_protocol::server::{ServerFrame, StreamMessage};
+use synq_protocol::server::{LooseFrame as ServerFrame, StreamMessage};
 use synq_reflector::{Reflector, ReflectorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
