@@ -54,7 +54,7 @@ const STEP_BYTES: usize = NR * 2 * BLOCK + NR * 2 * 4;
 impl Q8Matrix {
     /// From the raw Q8_0 blocks of a `[n, k]` tensor.
     pub fn from_q8_0(data: &[u8], n: usize, k: usize) -> Result<Q8Matrix> {
-        if k % BLOCK != 0 || data.len() != n * k / BLOCK * BLOCK_BYTES {
+        if !k.is_multiple_of(BLOCK) || data.len() != n * k / BLOCK * BLOCK_BYTES {
             bail!("a Q8_0 tensor [{n}, {k}] of {} bytes", data.len());
         }
         let nb = k / BLOCK;

@@ -257,7 +257,11 @@ impl Model {
         let rope_base = md(content, &key("rope.freq_base"))
             .and_then(|v| v.to_f32())
             .unwrap_or(10000.0);
-        if n_head == 0 || n_kv_head == 0 || hidden % n_head != 0 || n_head % n_kv_head != 0 {
+        if n_head == 0
+            || n_kv_head == 0
+            || !hidden.is_multiple_of(n_head)
+            || !n_head.is_multiple_of(n_kv_head)
+        {
             bail!(
                 "inconsistent attention heads: {n_head} heads, {n_kv_head} KV heads, width {hidden}"
             );
