@@ -36,6 +36,13 @@ pub enum Convert {
     /// Convert types without a fast x86-64 kernel to Q8_0, and multiply Q8_0 weights with
     /// our AVX-512 VNNI kernel ([`super::q8`]) where the CPU has it.
     SlowTypesToQ8,
+    /// As `SlowTypesToQ8`, and K-quant weights too (re-quantised). The loader chooses it
+    /// instead of `SlowTypesToQ8` for models whose width is no multiple of 256
+    /// (Qwen2.5-0.5B): most of their weights take our kernel anyway, and candle's batched
+    /// kernels would keep a second, expanded copy of the few K-quant ones (+100 MB). Models
+    /// of K-quant-friendly width (Qwen2.5-1.5B) keep candle's kernels, which read their
+    /// prompts faster than ours would after re-quantisation.
+    AllToQ8,
 }
 
 /// The shape of the model.
@@ -62,10 +69,7 @@ enum Linear {
 impl Linear {
     fn new(tensor: QTensor, conversion: Convert) -> Result<Linear> {
         let tensor = convert(tensor, conversion)?;
-        if conversion == Convert::SlowTypesToQ8
-            && tensor.dtype() == GgmlDType::Q8_0
-            && q8::supported()
-        {
+        if conversion != Convert::None && tensor.dtype() == GgmlDType::Q8_0 && q8::supported() {
             let (n, k) = tensor.shape().dims2()?;
             return Ok(Linear::Q8(Q8Matrix::from_q8_0(&tensor.data()?, n, k)?));
         }
@@ -204,13 +208,22 @@ fn q5_0_to_q8_0(data: &[u8]) -> Vec<u8> {
 
 /// Whether [`Linear::new`] changes how a weight of this type is stored or multiplied.
 fn converts(dtype: GgmlDType, conversion: Convert) -> bool {
-    conversion == Convert::SlowTypesToQ8
+    conversion != Convert::None
         && cfg!(target_arch = "x86_64")
         && match dtype {
             GgmlDType::Q5_0 | GgmlDType::Q4_1 | GgmlDType::Q5_1 => true,
             GgmlDType::Q8_0 => q8::supported(),
+            k if is_k_quant(k) => conversion == Convert::AllToQ8 && q8::supported(),
             _ => false,
         }
+}
+
+/// See [`Convert::AllToQ8`].
+fn is_k_quant(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K
+    )
 }
 
 fn convert(tensor: QTensor, convert: Convert) -> Result<QTensor> {
@@ -229,6 +242,9 @@ fn convert(tensor: QTensor, convert: Convert) -> Result<QTensor> {
             )
         }
         GgmlDType::Q4_1 | GgmlDType::Q5_1 => {
+            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
+        }
+        k if is_k_quant(k) && convert == Convert::AllToQ8 && q8::supported() => {
             QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
         }
         _ => Ok(tensor),
@@ -267,6 +283,10 @@ impl Model {
             );
         }
         let head_dim = hidden / n_head;
+        let conversion = match conversion {
+            Convert::SlowTypesToQ8 if !hidden.is_multiple_of(256) => Convert::AllToQ8,
+            c => c,
+        };
         // candle-transformers' llama precomputes 4096 positions whatever the file says; the
         // same limit here keeps the two comparable (and a 2-core CPU reads no more anyway).
         let context = match arch {
@@ -669,13 +689,17 @@ mod tests {
         assert_same(&[from_copy], &fresh);
     }
 
-    /// A small random qwen2 model with the weight types of Qwen2.5-0.5B's Q4_K_M file: Q5_0
-    /// projections (which the loader converts to Q8_0), Q8_0, and a Q6_K down projection.
+    /// A small random qwen2 model with the weight types of Qwen2.5-0.5B's Q4_K_M file that
+    /// convert exactly: Q5_0 projections (which the loader converts to Q8_0) and Q8_0 ones.
+    /// (Its Q4_K / Q6_K down projections are re-quantised to Q8_0, as SmolLM2's Q4_1
+    /// weights are in the llama test.)
     #[test]
     fn the_qwen2_forward_pass_with_converted_q5_0_weights_gives_candle_transformers_logits() {
         use gguf_file::Value::{F32, String as Str, U32};
+        // Widths that are no multiple of 256, as the 0.5B's 896: candle multiplies Q8_0 by
+        // other kernels (another quantisation of the input) at multiples of 256.
         let (hidden, heads, kv_heads, ffn, layers, vocab) =
-            (64usize, 4usize, 2usize, 256usize, 2usize, 300usize);
+            (64usize, 4usize, 2usize, 192usize, 2usize, 300usize);
         let kv = hidden / heads * kv_heads;
         let randn = |shape: &[usize], q: GgmlDType| {
             let t = Tensor::randn(0f32, 0.2, shape, &Device::Cpu).expect("randn");
@@ -731,7 +755,7 @@ mod tests {
                 ),
                 (
                     format!("{p}.ffn_down.weight"),
-                    randn(&[hidden, ffn], GgmlDType::Q6K),
+                    randn(&[hidden, ffn], GgmlDType::Q8_0),
                 ),
                 (format!("{p}.attn_norm.weight"), ones(hidden)),
                 (format!("{p}.ffn_norm.weight"), ones(hidden)),
