@@ -464,3 +464,51 @@ async fn a_qwen2_model_loads_and_generates_and_other_architectures_are_named() {
         other => panic!("a gemma2 model: {other:?}"),
     }
 }
+
+/// A room's next request repeats its previous prompt: it is read only from where it
+/// differs, and answers as if read from scratch.
+#[tokio::test]
+async fn a_follow_up_prompt_reads_only_what_is_new_and_answers_the_same() {
+    let backend = LocalBackend::load(&model_path(), options()).expect("the test model loads");
+    let system = ChatMessage::system("You are a helpful assistant in a group chat.");
+    let transcript = "The chat so far:\nAnn: We are planning a trip to Italy.\nBo: I would like to see Rome and Florence.\n";
+    let ask = |extra: &str, question: &str| {
+        ChatRequest::new(vec![
+            system.clone(),
+            ChatMessage::user(format!("{transcript}{extra}\nAnn now writes: {question}")),
+        ])
+        .temperature(0.0)
+        .max_tokens(24)
+    };
+    backend
+        .complete(ask("", "AI, what is the capital of Italy?"))
+        .await
+        .expect("first answer");
+    let follow_up = ask(
+        "Ann: AI, what is the capital of Italy?\nAI: Rome.\n",
+        "AI, and how far is Florence from Rome?",
+    );
+    let warm = backend.complete(follow_up.clone()).await.expect("answer");
+    let stats = backend.last_stats().expect("stats");
+    assert!(
+        stats.cached_tokens > 30 && stats.cached_tokens < stats.prompt_tokens,
+        "{stats:?}"
+    );
+    backend.clear_prompt_cache();
+    let cold = backend.complete(follow_up.clone()).await.expect("answer");
+    assert_eq!(backend.last_stats().expect("stats").cached_tokens, 0);
+    assert_eq!(warm, cold, "the cached prefix changed the answer");
+
+    // Without a budget for it, nothing is kept.
+    let uncached = LocalBackend::load(
+        &model_path(),
+        LocalOptions {
+            prompt_cache_bytes: 0,
+            ..options()
+        },
+    )
+    .expect("the test model loads");
+    uncached.complete(follow_up.clone()).await.expect("answer");
+    uncached.complete(follow_up).await.expect("answer");
+    assert_eq!(uncached.last_stats().expect("stats").cached_tokens, 0);
+}

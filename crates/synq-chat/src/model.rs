@@ -329,7 +329,7 @@ impl ChatModel {
     }
 
     /// The prompt for a post of `text` by `name`: who is in the room, the room's
-    /// instructions, the last [`prompt::PROMPT_HISTORY`] entries before it, and the post.
+    /// instructions, the last entries before it ([`prompt::window`]), and the post.
     pub fn prompt(&self, name: &str, text: &str) -> AiRequest {
         self.prompt_before(self.history.len(), name, text)
     }
@@ -337,6 +337,7 @@ impl ChatModel {
     /// [`ChatModel::prompt`] with the history before its `end`th entry.
     fn prompt_before(&self, end: usize, name: &str, text: &str) -> AiRequest {
         let present: Vec<String> = self.users.values().cloned().collect();
+        // The prompt shows at most the last PROMPT_HISTORY entries (prompt::window).
         let start = end.saturating_sub(prompt::PROMPT_HISTORY);
         let history: Vec<Entry> = self.history.range(start..end).cloned().collect();
         prompt::build(&PromptInput {

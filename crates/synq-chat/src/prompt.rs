@@ -6,8 +6,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{AI_NAME, AiState, Entry, EntryKind};
 
-/// History entries given to the AI with each request.
+/// History entries given to the AI with each request: at most this many, at least
+/// `PROMPT_HISTORY - HISTORY_BLOCK + 1` when the room has them (see [`window`]).
 pub const PROMPT_HISTORY: usize = 20;
+
+/// The oldest entries leave the prompt in blocks of this many rather than one per post, so
+/// that the prompt's start stays the same for several posts: a model that keeps the KV
+/// cache of the previous prompt (synq's embedded model, llama.cpp's prompt cache) then reads
+/// only the new entries, not the whole transcript again.
+pub const HISTORY_BLOCK: usize = 10;
+
+/// The entries of `history` (oldest first, increasing entry ids) that the prompt shows:
+/// the last ones from the first entry id that is a multiple of [`HISTORY_BLOCK`] and
+/// leaves at most [`PROMPT_HISTORY`]. Never more than the last `PROMPT_HISTORY` entries, as
+/// the chat tells its users.
+pub fn window(history: &[Entry]) -> &[Entry] {
+    if history.len() <= PROMPT_HISTORY {
+        return history;
+    }
+    let first = history[history.len() - PROMPT_HISTORY].id;
+    let start_id = first.next_multiple_of(HISTORY_BLOCK as u64);
+    &history[history.partition_point(|e| e.id < start_id)..]
+}
 
 /// Who says a message of the prompt (the OpenAI chat roles; serialized as their wire
 /// names, since the browser sends the messages as they are).
@@ -48,7 +68,7 @@ pub struct AiRequest {
 pub struct PromptInput<'a> {
     /// Names of the people in the room now (not the AI).
     pub present: &'a [String],
-    /// The history before the post, oldest first; the last [`PROMPT_HISTORY`] are used.
+    /// The history before the post, oldest first; the prompt shows its [`window`].
     pub history: &'a [Entry],
     /// The room's instructions for the AI ("answer in French"); may be empty.
     pub instructions: &'a str,
@@ -88,9 +108,8 @@ pub fn build(input: &PromptInput<'_>) -> AiRequest {
             "\nThe people set these instructions for you: {instructions}"
         ));
     }
-    let start = input.history.len().saturating_sub(PROMPT_HISTORY);
     let mut transcript = String::new();
-    for e in &input.history[start..] {
+    for e in window(input.history) {
         let line = match &e.kind {
             EntryKind::Post { name, text, .. } => format!("{name}: {text}"),
             EntryKind::Ai { text, state, .. } if *state != AiState::Waiting => {
@@ -211,5 +230,41 @@ mod tests {
         assert!(!user.contains("m29\n"), "{user}");
         assert!(user.contains("m30\n") && user.contains("m49\n"), "{user}");
         assert!(!r.messages[0].content.contains("instructions"));
+    }
+
+    #[test]
+    fn the_transcript_loses_its_oldest_entries_in_blocks_so_its_start_stays_put() {
+        let history: Vec<Entry> = (0..60).map(|i| post(i, "Ann", &format!("m{i}"))).collect();
+        let present = vec!["Ann".to_owned()];
+        let prompt_after = |n: usize| {
+            build(&PromptInput {
+                present: &present,
+                history: &history[..n],
+                instructions: "",
+                asker: "Ann",
+                text: "next",
+            })
+            .messages[1]
+                .content
+                .clone()
+        };
+        let mut starts_changed = 0;
+        for n in 21..60 {
+            let (before, now) = (prompt_after(n - 1), prompt_after(n));
+            let shown = now.matches("Ann: m").count();
+            assert!(
+                (PROMPT_HISTORY + 1 - HISTORY_BLOCK..=PROMPT_HISTORY).contains(&shown),
+                "{n} entries: {shown} shown"
+            );
+            assert!(now.contains(&format!("Ann: m{}\n", n - 1)), "{now}");
+            // The previous prompt's transcript (all but its last line and the request) is
+            // where the new one starts, except when a block leaves.
+            let old_transcript = before.split("\n\n").next().unwrap_or_default();
+            if !now.starts_with(old_transcript) {
+                starts_changed += 1;
+            }
+        }
+        // 39 posts: the start moved 4 times (once every HISTORY_BLOCK posts), not 39.
+        assert_eq!(starts_changed, 4);
     }
 }

@@ -84,10 +84,12 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
         path.display()
     )));
     let load_path = path.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        local::LocalBackend::load(&load_path, local::LocalOptions::default())
-    })
-    .await;
+    let options = local::LocalOptions {
+        prompt_cache_bytes: args.ai_prompt_cache_mb.saturating_mul(1 << 20),
+        ..local::LocalOptions::default()
+    };
+    let loaded =
+        tokio::task::spawn_blocking(move || local::LocalBackend::load(&load_path, options)).await;
     match loaded {
         Ok(Ok(backend)) => {
             slot.set(BackendState::Ready(Arc::new(backend)));

@@ -44,6 +44,11 @@ pub struct AiArgs {
         conflicts_with = "ai_url"
     )]
     pub ai_model_path: Option<PathBuf>,
+    /// Memory, in MiB, for the embedded model's KV caches of recent prompts: a chat room's
+    /// next prompt, which repeats most of its previous one, is then read only from where it
+    /// differs (0 = no cache).
+    #[arg(long, default_value_t = 128, value_name = "MIB")]
+    pub ai_prompt_cache_mb: usize,
     /// Largest answer, in tokens: a client's max_tokens is clamped to this.
     #[arg(long, default_value_t = 1024)]
     pub ai_max_tokens: u32,

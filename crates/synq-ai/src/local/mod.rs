@@ -3,15 +3,21 @@
 //!
 //! The `.gguf` alone is enough: the tokenizer is built from its metadata
 //! ([`gguf_tokenizer`]), the chat template is recognised from it ([`chat_template`]).
-//! Generation runs on a blocking thread, one request at a time (the weights and their KV
-//! cache are one mutable state; other requests queue), and sends text deltas through a
-//! bounded channel: dropping the stream stops the generation at the next token.
+//! Generation runs on a blocking thread, one request at a time (the CPU is the bottleneck;
+//! other requests queue), and sends text deltas through a bounded channel: dropping the
+//! stream stops the generation at the next token. The forward pass is our own
+//! ([`transformer`]) so that the KV caches of recent prompts can be kept and continued
+//! ([`prompt_cache`]): a chat room's next prompt is read only from where it differs from
+//! its previous one.
 
 pub mod chat_template;
 mod download;
 pub mod gguf_tokenizer;
 mod model;
+mod prompt_cache;
+mod q8;
 mod sampler;
+pub mod transformer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,12 +31,16 @@ pub use chat_template::ChatTemplate;
 pub use download::{DEFAULT_MODEL, DefaultModel, DownloadProgress, fetch_default_model};
 pub use gguf_tokenizer::GgufTokenizer;
 pub use model::SUPPORTED_ARCHITECTURES;
-use model::Weights;
+use prompt_cache::PromptCache;
 use sampler::Sampler;
+use transformer::{Convert, KvCache, Model};
 
 /// Prompt tokens fed to the model per forward pass: bounds the attention scratch memory of
 /// long prompts, and lets a cancelled request stop between chunks.
 const PREFILL_CHUNK: usize = 256;
+/// Answer tokens a new KV cache has room for before it must grow (chat answers are short;
+/// `max_tokens` is often much larger).
+const ANSWER_RESERVE: usize = 256;
 /// Deltas buffered between the generation thread and the stream's reader.
 const CHANNEL_CAPACITY: usize = 16;
 
@@ -49,7 +59,15 @@ pub struct LocalOptions {
     /// Prompt plus answer, in tokens (capped by the model's own context length). Older
     /// messages are left out of prompts that would not fit.
     pub context_tokens: usize,
+    /// Memory for the KV caches of recent prompts (bytes; 0 = none), so that a prompt that
+    /// starts like an earlier one (a chat room's next request) is read only from where it
+    /// differs. Least recently used first out.
+    pub prompt_cache_bytes: usize,
 }
+
+/// Default [`LocalOptions::prompt_cache_bytes`]: 128 MiB, the caches of 4–5 rooms of
+/// ~1,000 tokens with Qwen2.5-0.5B (24 KiB per token), 2 with the 1.5B (56 KiB).
+pub const DEFAULT_PROMPT_CACHE_BYTES: usize = 128 << 20;
 
 impl Default for LocalOptions {
     fn default() -> Self {
@@ -61,6 +79,7 @@ impl Default for LocalOptions {
             // Enough for a chat with some history; a longer prompt costs seconds to read
             // on 2 cores.
             context_tokens: 4096,
+            prompt_cache_bytes: DEFAULT_PROMPT_CACHE_BYTES,
         }
     }
 }
@@ -70,6 +89,8 @@ impl Default for LocalOptions {
 pub struct GenerationStats {
     /// Tokens of the prompt after the chat template and any truncation.
     pub prompt_tokens: usize,
+    /// Of those, the tokens found in the prompt cache (not read again).
+    pub cached_tokens: usize,
     /// Tokens generated, not counting the end-of-turn token.
     pub tokens: usize,
     /// From the start of the generation (the lock obtained) to the first token sampled.
@@ -97,7 +118,9 @@ pub struct LocalBackend {
 
 struct Inner {
     name: String,
-    weights: Mutex<Weights>,
+    model: Model,
+    /// Also the lock that runs one generation at a time.
+    cache: Mutex<PromptCache>,
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
     stop_tokens: Vec<u32>,
@@ -175,7 +198,14 @@ impl LocalBackend {
             .map(String::as_str);
         let template = ChatTemplate::detect(jinja, &tokenizer);
         let stop_tokens = template.stop_tokens(&tokenizer);
-        let (weights, model_context) = Weights::load(model_path, content)?;
+        let (model, model_context) = model::load(model_path, &content, Convert::SlowTypesToQ8)?;
+        // The loader's temporary copies of the weights (read, converted, rearranged) are
+        // freed, but glibc keeps freed heap memory for reuse: give it back to the system.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let context_tokens = options.context_tokens.clamp(64, model_context.max(64));
         let name = model_path
             .file_stem()
@@ -192,7 +222,8 @@ impl LocalBackend {
         Ok(LocalBackend {
             inner: Arc::new(Inner {
                 name,
-                weights: Mutex::new(weights),
+                model,
+                cache: Mutex::new(PromptCache::new(options.prompt_cache_bytes)),
                 tokenizer,
                 template,
                 stop_tokens,
@@ -223,6 +254,16 @@ impl LocalBackend {
     /// Tokens generated by this backend since it was loaded (all requests).
     pub fn generated_tokens(&self) -> u64 {
         self.inner.generated.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the cached prompts (the next request reads its whole prompt).
+    pub fn clear_prompt_cache(&self) {
+        let mut cache = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.clear();
     }
 
     /// Figures about the last finished generation.
@@ -289,9 +330,9 @@ impl Inner {
     /// Runs one generation on the calling (blocking) thread, sending deltas to `tx`.
     fn generate(&self, job: Job, tx: mpsc::Sender<Result<String, AiError>>) {
         // One generation at a time; a poisoned lock only means an earlier generation
-        // panicked, and the KV cache is cleared below anyway.
-        let mut weights = self
-            .weights
+        // panicked (its KV cache was not stored back).
+        let mut cache = self
+            .cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if tx.is_closed() {
@@ -301,13 +342,14 @@ impl Inner {
         let started = Instant::now();
         let mut stats = GenerationStats {
             prompt_tokens: job.prompt.len(),
+            cached_tokens: 0,
             tokens: 0,
             time_to_first_token: Duration::ZERO,
             total: Duration::ZERO,
         };
         // A panic in the model code must not end the stream as if the answer were complete.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.run(&mut weights, &job, &tx, &mut stats, started)
+            self.run(&mut cache, &job, &tx, &mut stats, started)
         }))
         .unwrap_or_else(|_| Err(AiError::Generation("the model code panicked".into())));
         stats.total = started.elapsed();
@@ -315,9 +357,10 @@ impl Inner {
             .last_stats
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stats);
-        drop(weights);
+        drop(cache);
         tracing::info!(
             prompt_tokens = stats.prompt_tokens,
+            cached_tokens = stats.cached_tokens,
             tokens = stats.tokens,
             ttft_ms = stats.time_to_first_token.as_millis() as u64,
             tokens_per_s = stats.tokens_per_second(),
@@ -332,22 +375,54 @@ impl Inner {
 
     fn run(
         &self,
-        weights: &mut Weights,
+        cache: &mut PromptCache,
         job: &Job,
         tx: &mpsc::Sender<Result<String, AiError>>,
         stats: &mut GenerationStats,
         started: Instant,
     ) -> Result<(), AiError> {
         let model_error = |e: candle_core::Error| AiError::Generation(model::first_line(e));
-        weights.clear_kv_cache();
-        let mut pos = 0;
+        let capacity = job.prompt.len() + job.max_new_tokens.min(ANSWER_RESERVE);
+        let reuse = cache
+            .take(&self.model, &job.prompt, capacity)
+            .map_err(model_error)?;
+        stats.cached_tokens = reuse.reused;
+        let mut kv = reuse.kv;
+        // What the cache holds, to store it back with the cache (even when cancelled).
+        let mut read: Vec<u32> = job.prompt[..reuse.reused].to_vec();
+        let result = self.read_and_generate(&mut kv, &mut read, job, tx, stats, started);
+        if result.is_ok() {
+            cache.put(read, kv).map_err(model_error)?;
+            tracing::debug!(entries = cache.len(), bytes = cache.bytes(), "prompt cache");
+        }
+        result
+    }
+
+    /// Reads the rest of the prompt into `kv`, then generates; `read` follows what `kv`
+    /// holds.
+    fn read_and_generate(
+        &self,
+        kv: &mut KvCache,
+        read: &mut Vec<u32>,
+        job: &Job,
+        tx: &mpsc::Sender<Result<String, AiError>>,
+        stats: &mut GenerationStats,
+        started: Instant,
+    ) -> Result<(), AiError> {
+        let model_error = |e: candle_core::Error| AiError::Generation(model::first_line(e));
+        let forward = |kv: &mut KvCache, tokens: &[u32]| -> Result<Vec<f32>, AiError> {
+            self.model
+                .forward(tokens, kv)
+                .and_then(|logits| logits.to_vec1::<f32>())
+                .map_err(model_error)
+        };
         let mut logits = None;
-        for chunk in job.prompt.chunks(PREFILL_CHUNK) {
+        for chunk in job.prompt[read.len()..].chunks(PREFILL_CHUNK) {
             if tx.is_closed() {
                 return Ok(());
             }
-            logits = Some(weights.forward(chunk, pos).map_err(model_error)?);
-            pos += chunk.len();
+            logits = Some(forward(kv, chunk)?);
+            read.extend_from_slice(chunk);
         }
         let Some(mut logits) = logits else {
             return Err(AiError::InvalidRequest("empty prompt".into()));
@@ -356,7 +431,7 @@ impl Inner {
         let mut generated = Vec::new();
         let mut decoder = gguf_tokenizer::StreamDecoder::default();
         loop {
-            let next = sampler.sample(&logits, &generated).map_err(model_error)?;
+            let next = sampler.sample(&logits, &generated);
             if generated.is_empty() {
                 stats.time_to_first_token = started.elapsed();
             }
@@ -377,8 +452,8 @@ impl Inner {
             if generated.len() >= job.max_new_tokens {
                 break;
             }
-            logits = weights.forward(&[next], pos).map_err(model_error)?;
-            pos += 1;
+            logits = forward(kv, &[next])?;
+            read.push(next);
         }
         if let Some(rest) = decoder.finish(&self.tokenizer)? {
             let _ = tx.blocking_send(Ok(rest));

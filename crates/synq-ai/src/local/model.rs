@@ -5,8 +5,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
+
+use super::transformer::{Convert, Model};
 
 use crate::AiError;
 
@@ -64,70 +64,29 @@ pub fn read_header(path: &Path) -> Result<Content, AiError> {
     Ok(content)
 }
 
-/// The loaded weights of one of the supported architectures.
-pub enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-}
-
-impl Weights {
-    /// Loads the weights described by `content` from `path`.
-    pub fn load(path: &Path, content: Content) -> Result<(Weights, usize), AiError> {
-        let arch = architecture(&content);
-        let context = |key: &str| {
-            content
-                .metadata
-                .get(key)
-                .and_then(|v| v.to_u32().ok())
-                .map(|v| v as usize)
-        };
-        let file = File::open(path).map_err(|e| invalid_file(path, e))?;
-        let mut reader = BufReader::new(file);
-        let device = Device::Cpu;
-        match arch.as_str() {
-            "llama" => {
-                // candle's llama precomputes rotary embeddings for MAX_SEQ_LEN positions.
-                let ctx = context("llama.context_length")
-                    .unwrap_or(quantized_llama::MAX_SEQ_LEN)
-                    .min(quantized_llama::MAX_SEQ_LEN);
-                let w = quantized_llama::ModelWeights::from_gguf(content, &mut reader, &device)
-                    .map_err(|e| invalid_file(path, e))?;
-                Ok((Weights::Llama(w), ctx))
-            }
-            "qwen2" => {
-                let ctx = context("qwen2.context_length").unwrap_or(4096);
-                let w = quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device)
-                    .map_err(|e| invalid_file(path, e))?;
-                Ok((Weights::Qwen2(w), ctx))
-            }
-            other => Err(AiError::ModelUnavailable {
-                reason: format!(
-                    "{} is a model of architecture {other:?}, which the embedded backend does not run (supported: {})",
-                    path.display(),
-                    SUPPORTED_ARCHITECTURES.join(", ")
-                ),
-                fix: "use a GGUF of a llama or qwen2 model (SmolLM2, Llama 3.x, Qwen2.5 instruct), or serve this one with llama.cpp or Ollama and point --ai-url at it".into(),
-            }),
-        }
+/// Loads the weights described by `content` from `path`, with the model's own context
+/// length.
+pub fn load(
+    path: &Path,
+    content: &Content,
+    conversion: Convert,
+) -> Result<(Model, usize), AiError> {
+    let arch = architecture(content);
+    if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(AiError::ModelUnavailable {
+            reason: format!(
+                "{} is a model of architecture {arch:?}, which the embedded backend does not run (supported: {})",
+                path.display(),
+                SUPPORTED_ARCHITECTURES.join(", ")
+            ),
+            fix: "use a GGUF of a llama or qwen2 model (SmolLM2, Llama 3.x, Qwen2.5 instruct), or serve this one with llama.cpp or Ollama and point --ai-url at it".into(),
+        });
     }
-
-    /// Logits of the next token after `tokens`, which start at position `index_pos`.
-    pub fn forward(&mut self, tokens: &[u32], index_pos: usize) -> candle_core::Result<Tensor> {
-        let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
-        let logits = match self {
-            Weights::Llama(w) => w.forward(&input, index_pos)?,
-            Weights::Qwen2(w) => w.forward(&input, index_pos)?,
-        };
-        logits.squeeze(0)
-    }
-
-    /// Forgets the previous conversation.
-    pub fn clear_kv_cache(&mut self) {
-        match self {
-            Weights::Llama(w) => w.clear_kv_cache(),
-            Weights::Qwen2(w) => w.clear_kv_cache(),
-        }
-    }
+    let file = File::open(path).map_err(|e| invalid_file(path, e))?;
+    let mut reader = BufReader::new(file);
+    let model = Model::load(content, &mut reader, conversion).map_err(|e| invalid_file(path, e))?;
+    let context = model.config().context;
+    Ok((model, context))
 }
 
 /// `general.architecture`, or "" when missing.
