@@ -15,6 +15,12 @@ mod download;
 pub mod gguf_tokenizer;
 mod model;
 mod prompt_cache;
+// SIMD intrinsics (AVX-512 VNNI) need unsafe; each block states why it is sound, and the
+// kernel runs only where the CPU reports the features.
+#[expect(
+    unsafe_code,
+    reason = "the Q8_0 kernel's intrinsics and its disjoint-writes pointer"
+)]
 mod q8;
 mod sampler;
 pub mod transformer;
@@ -203,6 +209,7 @@ impl LocalBackend {
         // freed, but glibc keeps freed heap memory for reuse: give it back to the system.
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim has no preconditions.
+        #[expect(unsafe_code, reason = "an FFI call to glibc's malloc_trim")]
         unsafe {
             libc::malloc_trim(0);
         }
