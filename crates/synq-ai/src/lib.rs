@@ -9,8 +9,9 @@
 //! - [`gateway`]: the HTTP routes (`/ai/v1/chat/completions`, `/ai/v1/models`, `/ai`) with
 //!   their guards, and [`gateway::AiArgs`], the `synq serve` flags that configure them.
 
-// The one unsafe operation (setting candle's thread count in the environment) is allowed
-// where it is; nothing else may be unsafe.
+// Unsafe code is allowed only where it is: setting candle's thread count in the
+// environment, glibc's malloc_trim after loading a model, and the Q8_0 SIMD kernel
+// (`local::q8`).
 #![deny(unsafe_code)]
 // Not model code: AI backends and the HTTP gateway, called by one elected view (clippy.toml's
 // determinism rules are for model code).
