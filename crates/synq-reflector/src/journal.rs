@@ -121,7 +121,6 @@ pub fn message_time_seq(args: &str) -> Option<(u64, u32)> {
 pub struct Journal {
     dir: PathBuf,
     file: Option<File>,
-    buf: Records,
     durability: Durability,
 }
 
@@ -176,8 +175,11 @@ impl Records {
         &self.buf
     }
 
-    /// Makes the compact journal that replaces the file (see [`Journal::compacted`]) and
-    /// keeps it for [`Records::take_compaction`]; the records buffered until now are in it.
+    /// Makes the compact journal that replaces the file ([`Journal::install`]): the header,
+    /// the fallback and snapshot pointers, the messages after the fallback and the time.
+    /// It is kept for [`Records::take_compaction`]. The records buffered until now are in
+    /// it and leave the buffer; those buffered after it belong after it, so install it
+    /// before the next [`Journal::write`].
     pub fn compact<'a>(
         &mut self,
         header: &Header,
@@ -269,38 +271,10 @@ impl Journal {
             Journal {
                 dir: dir.to_owned(),
                 file: Some(file),
-                // Grown on first use: most sessions write little, and thousands of idle
-                // sessions should not hold a buffer each.
-                buf: Records::default(),
                 durability,
             },
             recovered,
         ))
-    }
-
-    pub fn header(&mut self, h: &Header) {
-        self.buf.header(h);
-    }
-
-    pub fn message(&mut self, args: &str) {
-        self.buf.message(args);
-    }
-
-    pub fn time(&mut self, time: u64) {
-        self.buf.time(time);
-    }
-
-    /// Whether records are waiting to be committed.
-    pub fn is_dirty(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
-    /// Write buffered records (one `write`), and sync them if so configured.
-    pub fn commit(&mut self) -> Result<(), JournalError> {
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = self.write(&mut buf);
-        self.buf = buf;
-        result
     }
 
     /// Write `records` (one `write`), sync them if so configured, and clear them (keeping
@@ -326,22 +300,6 @@ impl Journal {
         });
         records.buf.clear();
         result.map_err(io_at(&path))
-    }
-
-    /// The compact journal that replaces this one ([`Journal::install`]): the header, the
-    /// fallback and snapshot pointers and the messages after the fallback. Records buffered until now are contained in it and
-    /// dropped from the buffer; records buffered after it belong after it, so
-    /// [`Journal::install`] it before the next [`Journal::commit`].
-    pub fn compacted<'a>(
-        &mut self,
-        header: &Header,
-        fallback: Option<&SnapshotPointer>,
-        snapshot: &SnapshotPointer,
-        messages: impl Iterator<Item = &'a str>,
-        time: u64,
-    ) -> Vec<u8> {
-        self.buf
-            .compacted(header, fallback, snapshot, messages, time)
     }
 
     /// Replace the journal file with `image` (write a temporary file, sync it if so
@@ -492,10 +450,11 @@ mod tests {
         {
             let (mut j, r) = Journal::open(dir.path(), Durability::Write).unwrap();
             assert_eq!(r, Recovered::default());
-            j.header(&header());
-            j.message("[10,4294967281,\"a\",0]");
-            j.message("[20,4294967282,\"b\",0]");
-            j.commit().unwrap();
+            let mut rec = Records::default();
+            rec.header(&header());
+            rec.message("[10,4294967281,\"a\",0]");
+            rec.message("[20,4294967282,\"b\",0]");
+            j.write(&mut rec).unwrap();
         }
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(r.header, Some(header()));
@@ -510,9 +469,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut j, _) = Journal::open(dir.path(), Durability::Write).unwrap();
-            j.message("[10,4294967281,\"a\",0]");
-            j.message("[20,4294967282,\"b\",0]");
-            j.commit().unwrap();
+            let mut rec = Records::default();
+            rec.message("[10,4294967281,\"a\",0]");
+            rec.message("[20,4294967282,\"b\",0]");
+            j.write(&mut rec).unwrap();
         }
         let path = dir.path().join(FILE_NAME);
         let len = std::fs::metadata(&path).unwrap().len();
@@ -521,8 +481,9 @@ mod tests {
         drop(f);
         let (mut j, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(r.messages.len(), 1);
-        j.message("[30,4294967282,\"c\",0]");
-        j.commit().unwrap();
+        let mut rec = Records::default();
+        rec.message("[30,4294967282,\"c\",0]");
+        j.write(&mut rec).unwrap();
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(
             r.messages.iter().map(|m| m.time).collect::<Vec<_>>(),
@@ -541,18 +502,20 @@ mod tests {
         };
         {
             let (mut j, _) = Journal::open(dir.path(), Durability::Fsync).unwrap();
-            j.message("[10,4294967281,\"a\",0]");
-            j.commit().unwrap();
-            let image = j.compacted(
+            let mut rec = Records::default();
+            rec.message("[10,4294967281,\"a\",0]");
+            j.write(&mut rec).unwrap();
+            rec.compact(
                 &header(),
                 None,
                 &snap,
                 ["[20,4294967282,\"b\",0]"].into_iter(),
                 25,
             );
+            let image = rec.take_compaction().unwrap();
             j.install(&image).unwrap();
-            j.message("[30,4294967283,\"c\",0]");
-            j.commit().unwrap();
+            rec.message("[30,4294967283,\"c\",0]");
+            j.write(&mut rec).unwrap();
         }
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(r.snapshot, Some(snap));
@@ -577,7 +540,9 @@ mod tests {
         {
             let (mut j, _) = Journal::open(dir.path(), Durability::Write).unwrap();
             let messages = ["[10,4294967281,\"a\",0]", "[20,4294967282,\"b\",0]"];
-            let image = j.compacted(&header(), Some(&replay), &snap, messages.into_iter(), 25);
+            let mut rec = Records::default();
+            rec.compact(&header(), Some(&replay), &snap, messages.into_iter(), 25);
+            let image = rec.take_compaction().unwrap();
             j.install(&image).unwrap();
         }
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
