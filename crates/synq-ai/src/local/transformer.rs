@@ -605,6 +605,29 @@ mod tests {
             .collect()
     }
 
+    /// The same from candle-transformers' model, whose `forward(input, position)` keeps
+    /// its own cache.
+    fn theirs(
+        steps: &[&[u32]],
+        mut forward: impl FnMut(&Tensor, usize) -> candle_core::Result<Tensor>,
+    ) -> Vec<Vec<f32>> {
+        let mut pos = 0;
+        steps
+            .iter()
+            .map(|s| {
+                let input = Tensor::new(*s, &Device::Cpu)
+                    .and_then(|t| t.unsqueeze(0))
+                    .expect("input");
+                let logits = forward(&input, pos).expect("reference forward");
+                pos += s.len();
+                logits
+                    .flatten_all()
+                    .and_then(|l| l.to_vec1())
+                    .expect("logits")
+            })
+            .collect()
+    }
+
     fn assert_same(ours: &[Vec<f32>], reference: &[Vec<f32>]) {
         for (step, (a, b)) in ours.iter().zip(reference).enumerate() {
             let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
@@ -632,21 +655,7 @@ mod tests {
             quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
                 .expect("reference");
         let steps: Vec<&[u32]> = vec![PROMPT, &[28], &[905], &[30]];
-        let mut pos = 0;
-        let expected: Vec<Vec<f32>> = steps
-            .iter()
-            .map(|s| {
-                let input = Tensor::new(*s, &Device::Cpu)
-                    .and_then(|t| t.unsqueeze(0))
-                    .expect("input");
-                let logits = reference.forward(&input, pos).expect("reference forward");
-                pos += s.len();
-                logits
-                    .flatten_all()
-                    .and_then(|l| l.to_vec1())
-                    .expect("logits")
-            })
-            .collect();
+        let expected = theirs(&steps, |input, pos| reference.forward(input, pos));
         assert_same(&ours(&model, &steps), &expected);
 
         // Converted weights (Q4_1 re-quantised to Q8_0): the same next tokens.
@@ -789,21 +798,7 @@ mod tests {
                 .expect("reference");
         let prompt: Vec<u32> = (0..40).map(|i| (i * 7 % vocab) as u32).collect();
         let steps: Vec<&[u32]> = vec![&prompt, &[5], &[77]];
-        let mut pos = 0;
-        let expected: Vec<Vec<f32>> = steps
-            .iter()
-            .map(|s| {
-                let input = Tensor::new(*s, &Device::Cpu)
-                    .and_then(|t| t.unsqueeze(0))
-                    .expect("input");
-                let logits = reference.forward(&input, pos).expect("reference forward");
-                pos += s.len();
-                logits
-                    .flatten_all()
-                    .and_then(|l| l.to_vec1())
-                    .expect("logits")
-            })
-            .collect();
+        let expected = theirs(&steps, |input, pos| reference.forward(input, pos));
         assert_same(&ours(&model, &steps), &expected);
     }
 
