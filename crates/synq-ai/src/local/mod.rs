@@ -388,7 +388,6 @@ impl Inner {
         stats: &mut GenerationStats,
         started: Instant,
     ) -> Result<(), AiError> {
-        let model_error = |e: candle_core::Error| AiError::Generation(model::first_line(e));
         let capacity = job.prompt.len() + job.max_new_tokens.min(ANSWER_RESERVE);
         let reuse = cache
             .take(&self.model, &job.prompt, capacity)
@@ -416,7 +415,6 @@ impl Inner {
         stats: &mut GenerationStats,
         started: Instant,
     ) -> Result<(), AiError> {
-        let model_error = |e: candle_core::Error| AiError::Generation(model::first_line(e));
         let forward = |kv: &mut KvCache, tokens: &[u32]| -> Result<Vec<f32>, AiError> {
             self.model
                 .forward(tokens, kv)
@@ -504,4 +502,9 @@ impl ChatBackend for LocalBackend {
             |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
         )))
     }
+}
+
+/// A failure inside the model's computation, as the caller sees it.
+fn model_error(e: candle_core::Error) -> AiError {
+    AiError::Generation(model::first_line(e))
 }
