@@ -549,7 +549,8 @@ impl Model for ChatModel {
     type Output = ChatOutput;
     type Timer = ();
     type ViewData = ChatViewData;
-    const SCHEMA: &'static str = "synq-chat/2";
+    // 3: the prompt (held in the relay's replicated requests) became chat turns.
+    const SCHEMA: &'static str = "synq-chat/3";
 
     fn init(_: &mut Cx<'_, Self>) -> Self {
         ChatModel::default()

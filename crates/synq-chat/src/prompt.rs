@@ -77,13 +77,17 @@ pub struct PromptInput<'a> {
     pub text: &'a str,
 }
 
-/// The prompt for `input`.
+/// The prompt for `input`: a system message (who the AI is, who is here, the rules, the
+/// room's instructions), then the conversation as chat turns: each post a `user` message
+/// "Name: text", each finished AI answer an `assistant` message, joins and leaves `user`
+/// messages "(Ann left the chat)", and last the post.
 ///
-/// Small models imitate what they are shown: given one `user` message per post as
-/// `Name: text`, they answer as the next person in the transcript. So the people's
-/// messages are one transcript inside a single `user` message, the AI's own earlier
-/// answers are in it as `AI: …`, and the request ends by naming who asks and telling the
-/// model to write only its own reply.
+/// Why turns: measured with `ai-eval` (Qwen2.5-Coder-0.5B, greedy), the whole transcript
+/// inside one `user` message made the model repeat the post back (8 of 31 situations
+/// passed); the same history as turns, which the chat template keeps apart from the
+/// model's own turn, passed 21. The model still often starts its turn with a "Name:" label
+/// copied from the user turns: the answer hygiene ([`crate::hygiene`]) removes it and ends
+/// the answer where the model writes another person's line.
 pub fn build(input: &PromptInput<'_>) -> AiRequest {
     let mut people: Vec<&str> = input.present.iter().map(String::as_str).collect();
     people.sort_unstable();
@@ -108,45 +112,30 @@ pub fn build(input: &PromptInput<'_>) -> AiRequest {
             "\nThe people set these instructions for you: {instructions}"
         ));
     }
-    let mut transcript = String::new();
+    let mut messages = vec![PromptMessage {
+        role: PromptRole::System,
+        content: system,
+    }];
     for e in window(input.history) {
-        let line = match &e.kind {
-            EntryKind::Post { name, text, .. } => format!("{name}: {text}"),
+        let (role, content) = match &e.kind {
+            EntryKind::Post { name, text, .. } => (PromptRole::User, format!("{name}: {text}")),
             EntryKind::Ai { text, state, .. } if *state != AiState::Waiting => {
                 if text.is_empty() {
                     continue;
                 }
-                format!("{AI_NAME}: {text}")
+                (PromptRole::Assistant, text.clone())
             }
-            EntryKind::Joined { name } => format!("({name} joined the chat)"),
-            EntryKind::Left { name } => format!("({name} left the chat)"),
+            EntryKind::Joined { name } => (PromptRole::User, format!("({name} joined the chat)")),
+            EntryKind::Left { name } => (PromptRole::User, format!("({name} left the chat)")),
             _ => continue,
         };
-        transcript.push_str(&line);
-        transcript.push('\n');
+        messages.push(PromptMessage { role, content });
     }
-    let mut request = String::new();
-    if !transcript.is_empty() {
-        request.push_str("The chat so far:\n");
-        request.push_str(&transcript);
-        request.push('\n');
-    }
-    request.push_str(&format!(
-        "{} now writes: {}\n\nWrite {AI_NAME}'s reply to {}, and nothing else.",
-        input.asker, input.text, input.asker
-    ));
-    AiRequest {
-        messages: vec![
-            PromptMessage {
-                role: PromptRole::System,
-                content: system,
-            },
-            PromptMessage {
-                role: PromptRole::User,
-                content: request,
-            },
-        ],
-    }
+    messages.push(PromptMessage {
+        role: PromptRole::User,
+        content: format!("{}: {}", input.asker, input.text),
+    });
+    AiRequest { messages }
 }
 
 #[cfg(test)]
@@ -196,23 +185,29 @@ mod tests {
             asker: "Bo",
             text: "AI, is Ann still here?",
         });
-        assert_eq!(r.messages.len(), 2);
-        let system = &r.messages[0].content;
-        assert!(system.contains("People in the chat now: Bo."), "{system}");
-        assert!(system.contains("answer in French"), "{system}");
-        let user = &r.messages[1].content;
-        assert!(
-            user.contains("Ann: I'll bring cake\nAI: Sounds good.\n(Ann left the chat)"),
-            "{user}"
+        let turns: Vec<(PromptRole, &str)> = r
+            .messages
+            .iter()
+            .skip(1)
+            .map(|m| (m.role, m.content.as_str()))
+            .collect();
+        assert_eq!(
+            turns,
+            [
+                (PromptRole::User, "(Ann joined the chat)"),
+                (PromptRole::User, "Ann: I'll bring cake"),
+                (PromptRole::Assistant, "Sounds good."),
+                (PromptRole::User, "(Ann left the chat)"),
+                (PromptRole::User, "Bo: AI, is Ann still here?"),
+            ]
         );
+        let system = &r.messages[0];
+        assert_eq!(system.role, PromptRole::System);
         assert!(
-            user.contains("Bo now writes: AI, is Ann still here?"),
-            "{user}"
+            system.content.contains("People in the chat now: Bo."),
+            "{system:?}"
         );
-        assert!(
-            user.ends_with("Write AI's reply to Bo, and nothing else."),
-            "{user}"
-        );
+        assert!(system.content.contains("answer in French"), "{system:?}");
     }
 
     #[test]
@@ -226,14 +221,18 @@ mod tests {
             asker: "Ann",
             text: "last",
         });
-        let user = &r.messages[1].content;
-        assert!(!user.contains("m29\n"), "{user}");
-        assert!(user.contains("m30\n") && user.contains("m49\n"), "{user}");
+        let texts: Vec<&str> = r.messages.iter().map(|m| m.content.as_str()).collect();
+        assert!(!texts.contains(&"Ann: m29"), "{texts:?}");
+        assert!(
+            texts.contains(&"Ann: m30") && texts.contains(&"Ann: m49"),
+            "{texts:?}"
+        );
+        assert_eq!(texts.last(), Some(&"Ann: last"));
         assert!(!r.messages[0].content.contains("instructions"));
     }
 
     #[test]
-    fn the_transcript_loses_its_oldest_entries_in_blocks_so_its_start_stays_put() {
+    fn the_history_loses_its_oldest_entries_in_blocks_so_the_prompt_start_stays_put() {
         let history: Vec<Entry> = (0..60).map(|i| post(i, "Ann", &format!("m{i}"))).collect();
         let present = vec!["Ann".to_owned()];
         let prompt_after = |n: usize| {
@@ -244,23 +243,24 @@ mod tests {
                 asker: "Ann",
                 text: "next",
             })
-            .messages[1]
-                .content
-                .clone()
+            .messages
         };
         let mut starts_changed = 0;
         for n in 21..60 {
             let (before, now) = (prompt_after(n - 1), prompt_after(n));
-            let shown = now.matches("Ann: m").count();
+            let shown = now
+                .iter()
+                .filter(|m| m.content.starts_with("Ann: m"))
+                .count();
             assert!(
                 (PROMPT_HISTORY + 1 - HISTORY_BLOCK..=PROMPT_HISTORY).contains(&shown),
                 "{n} entries: {shown} shown"
             );
-            assert!(now.contains(&format!("Ann: m{}\n", n - 1)), "{now}");
-            // The previous prompt's transcript (all but its last line and the request) is
-            // where the new one starts, except when a block leaves.
-            let old_transcript = before.split("\n\n").next().unwrap_or_default();
-            if !now.starts_with(old_transcript) {
+            assert_eq!(now[now.len() - 2].content, format!("Ann: m{}", n - 1));
+            // The previous prompt without its post is where the new one starts, except
+            // when a block leaves.
+            let old_start = &before[..before.len() - 1];
+            if !now.starts_with(old_start) {
                 starts_changed += 1;
             }
         }

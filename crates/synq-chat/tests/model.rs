@@ -306,17 +306,19 @@ fn the_prompt_holds_who_is_here_the_instructions_the_last_20_entries_and_the_pos
         "{}",
         system.content
     );
-    let user = &req.messages[1];
-    assert_eq!(user.role, synq_chat::PromptRole::User);
-    // The 20 entries before the post: the last 10 posts and their 10 answers.
-    assert!(!user.content.contains("ANN: @AI p4\n"), "{}", user.content);
-    assert!(
-        user.content.contains("ANN: @AI p5\nAI: a5\n")
-            && user
-                .content
-                .contains("AI: a14\n\nBOB now writes: <b>hello</b> @AI"),
-        "{}",
-        user.content
+    // The 20 entries before the post as turns (the last 10 posts and their 10 answers),
+    // then the post.
+    let turns: Vec<(synq_chat::PromptRole, &str)> = req.messages[1..]
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(turns.len(), 21, "{turns:?}");
+    assert_eq!(turns[0], (synq_chat::PromptRole::User, "ANN: @AI p5"));
+    assert_eq!(turns[1], (synq_chat::PromptRole::Assistant, "a5"));
+    assert_eq!(turns[19], (synq_chat::PromptRole::Assistant, "a14"));
+    assert_eq!(
+        turns[20],
+        (synq_chat::PromptRole::User, "BOB: <b>hello</b> @AI")
     );
 }
 

@@ -96,7 +96,7 @@ async fn one_post_one_upstream_request_and_the_streamed_answer_in_every_particip
         .and_then(|a| a.last())
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default();
-    assert!(asked.contains("Bob now writes: Hi AI, I am Bob"), "{asked}");
+    assert_eq!(asked, "Bob: Hi AI, I am Bob");
 }
 
 #[tokio::test]

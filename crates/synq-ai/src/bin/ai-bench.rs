@@ -161,7 +161,7 @@ async fn run(backend: &LocalBackend, request: ChatRequest) -> anyhow::Result<(Du
 }
 
 /// A room of three people planning a weekend, with two earlier answers of the AI; the
-/// transcript as the chat writes it (`Name: text`, joins in parentheses).
+/// entries as the chat writes them (`Name: text`, joins in parentheses).
 const ROOM: &[&str] = &[
     "(Ann joined the chat)",
     "(Bo joined the chat)",
@@ -193,16 +193,17 @@ fn room_prompt(entries: &[&str], asker: &str, text: &str) -> Vec<ChatMessage> {
          for another person in their place. \
          Reply briefly (one to three sentences unless asked for more) in plain text: \
          no Markdown, no lists, no code fences.";
-    let mut user = String::from("The chat so far:\n");
+    // As the chat sends it (synq_chat::prompt::build): one turn per entry, the AI's
+    // answers as assistant turns, then the post.
+    let mut messages = vec![ChatMessage::system(system)];
     for e in entries {
-        user.push_str(e);
-        user.push('\n');
+        messages.push(match e.strip_prefix("AI: ") {
+            Some(answer) => ChatMessage::assistant(answer),
+            None => ChatMessage::user(*e),
+        });
     }
-    user.push('\n');
-    user.push_str(&format!(
-        "{asker} now writes: {text}\n\nWrite AI's reply to {asker}, and nothing else."
-    ));
-    vec![ChatMessage::system(system), ChatMessage::user(user)]
+    messages.push(ChatMessage::user(format!("{asker}: {text}")));
+    messages
 }
 
 /// The room's 19th entry asked of the AI (18 entries before it), then its 21st (the 20

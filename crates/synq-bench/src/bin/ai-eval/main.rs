@@ -16,6 +16,7 @@
 
 mod checks;
 mod prompt_v1;
+mod prompt_v2;
 mod situations;
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,7 +63,7 @@ struct Args {
     /// A situations file (TOML); default: the bundled ai-eval/situations.toml.
     #[arg(long)]
     situations: Option<PathBuf>,
-    /// Which prompt builder: the chat's (current) or the milestone's original (v1).
+    /// Which prompt builder: the chat's (current), the first milestone's (v1) or the second's (v2).
     #[arg(long, value_enum, default_value_t = PromptKind::Current)]
     prompt: PromptKind,
     /// Check the model's raw answer instead of the answer as the chat shows it.
@@ -88,6 +89,8 @@ enum PromptKind {
     Current,
     /// The milestone's original prompt (commit e078000).
     V1,
+    /// The second milestone's single-transcript prompt (commit f75f796).
+    V2,
 }
 
 impl PromptKind {
@@ -95,6 +98,7 @@ impl PromptKind {
         match self {
             PromptKind::Current => "current",
             PromptKind::V1 => "v1",
+            PromptKind::V2 => "v2",
         }
     }
 }
@@ -286,6 +290,13 @@ fn prompt_for(s: &Loaded, kind: PromptKind) -> anyhow::Result<AiRequest> {
             text: &sit.post,
         }),
         PromptKind::V1 => prompt_v1::build(&sit.present, &history, &sit.asker, &sit.post),
+        PromptKind::V2 => prompt_v2::build(&PromptInput {
+            present: &sit.present,
+            history: &history,
+            instructions: &sit.instructions,
+            asker: &sit.asker,
+            text: &sit.post,
+        }),
     })
 }
 
