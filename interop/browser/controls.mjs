@@ -1,6 +1,7 @@
 // The chat page's controls with two people in one room, in Debian's headless Chromium:
 // the room's instructions for the AI, the AI's mode, the reader's scroll position, Stop
-// during a streamed answer, Again, and Reset's confirmation.
+// during a streamed answer, Again, Reply (to a person, to the AI) and Reset's
+// confirmation.
 //   node controls.mjs BASE_URL SCREENSHOT_DIR
 // Prints `STEP <name>` and waits for `ok` on stdin: the Rust test checks the AI upstream
 // in between (request count, prompts, dropped calls). Ends with `RESULT {json}`.
@@ -136,7 +137,44 @@ await run(async (browser) => {
   mkdirSync(shots, { recursive: true });
   await b.page.screenshot({ path: `${shots}/chat-controls.png`, fullPage: true });
 
-  // 7. Reset asks first. Dismissed, nothing happens; accepted, the chat is cleared for both.
+  // 7. Reply: B replies to A's post. The bar over the input says to what; the post
+  // carries it, and both pages quote it over the reply. A reply to a person is not put to
+  // the AI (auto, two people here).
+  const replyTo = (p, selector, text) => p.page.locator(selector, { hasText: text }).locator("button.reply").click();
+  const replyBar = (p) => p.page.$eval("#replyBar", (bar) => bar.hidden ? null : bar.textContent);
+  check(await replyBar(b) === null, "no reply bar before Reply");
+  await replyTo(b, "#textOut .entry.post", "one more line");
+  check(await replyBar(b) === `Replying to ${nameA}: one more line✕`, `the reply bar: ${await replyBar(b)}`);
+  // ✕ cancels it.
+  await b.page.click("#replyCancel");
+  check(await replyBar(b) === null, "✕ closed the reply bar");
+  await replyTo(b, "#textOut .entry.post", "one more line");
+  await post(b, "agreed, one more");
+  const quoteOf = (p, text) => p.page.waitForFunction(([t]) => {
+    const row = [...document.querySelectorAll("#textOut .entry.post")].find((e) => e.querySelector(".text")?.textContent === t);
+    return row?.querySelector(".quote")?.textContent ?? false;
+  }, [text], T).then((h) => h.jsonValue());
+  for (const p of both) {
+    const quote = await quoteOf(p, "agreed, one more");
+    check(quote === `↪ ${nameA}: one more line`, `the reply quotes A's post: ${quote}`);
+  }
+  check(await replyBar(b) === null, "the reply bar goes once the reply is sent");
+  const last = await lastEntry(a);
+  check(last.cls === "entry post" && last.text === "agreed, one more", `no answer to a reply to a person: ${JSON.stringify(last)}`);
+  await step("replied");
+
+  // 8. A reply to the AI's answer asks the AI, even with two people here in auto.
+  await b.page.locator("#textOut .entry.ai button.reply").last().click();
+  check(await replyBar(b) === "Replying to AI: The story, told again.✕", `the reply bar: ${await replyBar(b)}`);
+  await post(b, "and then what happened?");
+  for (const p of both) {
+    const quote = await quoteOf(p, "and then what happened?");
+    check(quote === "↪ AI: The story, told again.", `the reply quotes the answer: ${quote}`);
+    await waitAi(p, "They lived happily ever after.");
+  }
+  await step("replied-to-ai");
+
+  // 9. Reset asks first. Dismissed, nothing happens; accepted, the chat is cleared for both.
   const entriesBefore = await texts(a, "#textOut .entry .text");
   let question = "";
   b.page.once("dialog", (d) => { question = d.message(); d.dismiss(); });

@@ -3,7 +3,7 @@
 //   node room.mjs ROOM_LINK TEXT
 // Prints `READY` once the page is connected (and so can relay the AI), then waits until its
 // history shows TEXT and an AI answer is done, prints `ENTRIES {json}` (every entry's text
-// as the page shows it) and exits.
+// as the page shows it, without its buttons) and exits.
 import { chromium } from "playwright-core";
 
 const [link, text] = process.argv.slice(2);
@@ -24,7 +24,10 @@ try {
     (t) => document.getElementById("textOut")?.textContent.includes(t)
       && document.querySelector("#textOut .entry.ai:not(.streaming)") !== null,
     text, T);
-  const entries = await page.$$eval("#textOut > div", (els) => els.map((e) => e.textContent));
+  // What a reader reads of each row: the quote, the name and the text, not the buttons.
+  const entries = await page.$$eval("#textOut > div", (els) => els.map((e) => e.classList.contains("entry")
+    ? [...e.querySelectorAll(".quote, .name, .text")].map((x) => x.textContent).join("")
+    : e.textContent));
   console.log(`ENTRIES ${JSON.stringify(entries)}`);
 } finally {
   await browser.close();

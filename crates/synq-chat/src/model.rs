@@ -210,6 +210,15 @@ impl ChatInput {
         }
     }
 
+    /// A post that replies to entry `to` (a reply to an AI answer addresses the AI).
+    pub fn reply(text: impl Into<String>, to: u64) -> ChatInput {
+        ChatInput::Post {
+            text: text.into(),
+            reply_to: Some(to),
+            to_ai: false,
+        }
+    }
+
     /// A post that asks the AI, whatever the room's mode short of off.
     pub fn ask(text: impl Into<String>) -> ChatInput {
         ChatInput::Post {

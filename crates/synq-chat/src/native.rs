@@ -1,5 +1,5 @@
-//! A native chat participant: a joined session plus the relay agent that answers AI
-//! requests when this participant is elected.
+//! A native chat participant: a joined session running the relay loop ([`crate::relay`])
+//! with synq-ai's HTTP client as the AI service and tokio's timer.
 
 // Not model code: the native participant (tokio, the AI backend); the chat's model
 // (`model`, `prompt`, `hygiene`) is checked by clippy.toml's determinism rules.
@@ -11,15 +11,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use synq_ai::{AiError, Bearer, ChatBackend, ChatMessage, ChatRequest, Role};
 use synq_client::{ClientConfig, ClientError, Session, SessionEvent, SessionHandle, join};
-use synq_relay::{AgentConfig, BoxFut, RelayAgent, RelayService, TextStream};
-use tokio::sync::{mpsc, watch};
+use synq_relay::{BoxFut, RelayService, TextStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::model::{ChatInput, ChatModel, ChatOutput, ChatViewData};
 use crate::prompt::{AiRequest, PromptRole};
-
-/// Largest answer asked of the AI, in tokens.
-pub const MAX_ANSWER_TOKENS: u32 = 400;
+use crate::relay::{self, MAX_ANSWER_TOKENS};
 
 /// Calls the AI through any [`ChatBackend`] (the gateway of `synq serve`, an
 /// OpenAI-compatible upstream, or the embedded model).
@@ -167,72 +165,27 @@ impl Participant {
 }
 
 async fn pump(
-    mut session: Session<ChatModel>,
+    session: Session<ChatModel>,
     service: Option<Arc<AiService>>,
     changes: watch::Sender<u64>,
     events: Arc<std::sync::Mutex<Vec<SessionEvent<ChatOutput>>>>,
 ) {
-    let me = session.view_id().clone();
-    let handle = session.handle();
     let service = service.map(|service| {
         Arc::new(WithCapability {
             service,
-            handle: handle.clone(),
+            handle: session.handle(),
         })
     });
-    let mut agent = RelayAgent::new(me.clone());
-    let mut calls = tokio::task::JoinSet::new();
-    let (relay_tx, mut relay_rx) = mpsc::unbounded_channel();
-    let start = |agent: &mut RelayAgent, calls: &mut tokio::task::JoinSet<()>, req| {
-        if let Some(service) = &service {
-            let tx = relay_tx.clone();
-            let publish = move |r| {
-                let _ = tx.send(r);
-            };
-            let sleep = |d: Duration| -> BoxFut<()> { Box::pin(tokio::time::sleep(d)) };
-            if let Some(call) = agent.on_request(
-                Arc::clone(service),
-                req,
-                AgentConfig::default(),
-                publish,
-                sleep,
-            ) {
-                calls.spawn(call);
-            }
-        }
-    };
-    // Requests already assigned to this view (it may have been elected while catching up).
-    for req in handle
-        .read(|m| m.relay().assigned_to(&me).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        start(&mut agent, &mut calls, req);
-    }
-    loop {
-        tokio::select! {
-            ev = session.next_event() => match ev {
-                None => break,
-                Some(SessionEvent::Output(ChatOutput::Request(req))) => start(&mut agent, &mut calls, req),
-                Some(SessionEvent::Output(_)) => {}
-                Some(SessionEvent::Synced) => {
-                    for req in handle.read(|m| m.relay().assigned_to(&me).collect::<Vec<_>>()).unwrap_or_default() {
-                        start(&mut agent, &mut calls, req);
-                    }
-                    // Views show "connected" again after a reconnect.
-                    events.lock().unwrap_or_else(|p| p.into_inner()).push(SessionEvent::Synced);
-                }
-                Some(other) => events.lock().unwrap_or_else(|p| p.into_inner()).push(other),
-            },
-            Some(response) = relay_rx.recv() => {
-                let _ = handle.publish(ChatInput::Relay(response));
-            }
-            Some(_) = calls.join_next(), if !calls.is_empty() => {}
-        }
-        // Stop calls for requests that are no longer this view's (re-election, reset, done).
-        let mine: Vec<u64> = handle
-            .read(|m| m.relay().assigned_to(&me).map(|r| r.id).collect())
-            .unwrap_or_default();
-        agent.retain(|id| mine.contains(&id));
-        changes.send_modify(|v| *v += 1);
-    }
+    let sleep = |d: Duration| -> BoxFut<()> { Box::pin(tokio::time::sleep(d)) };
+    relay::run(
+        session,
+        service,
+        sleep,
+        // Views show "connected" again after a reconnect: Synced is kept too.
+        |event| {
+            events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+        },
+        || changes.send_modify(|v| *v += 1),
+    )
+    .await;
 }

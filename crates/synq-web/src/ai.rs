@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use futures_util::StreamExt;
-use synq_chat::{AiRequest, ChatModel};
+use synq_chat::{AiRequest, ChatModel, MAX_ANSWER_TOKENS};
 use synq_client::SessionHandle;
 use synq_relay::{BoxFut, RelayService, TextStream};
 use wasm_bindgen::JsCast;
@@ -13,9 +13,6 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortController, ReadableStreamDefaultReader, RequestInit, Response, TextDecoder};
 
 use crate::sse::{SseEvent, SseLines};
-
-/// Largest answer asked of the AI, in tokens.
-const MAX_TOKENS: u32 = 400;
 
 pub struct GatewayService {
     /// This page's session: its AI capability goes with each call (`Authorization:
@@ -59,7 +56,7 @@ impl RelayService<AiRequest> for GatewayService {
                 "model": "default",
                 "messages": request.messages,
                 "stream": true,
-                "max_tokens": MAX_TOKENS,
+                "max_tokens": MAX_ANSWER_TOKENS,
             });
             let controller = AbortController::new().map_err(js_err)?;
             let init = RequestInit::new();

@@ -1,5 +1,6 @@
-//! The chat page: joins the room named in the URL, shows the room (`crate::view`) and
-//! its controls, and relays AI requests when this page is the elected view.
+//! The chat page: joins the room named in the URL, draws synq-chat's view of the room
+//! (`synq_chat::view`) and its controls into the DOM, and runs synq-chat's relay loop
+//! with the server's AI gateway (`crate::ai`) as the AI service.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, btree_map};
@@ -7,11 +8,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_channel::mpsc;
-use futures_util::{FutureExt, StreamExt, select};
-use synq_chat::{APP_ID, AiMode, ChatInput, ChatModel, ChatOutput, ChatViewData};
-use synq_client::{ClientConfig, ClientError, Session, SessionEvent, SessionHandle};
-use synq_relay::{AgentConfig, BoxFut, Candidacy, RelayAgent};
+use synq_chat::link::{from_location, room_path};
+use synq_chat::names::{friendly_name, random_token};
+use synq_chat::view::{self, Person, Row, RowKind, Status};
+use synq_chat::{APP_ID, AiMode, AiState, ChatInput, ChatModel, ChatViewData, relay};
+use synq_client::{ClientConfig, SessionHandle};
+use synq_relay::{BoxFut, Candidacy};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{
@@ -20,8 +22,6 @@ use web_sys::{
 };
 
 use crate::ai::GatewayService;
-use crate::names::{friendly_name, random_token};
-use crate::view::{self, Person, Row};
 
 fn document() -> Result<Document, String> {
     web_sys::window()
@@ -34,7 +34,7 @@ fn by_id(doc: &Document, id: &str) -> Result<Element, String> {
         .ok_or_else(|| format!("the page has no #{id}"))
 }
 
-/// Shows the connection state; `kind` is `ok`, `busy` or `error`.
+/// Shows `text` in the status line; `kind` is `ok`, `busy` or `error`.
 fn status(text: &str, kind: &str) {
     if let Ok(doc) = document()
         && let Ok(el) = by_id(&doc, "status")
@@ -44,27 +44,27 @@ fn status(text: &str, kind: &str) {
     }
 }
 
-/// `?q=NAME#pw=PASSWORD` from the URL, made up (≥ 128 bits each) and written back into
-/// the URL when missing, so the link can be shared.
+/// Shows the connection's state.
+fn show_status(s: &Status) {
+    let kind = if s.ok() {
+        "ok"
+    } else if s.failed() {
+        "error"
+    } else {
+        "busy"
+    };
+    status(&s.text(), kind);
+}
+
+/// The room and password from the URL (`?q=NAME#pw=PASSWORD`, synq_chat::link), made up
+/// (≥ 128 bits each) and written back into the URL when missing, so the link can be
+/// shared.
 fn room_from_url() -> Result<(String, String), String> {
     let window = web_sys::window().ok_or("no window")?;
     let location = window.location();
     let search = location.search().unwrap_or_default();
     let hash = location.hash().unwrap_or_default();
-    let param = |s: &str, key: &str| -> Option<String> {
-        s.trim_start_matches(['?', '#'])
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            .map(|v| {
-                js_sys::decode_uri_component(v)
-                    .ok()
-                    .and_then(|s| s.as_string())
-                    .unwrap_or_else(|| v.to_owned())
-            })
-            .filter(|v| !v.is_empty())
-    };
-    let name = param(&search, "q");
-    let password = param(&hash, "pw");
+    let (name, password) = from_location(&search, &hash);
     if let (Some(n), Some(p)) = (&name, &password) {
         return Ok((n.clone(), p.clone()));
     }
@@ -76,19 +76,11 @@ fn room_from_url() -> Result<(String, String), String> {
         Some(p) => p,
         None => random_token()?,
     };
-    let url = format!("/?q={name}#pw={password}");
     if let Ok(history) = window.history() {
+        let url = room_path(&name, &password);
         let _ = history.replace_state_with_url(&JsValue::NULL, "", Some(&url));
     }
     Ok((name, password))
-}
-
-fn friendly_error(e: &ClientError) -> String {
-    match e {
-        ClientError::WrongPassword => "Wrong password: this room was created with a different password. Check that you copied the whole link, including the part after #.".into(),
-        ClientError::Unreachable { .. } => "Cannot reach the synq server. Is it running? Reload the page to try again.".into(),
-        other => format!("The chat stopped: {other}"),
-    }
 }
 
 pub async fn run() -> Result<(), String> {
@@ -107,7 +99,7 @@ pub async fn run() -> Result<(), String> {
         .origin()
         .map_err(|_| "no origin")?;
     let me = friendly_name();
-    status("Connecting…", "busy");
+    show_status(&Status::Connecting);
     let config = ClientConfig::for_server(&origin, APP_ID, &room, &password);
     let data = ChatViewData {
         name: me.clone(),
@@ -119,7 +111,7 @@ pub async fn run() -> Result<(), String> {
     let session = match synq_client::join::<ChatModel>(config, data).await {
         Ok(s) => s,
         Err(e) => {
-            status(&friendly_error(&e), "error");
+            show_status(&Status::Failed(view::client_error(&e, &room, &origin)));
             return Ok(());
         }
     };
@@ -128,12 +120,26 @@ pub async fn run() -> Result<(), String> {
         let _ = body.set_attribute("data-synced-ms", &format!("{synced_ms:.0}"));
         let _ = body.set_attribute("data-view-id", session.view_id().as_str());
     }
-    status("Connected", "ok");
+    show_status(&Status::Connected);
     let handle = session.handle();
     let mut ui = Ui::new(&doc)?;
     wire_controls(&doc, &handle, &ui)?;
     ui.render(&handle, &me);
-    pump(session, ui, me).await;
+    let service = Arc::new(GatewayService {
+        session: handle.clone(),
+    });
+    relay::run(
+        session,
+        Some(service),
+        sleep,
+        |event| {
+            if let Some(s) = Status::after(&event, &room, &origin) {
+                show_status(&s);
+            }
+        },
+        || ui.render(&handle, &me),
+    )
+    .await;
     Ok(())
 }
 
@@ -173,27 +179,43 @@ fn scroll_to_bottom(out: &Element) {
 }
 
 /// The controls: send (Enter, #sendButton), stop, reset (after a confirmation), the AI's
-/// mode and instructions, "again" on answers, the "new messages" button, copy link.
+/// mode and instructions, "again" and "reply" on rows, the reply bar, the "new messages"
+/// button, copy link.
 fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>, ui: &Ui) -> Result<(), String> {
     let send = {
-        let (input, handle) = (ui.input.clone(), handle.clone());
+        let (input, handle, reply) = (ui.input.clone(), handle.clone(), ui.reply.clone());
         Rc::new(move || {
             let text = input.value();
             if !text.trim().is_empty() {
-                let _ = handle.publish(ChatInput::post(text));
+                let post = match reply.to.get() {
+                    Some(to) => ChatInput::reply(text, to),
+                    None => ChatInput::post(text),
+                };
+                let _ = handle.publish(post);
                 input.set_value("");
+                reply.set(None, None);
             }
         })
     };
     listen(doc, "textIn", "keydown", {
-        let send = Rc::clone(&send);
+        let (send, reply) = (Rc::clone(&send), ui.reply.clone());
         move |e: Event| {
-            if e.dyn_ref::<KeyboardEvent>()
-                .is_some_and(|k| k.key() == "Enter" && !k.is_composing())
-            {
+            let Some(k) = e.dyn_ref::<KeyboardEvent>() else {
+                return;
+            };
+            if k.key() == "Enter" && !k.is_composing() {
                 e.prevent_default();
                 send();
+            } else if k.key() == "Escape" {
+                reply.set(None, None);
             }
+        }
+    })?;
+    listen(doc, "replyCancel", "click", {
+        let (reply, input) = (ui.reply.clone(), ui.input.clone());
+        move |_| {
+            reply.set(None, None);
+            let _ = input.focus();
         }
     })?;
     listen(doc, "sendButton", "click", move |_| send())?;
@@ -238,19 +260,38 @@ fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>, ui: &Ui) -> 
             save.set_disabled(saved);
         }
     })?;
-    // "Again" on any answer: one listener for the rows present and to come.
+    // "Again" and "Reply" on rows: one listener for the rows present and to come.
     listen(doc, "textOut", "click", {
-        let handle = handle.clone();
+        let (handle, reply, input) = (handle.clone(), ui.reply.clone(), ui.input.clone());
         move |e: Event| {
-            let entry = e
+            let button = e
                 .target()
                 .and_then(|t| t.dyn_into::<Element>().ok())
-                .and_then(|t| t.closest("button.again").ok().flatten())
-                .and_then(|b| b.closest(".entry").ok().flatten())
+                .and_then(|t| t.closest("button").ok().flatten());
+            let Some(button) = button else {
+                return;
+            };
+            let entry = button
+                .closest(".entry")
+                .ok()
+                .flatten()
                 .and_then(|row| row.get_attribute("data-entry"))
                 .and_then(|id| id.parse::<u64>().ok());
-            if let Some(id) = entry {
+            let Some(id) = entry else {
+                return;
+            };
+            if button.class_list().contains("again") {
                 let _ = handle.publish(ChatInput::Again { entry: Some(id) });
+            } else if button.class_list().contains("reply") {
+                let text = handle
+                    .read(|m| {
+                        view::page(m, handle.view_id(), "", None)
+                            .row(id)
+                            .map(Row::replying)
+                    })
+                    .flatten();
+                reply.set(Some(id), text.as_deref());
+                let _ = input.focus();
             }
         }
     })?;
@@ -293,6 +334,41 @@ fn span(doc: &Document, class: &str, text: &str) -> Option<Element> {
     Some(el)
 }
 
+/// CSS classes of a row: `entry post`, `entry ai` (plus `streaming` or `stopped`),
+/// `entry notice`.
+fn class(kind: RowKind) -> &'static str {
+    match kind {
+        RowKind::Post { .. } => "entry post",
+        RowKind::Ai {
+            state: AiState::Done,
+        } => "entry ai",
+        RowKind::Ai {
+            state: AiState::Stopped,
+        } => "entry ai stopped",
+        RowKind::Ai {
+            state: AiState::Waiting | AiState::Streaming,
+        } => "entry ai streaming",
+        RowKind::Notice => "entry notice",
+    }
+}
+
+/// A small button of a row ("Again", "Reply").
+fn row_button(
+    doc: &Document,
+    class: &str,
+    label: &str,
+    title: &str,
+    text: &str,
+) -> Option<Element> {
+    let b = doc.create_element("button").ok()?;
+    b.set_class_name(class);
+    let _ = b.set_attribute("type", "button");
+    let _ = b.set_attribute("aria-label", label);
+    let _ = b.set_attribute("title", title);
+    b.set_text_content(Some(text));
+    Some(b)
+}
+
 /// The DOM of one history row, and what it shows.
 struct RowNodes {
     row: Element,
@@ -313,9 +389,17 @@ impl RowNodes {
 
     /// Builds the row's children afresh (the row's own node stays).
     fn fill(&mut self, doc: &Document, row: Row) {
-        self.row.set_class_name(row.class);
+        self.row.set_class_name(class(row.kind));
         let _ = self.row.set_attribute("data-entry", &row.id.to_string());
         self.row.set_text_content(None);
+        // What a reply answers, quoted above it.
+        if let Some(quote) = &row.quote
+            && let Ok(q) = doc.create_element("div")
+        {
+            q.set_class_name("quote");
+            q.set_text_content(Some(quote));
+            let _ = self.row.append_child(&q);
+        }
         if !row.name.is_empty()
             && let Some(n) = span(doc, "name", &row.name)
         {
@@ -324,13 +408,25 @@ impl RowNodes {
         self.text.set_text_content(Some(&row.text));
         let _ = self.row.append_child(&self.text);
         if row.again
-            && let Ok(b) = doc.create_element("button")
+            && let Some(b) = row_button(
+                doc,
+                "again",
+                "Ask the AI again for this answer",
+                "Ask the AI again (replaces this answer)",
+                "Again",
+            )
         {
-            b.set_class_name("again");
-            let _ = b.set_attribute("type", "button");
-            let _ = b.set_attribute("aria-label", "Ask the AI again for this answer");
-            let _ = b.set_attribute("title", "Ask the AI again (replaces this answer)");
-            b.set_text_content(Some("Again"));
+            let _ = self.row.append_child(&b);
+        }
+        if row.repliable()
+            && let Some(b) = row_button(
+                doc,
+                "reply",
+                "Reply to this message",
+                "Reply (a reply to the AI asks the AI)",
+                "Reply",
+            )
+        {
             let _ = self.row.append_child(&b);
         }
         self.shown = row;
@@ -341,16 +437,46 @@ impl RowNodes {
         if self.shown == row {
             return;
         }
-        if self.shown.name != row.name || self.shown.again != row.again {
+        if self.shown.name != row.name
+            || self.shown.again != row.again
+            || self.shown.quote != row.quote
+            || self.shown.repliable() != row.repliable()
+        {
             return self.fill(doc, row);
         }
-        if self.shown.class != row.class {
-            self.row.set_class_name(row.class);
+        if self.shown.kind != row.kind {
+            self.row.set_class_name(class(row.kind));
         }
         if self.shown.text != row.text {
             self.text.set_text_content(Some(&row.text));
         }
         self.shown = row;
+    }
+}
+
+/// The bar above the input while a reply is written: "Replying to Ann: first words ✕".
+#[derive(Clone)]
+struct ReplyBar {
+    /// The entry replied to.
+    to: Rc<Cell<Option<u64>>>,
+    bar: HtmlElement,
+    text: Element,
+}
+
+impl ReplyBar {
+    /// Starts a reply to `to`, shown as `text`; `None` ends it.
+    fn set(&self, to: Option<u64>, text: Option<&str>) {
+        match (to, text) {
+            (Some(to), Some(text)) => {
+                self.to.set(Some(to));
+                set_text(&self.text, text);
+                self.bar.set_hidden(false);
+            }
+            _ => {
+                self.to.set(None);
+                self.bar.set_hidden(true);
+            }
+        }
     }
 }
 
@@ -369,6 +495,7 @@ struct Ui {
     save: HtmlButtonElement,
     stop: HtmlButtonElement,
     input: HtmlInputElement,
+    reply: ReplyBar,
     privacy: Element,
     summary: Element,
     new_below: HtmlElement,
@@ -399,6 +526,11 @@ impl Ui {
             save: typed(doc, "saveInstructions")?,
             stop: typed(doc, "stopButton")?,
             input: typed(doc, "textIn")?,
+            reply: ReplyBar {
+                to: Rc::new(Cell::new(None)),
+                bar: typed(doc, "replyBar")?,
+                text: by_id(doc, "replyText")?,
+            },
             privacy: by_id(doc, "privacy")?,
             summary: by_id(doc, "aiSummary")?,
             new_below: typed(doc, "newBelow")?,
@@ -408,7 +540,7 @@ impl Ui {
 
     /// Shows the room as it is now, changing only the nodes whose content changed.
     fn render(&mut self, handle: &SessionHandle<ChatModel>, me: &str) {
-        let Some(page) = handle.read(|m| view::page(m, handle.view_id(), me)) else {
+        let Some(page) = handle.read(|m| view::page(m, handle.view_id(), me, None)) else {
             return;
         };
         // For people debugging, and for the browser tests: who relays the AI now.
@@ -418,6 +550,12 @@ impl Ui {
             let _ = body.set_attribute("data-elected", elected.as_str());
         }
         set_text(&self.welcome, &page.welcome);
+        // The entry replied to may have grown (a streamed answer) or gone (a reset).
+        if let Some(to) = self.reply.to.get() {
+            let text = page.row(to).map(Row::replying);
+            self.reply
+                .set(text.is_some().then_some(to), text.as_deref());
+        }
         let mut changed = false;
         // Entries gone (a reset, the history's cap) lose their rows.
         let ids: BTreeSet<u64> = page.rows.iter().map(|r| r.id).collect();
@@ -507,67 +645,4 @@ fn set_text(el: &Element, text: &str) {
 fn sleep(d: Duration) -> BoxFut<()> {
     let ms = u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
     Box::pin(gloo_timers::future::TimeoutFuture::new(ms))
-}
-
-/// Renders on every change and relays AI requests while this page is elected.
-async fn pump(mut session: Session<ChatModel>, mut ui: Ui, me: String) {
-    let handle = session.handle();
-    let view = handle.view_id().clone();
-    let service = Arc::new(GatewayService {
-        session: handle.clone(),
-    });
-    let mut agent = RelayAgent::new(view.clone());
-    let (relay_tx, mut relay_rx) = mpsc::unbounded();
-    let start = |agent: &mut RelayAgent, req| {
-        let tx = relay_tx.clone();
-        let publish = move |r| {
-            let _ = tx.unbounded_send(r);
-        };
-        if let Some(call) = agent.on_request(
-            Arc::clone(&service),
-            req,
-            AgentConfig::default(),
-            publish,
-            sleep,
-        ) {
-            wasm_bindgen_futures::spawn_local(call);
-        }
-    };
-    let assigned = |h: &SessionHandle<ChatModel>| {
-        h.read(|m| m.relay().assigned_to(&view).collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
-    for req in assigned(&handle) {
-        start(&mut agent, req);
-    }
-    loop {
-        select! {
-            ev = session.next_event().fuse() => match ev {
-                None => break,
-                Some(SessionEvent::Output(ChatOutput::Request(req))) => start(&mut agent, req),
-                Some(SessionEvent::Output(_)) => {}
-                Some(SessionEvent::Synced) => {
-                    status("Connected", "ok");
-                    for req in assigned(&handle) {
-                        start(&mut agent, req);
-                    }
-                }
-                Some(SessionEvent::Reconnecting(_)) => status("Reconnecting…", "busy"),
-                Some(SessionEvent::Failed(e)) => {
-                    status(&friendly_error(&e), "error");
-                    break;
-                }
-                Some(SessionEvent::Diverged { .. }) => status("Out of sync with the others: reload the page", "error"),
-                Some(_) => {}
-            },
-            response = relay_rx.next() => {
-                if let Some(r) = response {
-                    let _ = handle.publish(ChatInput::Relay(r));
-                }
-            }
-        }
-        let mine: Vec<u64> = assigned(&handle).iter().map(|r| r.id).collect();
-        agent.retain(|id| mine.contains(&id));
-        ui.render(&handle, &me);
-    }
 }

@@ -1,5 +1,9 @@
 //! The synq AI chat in the browser. `synq serve` embeds the wasm32 build of this crate
 //! (made by its build script) with `static/index.html`, and serves them at `/`.
+//!
+//! This crate only draws and moves bytes: the DOM (`app`), the AI gateway's streamed
+//! answers over `fetch` (`ai`, `sse`). What the page shows, the room link, names and the
+//! relay loop are synq-chat's (`view`, `link`, `names`, `relay`).
 
 #![forbid(unsafe_code)]
 // Not model code: the browser page's I/O and rendering (clippy.toml's determinism rules are
@@ -10,9 +14,7 @@
 mod ai;
 #[cfg(target_arch = "wasm32")]
 mod app;
-pub mod names;
 pub mod sse;
-pub mod view;
 
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen::prelude::wasm_bindgen(start)]

@@ -168,7 +168,8 @@ async fn two_browsers_chat_with_each_other_and_the_ai_exactly_once_with_failover
 
 /// Two people in a room use the page's controls; each step checks the upstream: the
 /// instructions reach the prompt, the AI off sends nothing, Stop drops the call, Again
-/// asks the same question again.
+/// asks the same question again, a reply to a person is not for the AI and a reply to
+/// the AI's answer is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_share_the_ai_controls() {
     let _one_browser = CHROMIUM.lock().await;
@@ -179,6 +180,7 @@ async fn two_browsers_share_the_ai_controls() {
         // Streams "Once upon", then waits (for a release that never comes).
         Reply::gated(&["Once upon", " a time", " there was"]),
         Reply::text(&["The story,", " told again."]),
+        Reply::text(&["They lived", " happily ever after."]),
     ]);
     upstream.set_default(Reply::status(500, "no more requests were expected"));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -219,6 +221,21 @@ async fn two_browsers_share_the_ai_controls() {
                         contents(&requests[3])
                     );
                 }
+                "replied" => assert_eq!(requests.len(), 4, "a reply to a person is for people"),
+                "replied-to-ai" => {
+                    assert_eq!(
+                        requests.len(),
+                        5,
+                        "the reply to the answer was put to the AI"
+                    );
+                    let prompt = contents(&requests[4]);
+                    assert!(
+                        prompt
+                            .last()
+                            .is_some_and(|p| p.contains("and then what happened?")),
+                        "{prompt:?}"
+                    );
+                }
                 other => panic!("unknown step {other}"),
             }
             script.go_on().await;
@@ -228,7 +245,11 @@ async fn two_browsers_share_the_ai_controls() {
         .await
         .expect("the browser test finished in time");
     script.finish().await;
-    assert_eq!(upstream.request_count(), 4, "no request after Again");
+    assert_eq!(
+        upstream.request_count(),
+        5,
+        "no request after the reply's answer"
+    );
     assert_eq!(
         upstream.disconnect_count(),
         1,

@@ -311,7 +311,7 @@ async fn the_interactive_screen_in_a_terminal() {
         ))
         .await;
     assert!(screen.contains("room tui on"), "{screen}");
-    assert!(screen.contains("connected"), "{screen}");
+    assert!(screen.contains("Connected"), "{screen}");
     assert!(screen.contains("> Enter sends"), "{screen}");
 
     tmux.cmd(&["send-keys", "-t", "chat", "-l", "Hello AI"]);
@@ -360,6 +360,7 @@ async fn the_ai_commands_on_the_interactive_screen() {
         // "Once", then nothing until a release that never comes.
         Reply::gated(&["Once", " upon", " a time"]),
         Reply::text(&["A story,", " told again."]),
+        Reply::text(&["And then", " the end."]),
     ]);
     upstream.set_default(Reply::status(500, "no more requests were expected"));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -439,12 +440,66 @@ async fn the_ai_commands_on_the_interactive_screen() {
         "the same question again"
     );
 
+    // Replies, while the AI answers only when addressed: to a person, it is for people;
+    // to the AI's answer, it asks the AI. Both show what they reply to.
+    tmux.enter("/ai addressed");
+    tmux.wait_for("Tess set the AI to answer when addressed")
+        .await;
+    let run = chat(&[
+        &link,
+        "--name",
+        "Sam",
+        "--no-relay",
+        "--say",
+        "lunch at noon?",
+    ])
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    tmux.wait_for("Sam: lunch at noon?").await;
+    tmux.enter("/reply");
+    let screen = tmux.wait_for("1 Sam: lunch at noon?").await;
+    assert!(screen.contains("2 AI: A story, told again."), "{screen}");
+    tmux.enter("/reply 1 yes, at noon");
+    let screen = tmux.wait_for("Tess: yes, at noon").await;
+    assert!(
+        screen.contains("↪ Sam: lunch at noon?"),
+        "the quote: {screen}"
+    );
+    assert_eq!(
+        upstream.request_count(),
+        3,
+        "a reply to Sam is not for the AI"
+    );
+    tmux.enter("/reply 9 hello?");
+    tmux.wait_for("No message 9 to reply to: /reply lists them.")
+        .await;
+    tmux.cmd(&["send-keys", "-t", "chat", "C-u"]);
+    // 1 is Tess's reply, 2 Sam's post, 3 the AI's story.
+    tmux.enter("/reply 3 what happened next?");
+    let screen = tmux.wait_for("AI: And then the end.").await;
+    assert!(
+        screen.contains("↪ AI: A story, told again."),
+        "the quote: {screen}"
+    );
+    assert!(screen.contains("Tess: what happened next?"), "{screen}");
+    assert_eq!(
+        upstream.request_count(),
+        4,
+        "the reply to the answer asked the AI"
+    );
+
     tmux.enter("/instructions -");
     tmux.wait_for("Tess cleared the room's instructions for the AI")
         .await;
     tmux.enter("/help");
     let screen = tmux.wait_for("/ai always|addressed|auto|off").await;
-    for command in ["/instructions TEXT", "/stop", "/again", "/reset"] {
+    for command in [
+        "/instructions TEXT",
+        "/stop",
+        "/again",
+        "/reply [N] TEXT",
+        "/reset",
+    ] {
         assert!(screen.contains(command), "/help lists {command}: {screen}");
     }
     tmux.cmd(&["send-keys", "-t", "chat", "Escape"]);

@@ -2,7 +2,6 @@
 //! (same app id, same `ChatModel`), relaying AI requests through the gateway of the server
 //! it joined when it is elected to.
 
-mod link;
 mod ui;
 
 use std::io::IsTerminal as _;
@@ -13,14 +12,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use crossterm::event::Event;
 use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
+use synq_chat::link::{Room, parse_link, room_link};
+use synq_chat::names::friendly_name;
 use synq_chat::native::{AiService, Participant};
-use synq_chat::{AI_NAME, AiMode, AiState, ChatInput, ChatModel, EntryKind};
+use synq_chat::view::{self, Status};
+use synq_chat::{AI_NAME, APP_ID, AiMode, AiState, ChatInput, ChatModel, EntryKind};
 use synq_client::{ClientConfig, ClientError, SessionEvent};
 use synq_model::ViewId;
-
-use link::{Room, parse_link, room_link};
-
-use synq_chat::APP_ID;
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
@@ -92,17 +90,7 @@ fn room(args: &ChatArgs) -> anyhow::Result<(Room, String)> {
 }
 
 fn friendly_error(e: &ClientError, room: &Room) -> anyhow::Error {
-    match e {
-        ClientError::WrongPassword => anyhow::anyhow!(
-            "Wrong password: the room {:?} on {} was created with a different password. Check that the link was copied whole, including the part after #.",
-            room.name,
-            room.server
-        ),
-        ClientError::Unreachable { .. } => {
-            anyhow::anyhow!("cannot reach the synq server at {}: {e}", room.server)
-        }
-        other => anyhow::anyhow!("the chat stopped: {other}"),
-    }
+    anyhow::anyhow!(view::client_error(e, &room.name, &room.server))
 }
 
 /// The AI as this participant reaches it: the gateway of the server it joined, which
@@ -115,10 +103,7 @@ fn gateway(server: &str) -> anyhow::Result<Arc<AiService>> {
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let (room, password) = room(&args)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(synq_web::names::friendly_name);
+    let name = args.name.clone().unwrap_or_else(friendly_name);
     let service = if args.no_relay {
         None
     } else {
@@ -281,6 +266,15 @@ fn act(p: &Participant, input: &mut ui::Input, shown: &ui::Shown, action: ui::Ac
             format!("No answer of {AI_NAME} to ask again.")
         }
         ui::Action::Again => return publish(p, input, ChatInput::Again { entry: None }),
+        ui::Action::ListReplies => ui::replies_hint(shown),
+        ui::Action::Reply { n, text } => match shown.repliable.get(n - 1) {
+            Some((to, _)) => return publish(p, input, ChatInput::reply(text, *to)),
+            None => {
+                // Kept to be fixed, as an unknown command is.
+                input.line = format!("/reply {n} {text}");
+                format!("No message {n} to reply to: /reply lists them.")
+            }
+        },
         // Already so: say what it means.
         ui::Action::SetMode(mode) if mode == shown.mode => ui::mode_hint(mode),
         ui::Action::SetMode(mode) => return publish(p, input, ChatInput::SetAiMode(mode)),
@@ -357,24 +351,13 @@ async fn screen(
     keys: &mut tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Event>>,
 ) -> anyhow::Result<()> {
     let me = p.handle().view_id().clone();
-    let mut status = ui::Status::Connected;
+    let mut status = Status::Connected;
     let mut input = ui::Input::default();
     let mut alive = true;
     loop {
         for event in p.take_events() {
-            match event {
-                SessionEvent::Synced => status = ui::Status::Connected,
-                SessionEvent::Reconnecting(_) => status = ui::Status::Reconnecting,
-                SessionEvent::Failed(e) => {
-                    status =
-                        ui::Status::Failed(format!("{:#} (Esc quits)", friendly_error(&e, room)));
-                }
-                SessionEvent::Diverged { .. } => {
-                    status = ui::Status::Failed(
-                        "out of sync with the others: quit and join again".into(),
-                    );
-                }
-                _ => {}
+            if let Some(s) = Status::after(&event, &room.name, &room.server) {
+                status = s;
             }
         }
         let shown = p
@@ -406,8 +389,8 @@ async fn screen(
             changed = p.changed(), if alive => {
                 if changed.is_err() {
                     alive = false;
-                    if !matches!(status, ui::Status::Failed(_)) {
-                        status = ui::Status::Failed("the session ended (Esc quits)".into());
+                    if !status.failed() {
+                        status = Status::Failed("The session ended".into());
                     }
                 }
             }

@@ -1,5 +1,5 @@
-//! The terminal view of a room: the model turned into rows (plain data, tested), and
-//! their drawing with ratatui.
+//! The terminal view of a room: synq-chat's view model made safe for a terminal, the
+//! input line and its commands, and the drawing with ratatui.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::Frame;
@@ -7,7 +7,8 @@ use ratatui::layout::{Constraint, Layout, Position};
 use ratatui::style::{Color, Modifier, Style, Stylize as _};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Paragraph, Wrap};
-use synq_chat::{AI_NAME, AiMode, ChatModel, EntryKind};
+use synq_chat::view::{self, Status};
+use synq_chat::{AI_NAME, AiMode, ChatModel};
 use synq_model::ViewId;
 
 /// Shown after an AI answer while it still streams.
@@ -34,16 +35,18 @@ pub enum RowKind {
     Notice,
 }
 
-/// One history entry, ready to draw.
+/// One history entry, ready to draw (synq-chat's view row, made safe for a terminal).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     pub kind: RowKind,
     /// Empty for notices.
     pub name: String,
     pub text: String,
+    /// What the row replies to ("↪ Ann: first words").
+    pub quote: Option<String>,
 }
 
-/// What the history pane shows: the welcome line and the entries, oldest first.
+/// What the screen shows of the room.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shown {
     pub welcome: String,
@@ -57,102 +60,59 @@ pub struct Shown {
     pub instructions: String,
     /// Whether an answer is in progress (what `/stop` stops).
     pub answering: bool,
+    /// The messages `/reply N` answers, newest first: their entry and how a reply quotes
+    /// them ("Ann: first words").
+    pub repliable: Vec<(u64, String)>,
 }
 
-/// The welcome line and the history as the browser shows them; `invite` is the room's
-/// link (the browser has it in its address bar).
+/// The room as synq-chat's view model shows it; `invite` is the room's link (the
+/// browser has it in its address bar).
 pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str, invite: &str) -> Shown {
-    let my_name = sanitize(m.name_of(me).unwrap_or(my_name), false);
-    let others: Vec<String> = m
-        .users()
-        .filter(|(v, _)| *v != me)
-        .map(|(_, n)| sanitize(n, false))
-        .collect();
-    let welcome = if others.is_empty() {
-        format!(
-            "Welcome, {my_name}! {AI_NAME} is here. Share the link to invite others: {}",
-            sanitize(invite, false)
-        )
-    } else {
-        format!(
-            "Welcome, {my_name}! {AI_NAME} is here, along with {}.",
-            others.join(", ")
-        )
-    };
-    let rows = m
-        .history()
-        .map(|e| match &e.kind {
-            EntryKind::Post {
-                from, name, text, ..
-            } => Row {
-                kind: RowKind::Post { mine: from == me },
-                name: sanitize(name, false),
-                text: sanitize(text, true),
+    let page = view::page(m, me, my_name, Some(invite));
+    let rows = page
+        .rows
+        .iter()
+        .map(|r| Row {
+            kind: match r.kind {
+                view::RowKind::Post { mine } => RowKind::Post { mine },
+                view::RowKind::Ai { state } => RowKind::Ai {
+                    streaming: state.in_progress(),
+                },
+                view::RowKind::Notice => RowKind::Notice,
             },
-            EntryKind::Ai {
-                text,
-                state,
-                stopped_by,
-                regenerated_by,
-                ..
-            } => {
-                let mut text = if text.is_empty() && state.in_progress() {
-                    "…".to_owned()
-                } else {
-                    sanitize(text, true)
-                };
-                if let Some(by) = regenerated_by {
-                    text.push_str(&format!(
-                        " (answered again at {}'s request)",
-                        sanitize(by, false)
-                    ));
-                }
-                if let Some(by) = stopped_by {
-                    text.push_str(&format!(" (stopped by {})", sanitize(by, false)));
-                }
-                Row {
-                    kind: RowKind::Ai {
-                        streaming: state.in_progress(),
-                    },
-                    name: AI_NAME.to_owned(),
-                    text,
-                }
-            }
-            EntryKind::Joined { name } => Row {
-                kind: RowKind::Notice,
-                name: String::new(),
-                text: format!("{} joined", sanitize(name, false)),
-            },
-            EntryKind::Left { name } => Row {
-                kind: RowKind::Notice,
-                name: String::new(),
-                text: format!("{} left", sanitize(name, false)),
-            },
-            EntryKind::Notice { text } => Row {
-                kind: RowKind::Notice,
-                name: String::new(),
-                text: sanitize(text, true),
-            },
+            name: sanitize(&r.name, false),
+            text: sanitize(&r.text, true),
+            quote: r.quote.as_deref().map(|q| sanitize(q, false)),
         })
         .collect();
     Shown {
-        welcome,
+        welcome: sanitize(&page.welcome, false),
         rows,
-        people: m.users().count(),
-        relaying: m.elected() == Some(me),
-        mode: m.ai_mode(),
-        instructions: sanitize(m.instructions(), false),
-        answering: m.answering(),
+        people: page.people.len(),
+        relaying: page.relaying,
+        mode: page.mode,
+        instructions: sanitize(&page.instructions, false),
+        answering: page.answering,
+        repliable: page
+            .repliable()
+            .map(|r| (r.id, sanitize(&r.who_said(), false)))
+            .collect(),
     }
 }
 
-/// The connection as the header shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
-    Connected,
-    Reconnecting,
-    /// The session ended for good; the message says why.
-    Failed(String),
+/// Messages `/reply` lists.
+const REPLY_LIST: usize = 5;
+
+/// What `/reply` alone shows: the latest messages with their numbers.
+pub fn replies_hint(shown: &Shown) -> String {
+    if shown.repliable.is_empty() {
+        return "Nothing to reply to yet.".to_owned();
+    }
+    let mut hint = String::from("/reply N TEXT replies to message N (/reply TEXT: to 1):");
+    for (n, (_, said)) in shown.repliable.iter().take(REPLY_LIST).enumerate() {
+        hint.push_str(&format!("\n{} {said}", n + 1));
+    }
+    hint
 }
 
 /// What the user typed, and where the history is scrolled to.
@@ -176,6 +136,13 @@ pub enum Action {
     Stop,
     /// `/again`: ask the AI again for its latest answer.
     Again,
+    /// `/reply [N] TEXT`: reply to the `n`th latest message (1: the latest).
+    Reply {
+        n: usize,
+        text: String,
+    },
+    /// `/reply`: list the messages one may reply to.
+    ListReplies,
     /// `/ai MODE`.
     SetMode(AiMode),
     /// `/ai`: say when the AI answers.
@@ -192,6 +159,8 @@ pub const HELP: &str = "\
 /instructions TEXT              the room's instructions for the AI (alone: show; - clears)
 /stop                           stop the AI's answer in progress
 /again                          ask the AI again for its latest answer (replaces it)
+/reply [N] TEXT                 reply to message N, 1 the latest (/reply alone lists them;
+                                a reply to the AI asks the AI)
 /reset                          clear the chat for everyone
 /quit or Esc                    leave (//text posts /text)";
 
@@ -277,6 +246,30 @@ impl Input {
             ("reset", "") => Action::Reset,
             ("stop", "") => Action::Stop,
             ("again", "") => Action::Again,
+            ("reply", "") => Action::ListReplies,
+            ("reply", rest) => {
+                let (first, text) = rest
+                    .split_once(char::is_whitespace)
+                    .map_or((rest, ""), |(f, t)| (f, t.trim()));
+                match first.parse::<usize>() {
+                    Ok(n) if n >= 1 && !text.is_empty() => Action::Reply {
+                        n,
+                        text: text.to_owned(),
+                    },
+                    Ok(_) => {
+                        self.hint = Some(
+                            "/reply N TEXT: N counts the messages from the latest (1); /reply lists them"
+                                .to_owned(),
+                        );
+                        self.line = line;
+                        Action::None
+                    }
+                    Err(_) => Action::Reply {
+                        n: 1,
+                        text: rest.to_owned(),
+                    },
+                }
+            }
             ("help", "") => {
                 self.hint = Some(HELP.to_owned());
                 Action::None
@@ -328,10 +321,16 @@ pub fn draw(frame: &mut Frame, header: &Header, shown: &Shown, input: &Input) ->
     ])
     .areas(frame.area());
 
-    let (status, status_style) = match header.status {
-        Status::Connected => ("connected".to_owned(), Style::new().fg(Color::Green)),
-        Status::Reconnecting => ("reconnecting…".to_owned(), Style::new().fg(Color::Yellow)),
-        Status::Failed(why) => (sanitize(why, false), Style::new().fg(Color::Red)),
+    let mut status = sanitize(&header.status.text(), false);
+    if header.status.failed() {
+        status.push_str(" (Esc quits)");
+    }
+    let status_style = if header.status.ok() {
+        Style::new().fg(Color::Green)
+    } else if header.status.failed() {
+        Style::new().fg(Color::Red)
+    } else {
+        Style::new().fg(Color::Yellow)
     };
     let mut spans = vec![
         Span::styled(" synq chat ", Style::new().add_modifier(Modifier::REVERSED)),
@@ -418,7 +417,11 @@ fn history_text(shown: &Shown) -> Text<'static> {
             spans.push(Span::styled(format!("{}: ", row.name), name_style));
         }
         spans.push(Span::styled(first.to_owned(), text_style));
-        let mut row_lines = vec![Line::from(spans)];
+        let mut row_lines = Vec::new();
+        if let Some(quote) = &row.quote {
+            row_lines.push(Line::styled(quote.clone(), Style::new().dim()));
+        }
+        row_lines.push(Line::from(spans));
         // Continuation lines are indented under the text, not the name.
         for more in text_lines {
             row_lines.push(Line::styled(format!("  {more}"), text_style));
@@ -519,13 +522,60 @@ mod tests {
         );
         assert_eq!(typed(&mut input, "/help"), Action::None);
         let help = input.hint.clone().unwrap_or_default();
-        for command in ["/ai", "/instructions", "/stop", "/again", "/reset", "/quit"] {
+        for command in [
+            "/ai",
+            "/instructions",
+            "/stop",
+            "/again",
+            "/reply",
+            "/reset",
+            "/quit",
+        ] {
             assert!(help.contains(command), "/help names {command}: {help}");
         }
         assert_eq!(typed(&mut input, "/stopp"), Action::None, "not a command");
         assert!(input.hint.as_deref().unwrap_or_default().contains("/help"));
         assert!(mode_hint(AiMode::Off).contains("nothing is sent"));
         assert!(instructions_hint("Be brief.").contains("Be brief."));
+    }
+
+    #[test]
+    fn the_reply_command() {
+        let mut input = Input::default();
+        assert_eq!(typed(&mut input, "/reply"), Action::ListReplies);
+        assert_eq!(
+            typed(&mut input, "/reply 2 the park, at noon"),
+            Action::Reply {
+                n: 2,
+                text: "the park, at noon".into()
+            }
+        );
+        assert_eq!(
+            typed(&mut input, "/reply sounds good"),
+            Action::Reply {
+                n: 1,
+                text: "sounds good".into()
+            },
+            "without a number: to the latest"
+        );
+        assert_eq!(typed(&mut input, "/reply 3"), Action::None, "no text");
+        assert!(
+            input
+                .hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("/reply N TEXT")
+        );
+        assert_eq!(input.line, "/reply 3", "kept to be finished");
+        input.line.clear();
+        assert_eq!(typed(&mut input, "/reply 0 hm"), Action::None);
+        input.line.clear();
+        let mut shown = Shown::default();
+        assert_eq!(replies_hint(&shown), "Nothing to reply to yet.");
+        shown.repliable = (1..=7).map(|i| (i, format!("Ann: post {i}"))).collect();
+        let hint = replies_hint(&shown);
+        assert!(hint.contains("\n1 Ann: post 1\n2 Ann: post 2"), "{hint}");
+        assert_eq!(hint.lines().count(), 6, "the latest five: {hint}");
     }
 
     #[test]
@@ -537,16 +587,25 @@ mod tests {
                     kind: RowKind::Post { mine: true },
                     name: "Ann".into(),
                     text: "hi".into(),
+                    quote: None,
                 },
                 Row {
                     kind: RowKind::Ai { streaming: true },
                     name: "AI".into(),
                     text: "Hel\nlo".into(),
+                    quote: None,
+                },
+                Row {
+                    kind: RowKind::Post { mine: false },
+                    name: "Bob".into(),
+                    text: "why?".into(),
+                    quote: Some("↪ AI: Hel lo".into()),
                 },
                 Row {
                     kind: RowKind::Notice,
                     name: String::new(),
                     text: "Bob joined".into(),
+                    quote: None,
                 },
             ],
             people: 1,
@@ -554,6 +613,7 @@ mod tests {
             mode: AiMode::Auto,
             instructions: String::new(),
             answering: true,
+            repliable: Vec::new(),
         };
         let text: Vec<String> = history_text(&shown)
             .lines
@@ -567,6 +627,8 @@ mod tests {
                 "Ann: hi",
                 "AI: Hel",
                 &format!("  lo{STREAMING_MARKER}"),
+                "↪ AI: Hel lo",
+                "Bob: why?",
                 "Bob joined"
             ]
         );

@@ -1,4 +1,9 @@
-//! Random session names, passwords and friendly display names.
+//! Random room names, passwords and friendly display names, as the browser page and
+//! `synq chat` make them up.
+
+// Not model code: OS randomness for a view's own choices (a room nobody can guess, a
+// display name), never for the replicated state.
+#![allow(clippy::disallowed_methods)]
 
 const ADJECTIVES: &[&str] = &[
     "Amber", "Brave", "Calm", "Clever", "Cosmic", "Daring", "Eager", "Gentle", "Golden", "Happy",
@@ -61,5 +66,15 @@ mod tests {
         assert_eq!(a.len(), 26, "26 × 5 bits = 130 bits");
         assert_ne!(a, random_token().unwrap());
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn friendly_names_are_an_adjective_and_an_animal() {
+        for _ in 0..20 {
+            let name = friendly_name();
+            let (adjective, animal) = name.split_once(' ').expect("two words");
+            assert!(ADJECTIVES.contains(&adjective), "{name}");
+            assert!(ANIMALS.contains(&animal), "{name}");
+        }
     }
 }
