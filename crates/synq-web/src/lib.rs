@@ -11,7 +11,6 @@ mod ai;
 #[cfg(target_arch = "wasm32")]
 mod app;
 pub mod names;
-pub mod sse;
 pub mod view;
 
 #[cfg(target_arch = "wasm32")]

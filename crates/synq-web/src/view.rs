@@ -81,6 +81,7 @@ pub fn page(m: &ChatModel, me: &ViewId, my_name: &str) -> Page {
                 again: false,
             },
             EntryKind::Ai {
+                request,
                 text,
                 state,
                 stopped_by,
@@ -93,7 +94,9 @@ pub fn page(m: &ChatModel, me: &ViewId, my_name: &str) -> Page {
                     AiState::Waiting | AiState::Streaming => "entry ai streaming",
                 };
                 let mut text = if text.is_empty() && state.in_progress() {
-                    "…".to_owned()
+                    // The place in the AI's queue, as the elected view reports it.
+                    m.ai_status(*request)
+                        .map_or_else(|| "…".to_owned(), |status| format!("… ({})", status))
                 } else {
                     text.clone()
                 };

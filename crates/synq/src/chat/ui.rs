@@ -90,6 +90,7 @@ pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str, invite: &str) -> Shown {
                 text: sanitize(text, true),
             },
             EntryKind::Ai {
+                request,
                 text,
                 state,
                 stopped_by,
@@ -97,7 +98,11 @@ pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str, invite: &str) -> Shown {
                 ..
             } => {
                 let mut text = if text.is_empty() && state.in_progress() {
-                    "…".to_owned()
+                    // The place in the AI's queue, as the elected view reports it.
+                    m.ai_status(*request).map_or_else(
+                        || "…".to_owned(),
+                        |status| format!("… ({})", sanitize(status, false)),
+                    )
                 } else {
                     sanitize(text, true)
                 };
