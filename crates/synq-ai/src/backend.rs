@@ -140,24 +140,44 @@ impl ChatRequest {
 /// Dropping the stream cancels the generation.
 pub type TextStream = Pin<Box<dyn Stream<Item = Result<String, AiError>> + Send + 'static>>;
 
+/// What an answer stream says besides its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AiEvent {
+    /// More text of the answer.
+    Text(String),
+    /// The request waits for the model: `ahead` requests come before it (the one being
+    /// answered and those waiting before it). Sent when the position changes and repeated
+    /// while it waits ([`QUEUE_HEARTBEAT`]); `0` once the request reaches the model.
+    Queued { ahead: u32 },
+}
+
+/// How often a waiting request's position is repeated even if it has not changed: a
+/// sign of life, so that callers do not count the wait in line as silence.
+pub const QUEUE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`AiEvent`]s in order. An `Err` item ends the stream. Dropping the stream cancels the
+/// generation, or leaves the queue at once if it still waits.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<AiEvent, AiError>> + Send + 'static>>;
+
 /// A chat-completion service: an OpenAI-compatible upstream or the embedded model.
 #[async_trait::async_trait]
 pub trait ChatBackend: Send + Sync + 'static {
     /// The model this backend serves (reported by the gateway's `/v1/models`).
     fn model(&self) -> String;
 
-    /// Starts a completion. Errors known before the first token (unreachable, unauthorized,
-    /// unknown model, rate limited, model unavailable) are returned here; later ones are
-    /// items of the stream.
-    async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError>;
-
-    /// Like [`ChatBackend::stream_chat`], and reports the service's own token count (when
-    /// it gives one) once the stream has ended. The default reports nothing.
-    async fn stream_chat_with_usage(
+    /// Starts a completion. Errors known before the request is sent (unreachable,
+    /// unauthorized, unknown model, rate limited, model unavailable) are returned here;
+    /// later ones are items of the stream. The [`UsageReport`] gets the service's own
+    /// token count, when it gives one, once the stream has ended.
+    async fn stream_events(
         &self,
         request: ChatRequest,
-    ) -> Result<(TextStream, UsageReport), AiError> {
-        Ok((self.stream_chat(request).await?, UsageReport::default()))
+    ) -> Result<(EventStream, UsageReport), AiError>;
+
+    /// The text of [`ChatBackend::stream_events`] alone.
+    async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError> {
+        let (events, _) = self.stream_events(request).await?;
+        Ok(text_only(events))
     }
 
     /// The whole answer at once. The default collects [`ChatBackend::stream_chat`].
@@ -165,6 +185,17 @@ pub trait ChatBackend: Send + Sync + 'static {
         let stream = self.stream_chat(request).await?;
         collect_text(stream).await
     }
+}
+
+/// The text of an [`EventStream`].
+pub fn text_only(events: EventStream) -> TextStream {
+    Box::pin(events.filter_map(|e| {
+        std::future::ready(match e {
+            Ok(AiEvent::Text(t)) => Some(Ok(t)),
+            Ok(AiEvent::Queued { .. }) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }))
 }
 
 /// Concatenates a [`TextStream`], stopping at the first error.

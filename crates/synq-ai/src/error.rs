@@ -1,4 +1,6 @@
-//! The one error type of synq-ai. Every message says what went wrong and what to do.
+//! The one error type of synq-ai. Every message says what went wrong; advice about the
+//! command line of a program that uses this crate is that program's to add (the `synq`
+//! binary does), since these messages can reach a chat room.
 
 use std::time::Duration;
 
@@ -6,20 +8,16 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum AiError {
     /// The upstream could not be reached at all (DNS, refused connection, TLS).
-    #[error(
-        "the AI service at {url} is unreachable ({reason}); check that it is running and that --ai-url points at it (for Ollama: http://localhost:11434/v1)"
-    )]
+    #[error("the AI service at {url} is unreachable ({reason})")]
     Unreachable { url: String, reason: String },
 
     /// The upstream refused the API key.
-    #[error(
-        "the AI service at {url} refused the API key (HTTP {status}); put a valid key in the SYNQ_AI_KEY environment variable of `synq serve`"
-    )]
+    #[error("the AI service at {url} refused the API key (HTTP {status})")]
     Unauthorized { url: String, status: u16 },
 
     /// The upstream does not serve the configured model.
     #[error(
-        "the AI service at {url} does not serve the model {model:?}; choose one it lists at {url}/models with --ai-model (for Ollama, `ollama pull {model}` first)"
+        "the AI service at {url} does not serve the model {model:?} (it lists its models at {url}/models)"
     )]
     UnknownModel { url: String, model: String },
 
@@ -49,9 +47,7 @@ pub enum AiError {
     },
 
     /// The upstream's answer was not in the OpenAI format.
-    #[error(
-        "the AI service at {url} sent an answer that is not OpenAI-compatible ({reason}); check that --ai-url ends with the API base, such as /v1"
-    )]
+    #[error("the AI service at {url} sent an answer that is not OpenAI-compatible ({reason})")]
     Protocol { url: String, reason: String },
 
     /// The request itself is not acceptable (empty messages, …).

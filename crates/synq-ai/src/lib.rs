@@ -6,8 +6,9 @@
 //! - [`openai::OpenAiBackend`]: any OpenAI-compatible server (OpenAI, Ollama, llama.cpp
 //!   server, vLLM, LM Studio, OpenRouter, …).
 //! - [`local::LocalBackend`]: an embedded quantized GGUF model run with candle.
-//! - [`gateway`]: the HTTP routes (`/ai/v1/chat/completions`, `/ai/v1/models`, `/ai`) with
-//!   their guards, and [`gateway::AiArgs`], the `synq serve` flags that configure them.
+//! - [`gateway`] (feature `gateway`): the HTTP routes (`/ai/v1/chat/completions`,
+//!   `/ai/v1/models`, `/ai`) with their guards, configured by [`gateway::GatewayConfig`]
+//!   (the `synq serve` flags that fill it are the `synq` binary's).
 
 // Unsafe code is allowed only where it is: setting candle's thread count in the
 // environment, glibc's malloc_trim after loading a model, and the Q8_0 SIMD kernel
@@ -19,16 +20,16 @@
 
 pub mod backend;
 pub mod error;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod openai;
-mod sse;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use backend::{
-    Bearer, ChatBackend, ChatMessage, ChatRequest, Role, TextStream, Usage, UsageReport,
-    collect_text,
+    AiEvent, Bearer, ChatBackend, ChatMessage, ChatRequest, EventStream, QUEUE_HEARTBEAT, Role,
+    TextStream, Usage, UsageReport, collect_text, text_only,
 };
 pub use error::AiError;

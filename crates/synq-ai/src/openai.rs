@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use synq_openai::{ChatCompletionRequest, Event, SseDecoder, StreamOptions, error_message};
 use tokio::time::Instant;
 
 use crate::AiError;
-use crate::backend::{ChatBackend, ChatRequest, TextStream, Usage, UsageReport};
-use crate::sse::SseDecoder;
+use crate::backend::{AiEvent, ChatBackend, ChatRequest, EventStream, Role, Usage, UsageReport};
 
 /// How to reach an OpenAI-compatible server.
 #[derive(Debug, Clone)]
@@ -25,6 +24,8 @@ pub struct OpenAiConfig {
     /// Time to open the TCP/TLS connection.
     pub connect_timeout: Duration,
     /// Time from sending the request to the first text delta (models may be loading).
+    /// A synq gateway's queue position (`"synq": {"queue": N}`) restarts it: waiting in
+    /// line, with a sign of life every few seconds, is not silence.
     pub first_token_timeout: Duration,
     /// Longest silence between two chunks once the answer streams.
     pub idle_timeout: Duration,
@@ -92,33 +93,38 @@ impl OpenAiBackend {
             .or(self.config.api_key.as_deref())
     }
 
-    fn body(&self, request: &ChatRequest, stream: bool) -> Value {
-        let mut body = json!({
-            "model": self.config.model,
-            "messages": request.messages,
-            "max_tokens": request.max_tokens,
-            "stream": stream,
-        });
-        if stream && self.config.include_usage {
-            body["stream_options"] = json!({"include_usage": true});
+    fn body(&self, request: &ChatRequest, stream: bool) -> ChatCompletionRequest {
+        ChatCompletionRequest {
+            model: self.config.model.clone(),
+            messages: request
+                .messages
+                .iter()
+                .map(|m| synq_openai::Message {
+                    role: match m.role {
+                        Role::System => "system",
+                        Role::User => "user",
+                        Role::Assistant => "assistant",
+                    }
+                    .to_owned(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+            max_tokens: request.max_tokens,
+            stream,
+            stream_options: (stream && self.config.include_usage).then_some(StreamOptions {
+                include_usage: true,
+            }),
+            temperature: request.temperature,
+            top_p: request.top_p,
+            seed: request.seed,
         }
-        if let Some(t) = request.temperature {
-            body["temperature"] = json!(t);
-        }
-        if let Some(p) = request.top_p {
-            body["top_p"] = json!(p);
-        }
-        if let Some(s) = request.seed {
-            body["seed"] = json!(s);
-        }
-        body
     }
 
     /// Sends the request, retrying with exponential backoff on 429, 5xx and failed
     /// connections, until `deadline`. Returns a response with a success status.
     async fn send(
         &self,
-        body: &Value,
+        body: &ChatCompletionRequest,
         key: Option<&str>,
         deadline: Instant,
     ) -> Result<reqwest::Response, AiError> {
@@ -203,7 +209,7 @@ impl OpenAiBackend {
                 url: url.clone(),
                 status: 404,
                 message: format!(
-                    "{} is not an OpenAI chat-completions endpoint; --ai-url should be the API base, such as http://localhost:11434/v1 ({message})",
+                    "{} is not an OpenAI chat-completions endpoint; the service's URL should be the API base, such as http://localhost:11434/v1 ({message})",
                     self.endpoint
                 ),
             },
@@ -252,78 +258,46 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The human-readable message of an OpenAI-style error body (or the body itself).
-fn error_message(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let msg = parsed.as_ref().and_then(|v| {
-        v.pointer("/error/message")
-            .or_else(|| v.get("error"))
-            .or_else(|| v.get("message"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
-    let mut msg = msg.unwrap_or_else(|| body.trim().to_string());
-    if msg.len() > 500 {
-        let mut cut = 500;
-        while !msg.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        msg.truncate(cut);
-    }
-    msg
-}
-
 /// What one SSE event or JSON body says.
 enum Parsed {
-    Delta(String),
+    Text(String),
+    Queued(u32),
     Done,
     Nothing,
 }
 
-/// The token count an event or body reports (`usage`), if any.
-fn usage_of(v: &Value) -> Option<Usage> {
-    let u = v.get("usage")?;
-    let n = |k: &str| u.get(k).and_then(Value::as_u64);
-    Some(Usage {
-        prompt_tokens: n("prompt_tokens")?,
-        completion_tokens: n("completion_tokens").unwrap_or(0),
-    })
-}
-
 fn parse_event(url: &str, data: &str) -> Result<(Parsed, Option<Usage>), AiError> {
-    if data.trim() == "[DONE]" {
-        return Ok((Parsed::Done, None));
-    }
-    let v: Value = serde_json::from_str(data).map_err(|e| AiError::Protocol {
+    let event = synq_openai::parse_event(data).map_err(|e| AiError::Protocol {
         url: url.to_string(),
-        reason: format!("event is not JSON: {e}"),
+        reason: e.to_string(),
     })?;
-    if let Some(err) = v.get("error") {
-        return Err(AiError::Upstream {
+    match event {
+        Event::Done => Ok((Parsed::Done, None)),
+        Event::Error(message) => Err(AiError::Upstream {
             url: url.to_string(),
             status: 200,
-            message: error_message(&err.to_string()),
-        });
+            message,
+        }),
+        Event::Chunk { text, usage, queue } => {
+            let usage = usage.map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            });
+            let parsed = match (text, queue) {
+                (Some(t), _) => Parsed::Text(t),
+                (None, Some(ahead)) => Parsed::Queued(ahead),
+                (None, None) => Parsed::Nothing,
+            };
+            Ok((parsed, usage))
+        }
     }
-    let choice = v.pointer("/choices/0");
-    let text = choice
-        .and_then(|c| {
-            c.pointer("/delta/content")
-                .or_else(|| c.pointer("/message/content"))
-        })
-        .and_then(Value::as_str);
-    let parsed = match text {
-        Some(t) if !t.is_empty() => Parsed::Delta(t.to_string()),
-        _ => Parsed::Nothing,
-    };
-    Ok((parsed, usage_of(&v)))
 }
 
 struct StreamState {
     url: String,
     body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     decoder: SseDecoder,
-    ready: VecDeque<Result<String, AiError>>,
+    ready: VecDeque<Result<AiEvent, AiError>>,
     first_deadline: Option<Instant>,
     first_timeout: Duration,
     idle_timeout: Duration,
@@ -337,14 +311,18 @@ struct StreamState {
 const DRAIN_AFTER_DONE: Duration = Duration::from_millis(100);
 
 impl StreamState {
-    async fn next_item(&mut self) -> Option<Result<String, AiError>> {
+    async fn next_item(&mut self) -> Option<Result<AiEvent, AiError>> {
         loop {
             if let Some(item) = self.ready.pop_front() {
-                if item.is_err() {
-                    self.done = true;
-                }
-                if item.is_ok() {
-                    self.first_deadline = None;
+                match &item {
+                    Err(_) => self.done = true,
+                    Ok(AiEvent::Text(_)) => self.first_deadline = None,
+                    // Waiting in line: the first token is not due before its turn.
+                    Ok(AiEvent::Queued { .. }) => {
+                        if self.first_deadline.is_some() {
+                            self.first_deadline = Some(Instant::now() + self.first_timeout);
+                        }
+                    }
                 }
                 return Some(item);
             }
@@ -403,7 +381,8 @@ impl StreamState {
                     self.usage.set(u);
                 }
                 match parsed {
-                    Parsed::Delta(t) => self.ready.push_back(Ok(t)),
+                    Parsed::Text(t) => self.ready.push_back(Ok(AiEvent::Text(t))),
+                    Parsed::Queued(ahead) => self.ready.push_back(Ok(AiEvent::Queued { ahead })),
                     Parsed::Done => {
                         self.done = true;
                         self.saw_done = true;
@@ -425,14 +404,10 @@ impl ChatBackend for OpenAiBackend {
         self.config.model.clone()
     }
 
-    async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError> {
-        Ok(self.stream_chat_with_usage(request).await?.0)
-    }
-
-    async fn stream_chat_with_usage(
+    async fn stream_events(
         &self,
         request: ChatRequest,
-    ) -> Result<(TextStream, UsageReport), AiError> {
+    ) -> Result<(EventStream, UsageReport), AiError> {
         request.validate()?;
         let deadline = Instant::now() + self.config.first_token_timeout;
         let key = self.key(&request);
@@ -461,7 +436,7 @@ impl ChatBackend for OpenAiBackend {
                 usage.set(u);
             }
             let item = match parsed {
-                Parsed::Delta(t) => Some(Ok(t)),
+                Parsed::Text(t) => Some(Ok(AiEvent::Text(t))),
                 _ => None,
             };
             return Ok((Box::pin(stream::iter(item)), usage));
@@ -503,7 +478,7 @@ impl ChatBackend for OpenAiBackend {
                 reason: error_chain(&e),
             })?;
         match parse_event(&url, &text)?.0 {
-            Parsed::Delta(t) => Ok(t),
+            Parsed::Text(t) => Ok(t),
             _ => Ok(String::new()),
         }
     }

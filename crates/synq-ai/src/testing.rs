@@ -47,6 +47,14 @@ pub enum Reply {
         content_type: String,
         body: String,
     },
+    /// Streamed: a synq queue chunk (`"synq": {"queue": N}`) for each of `positions`,
+    /// `every` apart, then the deltas as [`Reply::Text`] (like a synq gateway in front of
+    /// a busy embedded model). Not streamed: the deltas after the same wait.
+    Queued {
+        positions: Vec<u32>,
+        every: Duration,
+        deltas: Vec<String>,
+    },
     /// An error status with an OpenAI-style error body and an optional `Retry-After` (s).
     Status {
         status: u16,
@@ -73,6 +81,13 @@ impl Reply {
             status,
             content_type: content_type.to_string(),
             body: body.to_string(),
+        }
+    }
+    pub fn queued(positions: &[u32], every: Duration, deltas: &[&str]) -> Reply {
+        Reply::Queued {
+            positions: positions.to_vec(),
+            every,
+            deltas: deltas.iter().map(|d| d.to_string()).collect(),
         }
     }
     pub fn status(status: u16, message: &str) -> Reply {
@@ -358,6 +373,30 @@ async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String)
         Reply::Delayed(delay, d) => {
             tokio::time::sleep(delay).await;
             (d, false, false)
+        }
+        Reply::Queued {
+            positions,
+            every,
+            deltas,
+        } => {
+            if stream {
+                let queue = stream::iter(positions).then(move |ahead| async move {
+                    tokio::time::sleep(every).await;
+                    let chunk = synq_openai::ChatCompletionChunk::queue(
+                        "chatcmpl-fake",
+                        0,
+                        FAKE_MODEL,
+                        ahead,
+                    );
+                    Ok::<_, Infallible>(
+                        Event::default().data(serde_json::to_string(&chunk).unwrap_or_default()),
+                    )
+                });
+                let rest = sse(deltas, false, false, inner, prompt_tokens);
+                return Sse::new(queue.chain(rest)).into_response();
+            }
+            tokio::time::sleep(every * positions.len() as u32).await;
+            (deltas, false, false)
         }
         Reply::Text(d) => (d, false, false),
         Reply::Gated(d) => (d, false, true),

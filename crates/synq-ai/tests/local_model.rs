@@ -317,13 +317,15 @@ async fn the_default_model_comes_from_the_hugging_face_cache_and_offline_says_wh
         std::env::set_var("HF_HUB_OFFLINE", "1");
     }
 
-    // Not cached, offline: a clear error saying how to do without.
+    // Not cached, offline: a clear error saying how to do without (in general terms: the
+    // flags are the binary's to name).
     match synq_ai::local::fetch_default_model(None).await {
         Err(e @ AiError::ModelUnavailable { .. }) => {
             let message = e.to_string();
             assert!(message.contains(model.file), "{message}");
-            assert!(message.contains("--ai-model-path FILE.gguf"), "{message}");
-            assert!(message.contains("--ai-url"), "{message}");
+            assert!(message.contains("local model file"), "{message}");
+            assert!(message.contains("OpenAI-compatible service"), "{message}");
+            assert!(!message.contains("--ai"), "{message}");
         }
         other => panic!("offline without the model: {other:?}"),
     }

@@ -18,7 +18,8 @@ pub mod view;
 
 pub use model::{
     AI_NAME, AI_REQUESTS_PER_MINUTE, APP_ID, AiMode, AiState, ChatInput, ChatModel, ChatOutput,
-    ChatViewData, Entry, EntryKind, MAX_HISTORY, MAX_INSTRUCTIONS_BYTES, addresses_ai,
+    ChatViewData, Entry, EntryKind, MAX_HISTORY, MAX_INSTRUCTIONS_BYTES, MAX_STATUS_BYTES,
+    addresses_ai, queue_status,
 };
 pub use prompt::{AiRequest, PROMPT_HISTORY, PromptMessage, PromptRole};
 pub use relay::MAX_ANSWER_TOKENS;

@@ -24,6 +24,19 @@ pub const MAX_POST_BYTES: usize = 4000;
 pub const AI_REQUESTS_PER_MINUTE: usize = 6;
 /// Longest room instructions for the AI, in bytes.
 pub const MAX_INSTRUCTIONS_BYTES: usize = 500;
+/// Longest status of a pending answer, in bytes.
+pub const MAX_STATUS_BYTES: usize = 200;
+
+/// The status an elected view reports while the AI service has `ahead` requests to answer
+/// before this one ("AI is answering 2 other requests first"); empty once it is this
+/// one's turn.
+pub fn queue_status(ahead: u32) -> String {
+    match ahead {
+        0 => String::new(),
+        1 => format!("{AI_NAME} is answering 1 other request first"),
+        n => format!("{AI_NAME} is answering {n} other requests first"),
+    }
+}
 
 /// What a participant declares when it joins.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +264,9 @@ pub struct ChatModel {
     instructions: String,
     /// Reflector times of each participant's AI requests in the last minute.
     asked: BTreeMap<ViewId, VecDeque<u64>>,
+    /// What the elected view says of pending requests that have no text yet (their place
+    /// in the AI service's queue), by relay request id.
+    statuses: BTreeMap<u64, String>,
 }
 
 impl ChatModel {
@@ -276,6 +292,13 @@ impl ChatModel {
     /// The relay's pending requests.
     pub fn relay(&self) -> &Relay<AiRequest> {
         &self.relay
+    }
+
+    /// What the elected view says of the answer to relay request `request` while it has
+    /// no text yet (e.g. "AI is answering 2 other requests first"), for views to show on
+    /// the waiting AI entry.
+    pub fn ai_status(&self, request: u64) -> Option<&str> {
+        self.statuses.get(&request).map(String::as_str)
     }
 
     /// When the AI answers.
@@ -425,6 +448,7 @@ impl ChatModel {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let shown = hygiene::shown(&all, &names, done);
         let finished = done || shown.ended;
+        self.statuses.remove(&id);
         if shown.ended {
             self.relay.cancel(id);
         }
@@ -524,6 +548,10 @@ impl ChatModel {
 
     fn elected_changed(&mut self, cx: &mut Cx<'_, Self>, elected: Option<ViewId>) {
         let (requests, restarted) = self.relay.reelect(elected.as_ref());
+        // Reissued to another view: what the old one said no longer holds.
+        for r in &requests {
+            self.statuses.remove(&r.id);
+        }
         for id in restarted {
             if let Some(e) = self.ai_entry(id)
                 && let EntryKind::Ai { text, state, .. } = &mut e.kind
@@ -558,7 +586,8 @@ impl Model for ChatModel {
     type Output = ChatOutput;
     type Timer = ();
     type ViewData = ChatViewData;
-    // 3: the prompt (held in the relay's replicated requests) became chat turns.
+    // 3: the prompt (held in the relay's replicated requests) became chat turns, and the
+    // relay's statuses (`RelayResponse::Status`, `ChatModel::statuses`) were added.
     const SCHEMA: &'static str = "synq-chat/3";
 
     fn init(_: &mut Cx<'_, Self>) -> Self {
@@ -647,10 +676,33 @@ impl Model for ChatModel {
                             };
                         }
                     }
+                    Some(Applied::Status { id, status }) => {
+                        let waiting = self.ai_entry(id).is_some_and(|e| {
+                            matches!(
+                                e.kind,
+                                EntryKind::Ai {
+                                    state: AiState::Waiting,
+                                    ..
+                                }
+                            )
+                        });
+                        if !waiting {
+                            return;
+                        }
+                        let status = cut(status, MAX_STATUS_BYTES);
+                        if status.is_empty() {
+                            self.statuses.remove(&id);
+                        } else {
+                            self.statuses.insert(id, status);
+                        }
+                    }
                     None => return,
                 }
             }
         }
+        // Statuses of requests no longer pending (answered, failed, stopped, reset).
+        let relay = &self.relay;
+        self.statuses.retain(|id, _| relay.is_pending(*id));
         cx.emit(ChatOutput::Changed);
     }
 

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use synq_ai::{AiError, Bearer, ChatBackend, ChatMessage, ChatRequest, Role};
+use synq_ai::{AiError, AiEvent, Bearer, ChatBackend, ChatMessage, ChatRequest, EventStream, Role};
 use synq_client::{ClientConfig, ClientError, Session, SessionEvent, SessionHandle, join};
-use synq_relay::{BoxFut, RelayService, TextStream};
+use synq_relay::{BoxFut, Progress, RelayService, TextStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::model::{ChatInput, ChatModel, ChatOutput, ChatViewData};
+use crate::model::{ChatInput, ChatModel, ChatOutput, ChatViewData, queue_status};
 use crate::prompt::{AiRequest, PromptRole};
 use crate::relay::{self, MAX_ANSWER_TOKENS};
 
@@ -39,15 +39,27 @@ fn chat_request(request: AiRequest) -> ChatRequest {
     ChatRequest::new(messages).max_tokens(MAX_ANSWER_TOKENS)
 }
 
+/// The answer as the relay publishes it: text, and the place in the AI service's queue as
+/// the entry's status.
+fn progress(events: EventStream) -> TextStream {
+    events
+        .map(|e| match e {
+            Ok(AiEvent::Text(t)) => Ok(Progress::Text(t)),
+            Ok(AiEvent::Queued { ahead }) => Ok(Progress::Status(queue_status(ahead))),
+            Err(e) => Err(e.to_string()),
+        })
+        .boxed()
+}
+
 impl RelayService<AiRequest> for AiService {
     fn call(&self, request: AiRequest) -> BoxFut<Result<TextStream, String>> {
         let backend = Arc::clone(&self.0);
         Box::pin(async move {
-            let stream = backend
-                .stream_chat(chat_request(request))
+            let (events, _) = backend
+                .stream_events(chat_request(request))
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(stream.map(|r| r.map_err(|e| e.to_string())).boxed())
+            Ok(progress(events))
         })
     }
 }
@@ -69,8 +81,8 @@ impl RelayService<AiRequest> for WithCapability {
             let token = handle.ai_token();
             let mut req = chat_request(request);
             req.bearer = token.clone().map(Bearer);
-            match backend.stream_chat(req).await {
-                Ok(stream) => Ok(stream.map(|r| r.map_err(|e| e.to_string())).boxed()),
+            match backend.stream_events(req).await {
+                Ok((events, _)) => Ok(progress(events)),
                 Err(AiError::Unauthorized { .. }) if token.is_some() => {
                     handle.reconnect();
                     Err("the server did not accept this participant's AI capability; it rejoins to get a new one, try again".into())

@@ -180,6 +180,7 @@ pub fn page(m: &ChatModel, me: &ViewId, my_name: &str, invite: Option<&str>) -> 
                 gist: gist(text),
             },
             EntryKind::Ai {
+                request,
                 text,
                 state,
                 stopped_by,
@@ -192,7 +193,9 @@ pub fn page(m: &ChatModel, me: &ViewId, my_name: &str, invite: Option<&str>) -> 
                     gist(text)
                 };
                 let mut text = if text.is_empty() && state.in_progress() {
-                    "…".to_owned()
+                    // The place in the AI's line, as the elected view reports it.
+                    m.ai_status(*request)
+                        .map_or_else(|| "…".to_owned(), |status| format!("… ({status})"))
                 } else {
                     text.clone()
                 };

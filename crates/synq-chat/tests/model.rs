@@ -598,3 +598,52 @@ fn instructions_are_capped_and_can_be_cleared() {
         Some("* BOB cleared the room's instructions for the AI")
     );
 }
+
+#[test]
+fn the_elected_views_queue_status_shows_on_the_waiting_entry_until_text_comes() {
+    let mut room = Room::new();
+    room.join("ann", true);
+    room.join("bob", true);
+    room.post("bob", "@AI one");
+    room.post("bob", "@AI two");
+    let ids: Vec<u64> = room.requests().iter().map(|r| r.id).collect();
+    let status = |id, s: &str| RelayResponse::Status {
+        id,
+        status: s.into(),
+    };
+    assert_eq!(synq_chat::queue_status(0), "");
+    assert_eq!(
+        synq_chat::queue_status(2),
+        "AI is answering 2 other requests first"
+    );
+    room.respond("ann", status(ids[0], &synq_chat::queue_status(2)));
+    room.respond("ann", status(ids[1], &synq_chat::queue_status(3)));
+    // Only the elected view speaks for the AI.
+    room.respond("bob", status(ids[0], "forged"));
+    assert_eq!(
+        room.m().ai_status(ids[0]),
+        Some("AI is answering 2 other requests first")
+    );
+    room.respond("ann", status(ids[0], &synq_chat::queue_status(1)));
+    assert_eq!(
+        room.m().ai_status(ids[0]),
+        Some("AI is answering 1 other request first")
+    );
+    // Its turn: the status goes (empty), then the text replaces it.
+    room.respond("ann", status(ids[0], ""));
+    assert_eq!(room.m().ai_status(ids[0]), None);
+    room.respond("ann", status(ids[0], "late"));
+    room.respond("ann", delta(ids[0], "Hi"));
+    assert_eq!(room.m().ai_status(ids[0]), None);
+    // A status after text is not shown (the answer is already streaming).
+    room.respond("ann", status(ids[0], "late"));
+    assert_eq!(room.m().ai_status(ids[0]), None);
+    // Stopping ends the wait too; a new elected view starts over without the old status.
+    assert!(room.m().ai_status(ids[1]).is_some());
+    room.exit("ann");
+    assert_eq!(room.m().ai_status(ids[1]), None);
+    room.respond("bob", status(ids[1], &synq_chat::queue_status(1)));
+    assert!(room.m().ai_status(ids[1]).is_some());
+    room.input("bob", ChatInput::Stop);
+    assert_eq!(room.m().ai_status(ids[1]), None);
+}

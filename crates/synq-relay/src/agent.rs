@@ -21,12 +21,23 @@ pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[cfg(target_arch = "wasm32")]
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + 'static>>;
 
-/// Text deltas of an answer; an `Err` ends it with a short reason. Dropping it cancels
-/// the call.
+/// What a call yields as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// More text of the answer.
+    Text(String),
+    /// How the call is doing before its answer (e.g. its place in the service's queue),
+    /// short and shown to people; empty: nothing to say any more. Published only when
+    /// it changes.
+    Status(String),
+}
+
+/// The [`Progress`] of an answer; an `Err` ends it with a short reason. Dropping it
+/// cancels the call.
 #[cfg(not(target_arch = "wasm32"))]
-pub type TextStream = futures_util::stream::BoxStream<'static, Result<String, String>>;
+pub type TextStream = futures_util::stream::BoxStream<'static, Result<Progress, String>>;
 #[cfg(target_arch = "wasm32")]
-pub type TextStream = futures_util::stream::LocalBoxStream<'static, Result<String, String>>;
+pub type TextStream = futures_util::stream::LocalBoxStream<'static, Result<Progress, String>>;
 
 /// Any external service the elected view can call (an AI, a search engine, …).
 pub trait RelayService<R>: 'static {
@@ -55,7 +66,8 @@ impl Default for AgentConfig {
 }
 
 /// Serves one request: calls `service`, publishes the answer as batched
-/// [`RelayResponse::Delta`]s and a final `Done` (or `Failed`). `sleep` is the platform's
+/// [`RelayResponse::Delta`]s and a final `Done` (or `Failed`), and each change of the
+/// call's status as a [`RelayResponse::Status`]. `sleep` is the platform's
 /// timer. Drop the future to stop (the upstream call is cancelled with it).
 pub async fn serve_request<R, S, P>(
     service: &S,
@@ -80,10 +92,20 @@ pub async fn serve_request<R, S, P>(
     // The window is open when a batch may be published now.
     let mut window_open = true;
     let mut window = sleep(Duration::ZERO).fuse();
+    let mut status = String::new();
     loop {
         select! {
             item = stream.next().fuse() => match item {
-                Some(Ok(text)) => {
+                Some(Ok(Progress::Status(now))) => {
+                    if now != status {
+                        if !buf.is_empty() {
+                            publish(RelayResponse::Delta { id, text: std::mem::take(&mut buf) });
+                        }
+                        status.clone_from(&now);
+                        publish(RelayResponse::Status { id, status: now });
+                    }
+                }
+                Some(Ok(Progress::Text(text))) => {
                     buf.push_str(&text);
                     if window_open || buf.len() >= config.max_chunk_bytes {
                         publish(RelayResponse::Delta { id, text: std::mem::take(&mut buf) });

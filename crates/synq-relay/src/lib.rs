@@ -20,6 +20,8 @@ mod agent;
 mod elected;
 mod relay;
 
-pub use agent::{AgentConfig, BoxFut, RelayAgent, RelayService, TextStream, serve_request};
+pub use agent::{
+    AgentConfig, BoxFut, Progress, RelayAgent, RelayService, TextStream, serve_request,
+};
 pub use elected::{Candidacy, Elected};
 pub use relay::{Applied, Relay, RelayRequest, RelayResponse};

@@ -14,6 +14,9 @@ pub enum RelayResponse {
     Done { id: u64 },
     /// The request failed; `reason` is short and shown to people.
     Failed { id: u64, reason: String },
+    /// How the call is doing before its answer comes (e.g. its place in the service's
+    /// queue), short and shown to people; empty: nothing to say any more.
+    Status { id: u64, status: String },
 }
 
 impl RelayResponse {
@@ -21,7 +24,8 @@ impl RelayResponse {
         match self {
             RelayResponse::Delta { id, .. }
             | RelayResponse::Done { id }
-            | RelayResponse::Failed { id, .. } => *id,
+            | RelayResponse::Failed { id, .. }
+            | RelayResponse::Status { id, .. } => *id,
         }
     }
 }
@@ -50,6 +54,11 @@ pub enum Applied {
     Failed {
         id: u64,
         reason: String,
+    },
+    /// The call's status changed (the request stays pending).
+    Status {
+        id: u64,
+        status: String,
     },
 }
 
@@ -164,6 +173,7 @@ impl<R: Clone> Relay<R> {
                 self.pending.remove(&id);
                 Some(Applied::Failed { id, reason })
             }
+            RelayResponse::Status { status, .. } => Some(Applied::Status { id, status }),
         }
     }
 

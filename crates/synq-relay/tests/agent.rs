@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use synq_model::ViewId;
 use synq_relay::{
-    AgentConfig, BoxFut, RelayAgent, RelayRequest, RelayResponse, RelayService, TextStream,
-    serve_request,
+    AgentConfig, BoxFut, Progress, RelayAgent, RelayRequest, RelayResponse, RelayService,
+    TextStream, serve_request,
 };
 
 /// Streams `n` deltas of "w " one every `every`, then ends (or fails).
@@ -47,7 +47,7 @@ impl RelayService<String> for Words {
                 let item = if fail && i == n / 2 {
                     Err("upstream broke".to_string())
                 } else {
-                    Ok("w ".to_string())
+                    Ok(Progress::Text("w ".to_string()))
                 };
                 Some((item, (i + 1, flag)))
             });
@@ -195,4 +195,50 @@ async fn the_agent_acts_only_when_named_and_stopping_cancels_the_call() {
         "the upstream stream was dropped (call cancelled)"
     );
     assert_eq!(agent.active().count(), 0);
+}
+
+/// Says where it is in a queue (repeating itself, as a heartbeat would), then answers.
+struct Queued;
+
+impl RelayService<String> for Queued {
+    fn call(&self, _: String) -> BoxFut<Result<TextStream, String>> {
+        Box::pin(async move {
+            let items = ["2 ahead", "2 ahead", "1 ahead", ""]
+                .into_iter()
+                .map(|s| Ok(Progress::Status(s.to_string())))
+                .chain([Ok(Progress::Text("hi".to_string()))]);
+            Ok(futures_util::stream::iter(items).boxed())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_changes_are_published_once_each_before_the_answer() {
+    let mut out = Vec::new();
+    serve_request(
+        &Queued,
+        7,
+        "q".to_string(),
+        AgentConfig::default(),
+        |r| out.push(r),
+        sleep,
+    )
+    .await;
+    let status = |s: &str| RelayResponse::Status {
+        id: 7,
+        status: s.to_string(),
+    };
+    assert_eq!(
+        out,
+        [
+            status("2 ahead"),
+            status("1 ahead"),
+            status(""),
+            RelayResponse::Delta {
+                id: 7,
+                text: "hi".to_string()
+            },
+            RelayResponse::Done { id: 7 },
+        ]
+    );
 }

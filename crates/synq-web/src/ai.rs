@@ -1,18 +1,19 @@
 //! The browser's AI service: the gateway of the server the page came from (same origin,
-//! streaming), for when this page is the elected relay.
+//! streaming), for when this page is the elected relay. The answer is read with the same
+//! wire types and SSE decoder as the gateway writes it with (`synq-openai`); the gateway's
+//! queue position becomes the AI entry's status.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use futures_util::StreamExt;
-use synq_chat::{AiRequest, ChatModel, MAX_ANSWER_TOKENS};
+use synq_chat::{AiRequest, ChatModel, MAX_ANSWER_TOKENS, queue_status};
 use synq_client::SessionHandle;
-use synq_relay::{BoxFut, RelayService, TextStream};
+use synq_openai::{ChatCompletionRequest, Event, Message, SseDecoder};
+use synq_relay::{BoxFut, Progress, RelayService, TextStream};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{AbortController, ReadableStreamDefaultReader, RequestInit, Response, TextDecoder};
-
-use crate::sse::{SseEvent, SseLines};
+use web_sys::{AbortController, ReadableStreamDefaultReader, RequestInit, Response};
 
 pub struct GatewayService {
     /// This page's session: its AI capability goes with each call (`Authorization:
@@ -40,9 +41,8 @@ impl Drop for Abort {
 
 struct Reading {
     reader: ReadableStreamDefaultReader,
-    decoder: TextDecoder,
-    lines: SseLines,
-    pending: std::collections::VecDeque<Result<String, String>>,
+    decoder: SseDecoder,
+    pending: std::collections::VecDeque<Result<Progress, String>>,
     done: bool,
     _abort: Abort,
 }
@@ -52,16 +52,29 @@ impl RelayService<AiRequest> for GatewayService {
         let session = self.session.clone();
         Box::pin(async move {
             let token = session.ai_token();
-            let body = serde_json::json!({
-                "model": "default",
-                "messages": request.messages,
-                "stream": true,
-                "max_tokens": MAX_ANSWER_TOKENS,
-            });
+            // The gateway serves its own model whatever `model` says.
+            let body = ChatCompletionRequest {
+                model: "default".into(),
+                messages: request
+                    .messages
+                    .into_iter()
+                    .map(|m| Message {
+                        role: m.role.as_str().into(),
+                        content: m.content,
+                    })
+                    .collect(),
+                max_tokens: MAX_ANSWER_TOKENS,
+                stream: true,
+                stream_options: None,
+                temperature: None,
+                top_p: None,
+                seed: None,
+            };
+            let body = serde_json::to_string(&body).map_err(|e| e.to_string())?;
             let controller = AbortController::new().map_err(js_err)?;
             let init = RequestInit::new();
             init.set_method("POST");
-            init.set_body(&body.to_string().into());
+            init.set_body(&body.into());
             init.set_signal(Some(&controller.signal()));
             let headers = web_sys::Headers::new().map_err(js_err)?;
             headers
@@ -95,14 +108,10 @@ impl RelayService<AiRequest> for GatewayService {
                         .unwrap_or_default(),
                     Err(_) => String::new(),
                 };
-                let msg = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| {
-                        v.pointer("/error/message")
-                            .and_then(|m| m.as_str())
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_else(|| format!("HTTP {status}"));
+                let msg = match serde_json::from_str::<synq_openai::ErrorBody>(&text) {
+                    Ok(body) => body.error.message,
+                    Err(_) => format!("HTTP {status}"),
+                };
                 return Err(msg);
             }
             let body = resp.body().ok_or("the AI service sent no body")?;
@@ -112,8 +121,7 @@ impl RelayService<AiRequest> for GatewayService {
                 .map_err(|_| "the AI answer cannot be read".to_string())?;
             let state = Rc::new(RefCell::new(Reading {
                 reader,
-                decoder: TextDecoder::new().map_err(js_err)?,
-                lines: SseLines::default(),
+                decoder: SseDecoder::default(),
                 pending: Default::default(),
                 done: false,
                 _abort: Abort(controller),
@@ -137,28 +145,35 @@ impl RelayService<AiRequest> for GatewayService {
                         .and_then(|d| d.as_bool())
                         .unwrap_or(true);
                     let mut s = state.borrow_mut();
-                    if done {
+                    let events = if done {
                         s.done = true;
-                        continue;
-                    }
-                    let Ok(value) = js_sys::Reflect::get(&chunk, &"value".into()) else {
-                        continue;
+                        s.decoder.finish().into_iter().collect()
+                    } else {
+                        let Ok(value) = js_sys::Reflect::get(&chunk, &"value".into()) else {
+                            continue;
+                        };
+                        let bytes = js_sys::Uint8Array::new(&value).to_vec();
+                        s.decoder.push(&bytes)
                     };
-                    let bytes = js_sys::Uint8Array::new(&value).to_vec();
-                    let opts = web_sys::TextDecodeOptions::new();
-                    opts.set_stream(true);
-                    let text = s
-                        .decoder
-                        .decode_with_u8_array_and_options(&bytes, &opts)
-                        .unwrap_or_default();
-                    for ev in s.lines.push(&text) {
-                        match ev {
-                            SseEvent::Delta(t) => s.pending.push_back(Ok(t)),
-                            SseEvent::Error(m) => {
+                    for data in events {
+                        match synq_openai::parse_event(&data) {
+                            Ok(Event::Chunk { text: Some(t), .. }) => {
+                                s.pending.push_back(Ok(Progress::Text(t)));
+                            }
+                            Ok(Event::Chunk {
+                                queue: Some(ahead), ..
+                            }) => {
+                                s.pending
+                                    .push_back(Ok(Progress::Status(queue_status(ahead))));
+                            }
+                            // Events without text (the role, the end's `finish_reason`,
+                            // a usage count), or not JSON: nothing to show.
+                            Ok(Event::Chunk { .. }) | Err(_) => {}
+                            Ok(Event::Error(m)) => {
                                 s.pending.push_back(Err(m));
                                 s.done = true;
                             }
-                            SseEvent::Done => s.done = true,
+                            Ok(Event::Done) => s.done = true,
                         }
                     }
                 }

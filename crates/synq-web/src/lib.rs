@@ -2,7 +2,7 @@
 //! (made by its build script) with `static/index.html`, and serves them at `/`.
 //!
 //! This crate only draws and moves bytes: the DOM (`app`), the AI gateway's streamed
-//! answers over `fetch` (`ai`, `sse`). What the page shows, the room link, names and the
+//! answers over `fetch` (`ai`, with synq-openai's SSE decoder). What the page shows, the room link, names and the
 //! relay loop are synq-chat's (`view`, `link`, `names`, `relay`).
 
 #![forbid(unsafe_code)]
@@ -14,7 +14,6 @@
 mod ai;
 #[cfg(target_arch = "wasm32")]
 mod app;
-pub mod sse;
 
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen::prelude::wasm_bindgen(start)]

@@ -1,10 +1,15 @@
 //! Which AI backend `synq serve` uses: an OpenAI-compatible upstream (`--ai-url`), the
-//! embedded model (default), or none (`--no-ai`).
+//! embedded model (default), or none (`--no-ai`); and the operator's advice, in terms of
+//! this binary's flags, for what goes wrong (on stderr and in the log only: what callers
+//! and chat rooms are told never names a flag).
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use synq_ai::gateway::{AiArgs, BackendSlot, BackendState};
+use synq_ai::AiError;
+use synq_ai::gateway::{BackendSlot, BackendState};
+
+use crate::ai_args::AiArgs;
 use synq_ai::local;
 use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
 
@@ -13,7 +18,7 @@ pub fn start(args: &AiArgs, upstream: Option<OpenAiConfig>) -> anyhow::Result<Ba
     if args.no_ai {
         eprintln!("synq: AI: disabled (--no-ai)");
         return Ok(BackendSlot::new(BackendState::Unavailable(
-            "this server runs without AI (started with --no-ai)".into(),
+            "this server runs without AI".into(),
         )));
     }
     if let Some(config) = upstream {
@@ -38,13 +43,11 @@ pub fn start(args: &AiArgs, upstream: Option<OpenAiConfig>) -> anyhow::Result<Ba
 }
 
 /// Prepares the embedded model in the background (download on first use, then load) and
-/// puts it in `slot`; on failure puts the reason and the fix there and on stderr. `synq
+/// puts it in `slot`; on failure puts the reason there, and the reason with the fix on
+/// stderr. `synq
 /// serve` serves everything else meanwhile, and the chat shows a notice instead of an
 /// answer until the model is ready.
 async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
-    let fix = "To fix: run with --ai-model-path FILE.gguf (a local GGUF chat model), or \
-               --ai-url URL --ai-model NAME for an OpenAI-compatible service (e.g. Ollama: \
-               --ai-url http://localhost:11434/v1 --ai-model llama3.2)";
     let path = match args.ai_model_path.clone() {
         Some(path) => path,
         None => {
@@ -71,9 +74,7 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
             match local::fetch_default_model(Some(Box::new(progress))).await {
                 Ok(path) => path,
                 Err(e) => {
-                    let why = with_fix(e.to_string(), fix);
-                    slot.set(BackendState::Unavailable(why.clone()));
-                    eprintln!("synq: AI: none: {why}");
+                    unavailable(&slot, e.to_string());
                     return;
                 }
             }
@@ -95,24 +96,33 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
             slot.set(BackendState::Ready(Arc::new(backend)));
             eprintln!("synq: AI: embedded model {}", path.display());
         }
-        Ok(Err(e)) => {
-            let why = with_fix(e.to_string(), fix);
-            slot.set(BackendState::Unavailable(why.clone()));
-            eprintln!("synq: AI: none: {why}");
-        }
-        Err(e) => {
-            let why = format!("loading the embedded AI model failed: {e}. {fix}");
-            slot.set(BackendState::Unavailable(why.clone()));
-            eprintln!("synq: AI: none: {why}");
-        }
+        Ok(Err(e)) => unavailable(&slot, e.to_string()),
+        Err(e) => unavailable(&slot, format!("loading the embedded AI model failed: {e}")),
     }
 }
 
-/// The error with our advice, unless it already gives all of it.
-fn with_fix(error: String, fix: &str) -> String {
-    if error.contains("--ai-model-path") && error.contains("--ai-model ") {
-        error
-    } else {
-        format!("{error}. {fix}")
-    }
+/// What to do when the embedded model cannot be had, in this binary's flags.
+const MODEL_FIX: &str = "run with --ai-model-path FILE.gguf (a local GGUF chat model), or \
+    --ai-url URL --ai-model NAME for an OpenAI-compatible service (e.g. Ollama: \
+    --ai-url http://localhost:11434/v1 --ai-model llama3.2)";
+
+/// No AI: callers are told why, the operator (stderr) also how to fix it.
+fn unavailable(slot: &BackendSlot, why: String) {
+    eprintln!("synq: AI: none: {why}. With synq serve: {MODEL_FIX}");
+    slot.set(BackendState::Unavailable(why));
+}
+
+/// What the operator can do about a backend's error, in this binary's flags (the
+/// gateway writes it to the log next to the error).
+pub fn advice(e: &AiError) -> Option<String> {
+    Some(match e {
+        AiError::Unreachable { .. } => "check that the service is running and that --ai-url points at it (for Ollama: http://localhost:11434/v1)".into(),
+        AiError::Unauthorized { .. } => "put a valid key in the SYNQ_AI_KEY environment variable of `synq serve`".into(),
+        AiError::UnknownModel { model, .. } => format!("choose a model the service lists with --ai-model (for Ollama, `ollama pull {model}` first)"),
+        AiError::Protocol { .. } => "check that --ai-url is the API base, such as http://localhost:11434/v1".into(),
+        AiError::Upstream { status: 404, .. } => "--ai-url should be the API base, such as http://localhost:11434/v1".into(),
+        AiError::ModelUnavailable { .. } => MODEL_FIX.into(),
+        AiError::Timeout { .. } => "raise --ai-first-token-timeout if the service is slow to start answering".into(),
+        _ => return None,
+    })
 }

@@ -11,15 +11,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ai_args::AiArgs;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use synq_ai::gateway::{self, AiArgs, Capabilities, GatewayConfig, GatewayState};
+use synq_ai::gateway::{self, Capabilities, GatewayConfig, GatewayState};
 use synq_reflector::{
     AiCapabilityIssuer, Durability, FileLimits, HttpLimits, Reflector, ReflectorConfig,
 };
 use tracing_subscriber::EnvFilter;
 
 mod ai;
+mod ai_args;
 mod chat;
 mod web;
 

@@ -176,6 +176,45 @@ async fn openai_shape_streams_chunks_then_done() {
     assert!(s.stderr_line("synq: AI:").contains("server-model"));
 }
 
+/// `synq serve --ai-url` in front of another synq server whose model is busy: the queue
+/// positions it is told pass on to its own callers, in synq's extension (chunks with no
+/// choices, which standard clients ignore), before the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_positions_from_a_synq_upstream_pass_through_as_synq_chunks() {
+    let up = FakeUpstream::start().await;
+    up.script([Reply::queued(
+        &[2, 1, 0],
+        Duration::from_millis(20),
+        &["Hel", "lo"],
+    )]);
+    let s = serve_upstream(&up, &[]);
+    let resp = post(&s.url("/ai/v1/chat/completions"), &chat_body(true), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let body = within(resp.text()).await.expect("body");
+    let events: Vec<synq_openai::Event> = sse_data(&body)
+        .iter()
+        .map(|d| synq_openai::parse_event(d).expect("an OpenAI event"))
+        .collect();
+    let queue: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            synq_openai::Event::Chunk { queue, .. } => *queue,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queue, [2, 1, 0], "{body}");
+    let first_text = events
+        .iter()
+        .position(|e| matches!(e, synq_openai::Event::Chunk { text: Some(_), .. }));
+    assert_eq!(first_text, Some(3), "the positions come first: {body}");
+    for d in &sse_data(&body)[..3] {
+        let v: Value = serde_json::from_str(d).expect("chunk JSON");
+        assert_eq!(v["choices"], json!([]), "{d}");
+        assert_eq!(v["object"], "chat.completion.chunk");
+    }
+    assert_eq!(events.last(), Some(&synq_openai::Event::Done));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_shape_without_stream_answers_one_completion() {
     let up = FakeUpstream::start().await;
@@ -259,7 +298,11 @@ async fn foreign_origins_are_refused_own_localhost_and_listed_ones_allowed() {
     let refused = post(&url, &body, &[("origin", "https://evil.example")]).await;
     assert_eq!(refused.status(), 403);
     let msg = json_of(refused).await["error"]["message"].to_string();
-    assert!(msg.contains("--ai-allowed-origin"), "{msg}");
+    assert!(msg.contains("operator can allow"), "{msg}");
+    assert!(
+        !msg.contains("--ai"),
+        "no command-line flags for callers: {msg}"
+    );
     assert_eq!(
         up.request_count(),
         0,
@@ -412,7 +455,7 @@ async fn upstream_errors_tell_the_caller_to_retry_and_the_operator_what_to_fix()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_backend_the_ai_answers_503_saying_how_to_fix_it() {
+async fn without_a_backend_the_ai_answers_503_saying_why_and_stderr_how_to_fix_it() {
     let s = serve(&["--ai-allow-anonymous"]);
     let line = s.stderr_line("synq: AI: none");
     assert!(line.contains("--ai-url"), "{line}");
@@ -431,9 +474,11 @@ async fn without_a_backend_the_ai_answers_503_saying_how_to_fix_it() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Why, without the operator's command line: this message can reach a chat room.
+    assert!(msg.contains("unavailable"), "{msg}");
     assert!(
-        msg.contains("--ai-url") && msg.contains("--ai-model"),
-        "{msg}"
+        !msg.contains("--ai"),
+        "no command-line flags for callers: {msg}"
     );
     let seed = post(
         &s.url("/ai"),
@@ -463,7 +508,7 @@ async fn without_a_backend_the_ai_answers_503_saying_how_to_fix_it() {
         json_of(resp).await["error"]["message"]
             .as_str()
             .unwrap_or("")
-            .contains("--no-ai")
+            .contains("runs without AI")
     );
 }
 

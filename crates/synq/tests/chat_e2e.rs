@@ -99,6 +99,44 @@ async fn one_post_one_upstream_request_and_the_streamed_answer_in_every_particip
     assert_eq!(asked, "Bob: Hi AI, I am Bob");
 }
 
+/// The status of the room's waiting AI answer, if any.
+fn ai_status(m: &ChatModel) -> Option<String> {
+    m.history().find_map(|e| match &e.kind {
+        EntryKind::Ai { request, .. } => m.ai_status(*request).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// The AI service has others to answer first (a synq gateway in front of a busy embedded
+/// model): the elected participant publishes its place in line, and every participant
+/// sees it on the waiting answer until the answer comes.
+#[tokio::test]
+async fn the_ai_services_queue_position_is_shown_to_every_participant_until_the_answer() {
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::queued(
+        &[2, 1, 0],
+        Duration::from_millis(700),
+        &["Your", " turn."],
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &upstream.base_url);
+    let mut ps = participants(&server.base, "queue", gateway(&server.base)).await;
+    ps[1].post("@AI are you busy?").expect("post");
+    for p in &mut ps {
+        wait(p, "the queue status", |m| {
+            ai_status(m).is_some_and(|s| s.starts_with("AI is answering"))
+        })
+        .await;
+    }
+    for p in &mut ps {
+        wait(p, "the answer", |m| {
+            answers(m) == [("Your turn.".to_string(), AiState::Done)]
+        })
+        .await;
+        assert_eq!(p.read(ai_status).flatten(), None, "no status once answered");
+    }
+}
+
 #[tokio::test]
 async fn the_elected_participant_dies_mid_answer_and_the_answer_still_arrives_exactly_once() {
     let upstream = FakeUpstream::start().await;

@@ -92,8 +92,9 @@ async fn the_embedded_model_answers_through_the_gateway() {
     assert_eq!(v["model"], "SmolLM2-135M-Instruct.Q4_1");
 }
 
+/// The operator is told how to fix it (stderr); callers (and so chat rooms) only why.
 #[tokio::test]
-async fn without_weights_the_gateway_says_why_and_how_to_fix_it() {
+async fn without_weights_the_gateway_says_why_and_stderr_how_to_fix_it() {
     let empty = tempfile::tempdir().expect("tempdir");
     let hf_home = empty.path().to_str().expect("utf-8");
     let mut server = serve(&[], &[("HF_HOME", hf_home), ("HF_HUB_OFFLINE", "1")]);
@@ -108,6 +109,108 @@ async fn without_weights_the_gateway_says_why_and_how_to_fix_it() {
         .pointer("/error/message")
         .and_then(|m| m.as_str())
         .unwrap_or("");
-    assert!(msg.contains("--ai-model-path"), "{msg}");
-    assert!(msg.contains("--ai-url"), "{msg}");
+    assert!(msg.contains("HF_HUB_OFFLINE"), "why: {msg}");
+    assert!(
+        !msg.contains("--ai"),
+        "no command-line flags for callers: {msg}"
+    );
+}
+
+/// A streamed request to the gateway, read event by event as a client would.
+struct Streamed {
+    resp: reqwest::Response,
+    decoder: synq_openai::SseDecoder,
+    ready: std::collections::VecDeque<String>,
+}
+
+impl Streamed {
+    async fn open(base: &str, question: &str) -> Streamed {
+        let body = serde_json::json!({
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 1024, "temperature": 0, "stream": true
+        });
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/ai/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+        Streamed {
+            resp,
+            decoder: synq_openai::SseDecoder::default(),
+            ready: Default::default(),
+        }
+    }
+
+    async fn next(&mut self) -> synq_openai::Event {
+        loop {
+            if let Some(data) = self.ready.pop_front() {
+                return synq_openai::parse_event(&data).expect("an OpenAI event");
+            }
+            let chunk = self.resp.chunk().await.expect("body").expect("more events");
+            self.ready.extend(self.decoder.push(&chunk));
+        }
+    }
+
+    /// The next queue position it is told (skipping repeats of `not`).
+    async fn queue(&mut self, not: Option<u32>) -> u32 {
+        loop {
+            match self.next().await {
+                synq_openai::Event::Chunk {
+                    queue: Some(n),
+                    text,
+                    ..
+                } if Some(n) != not => {
+                    assert_eq!(text, None, "a queue chunk has no text");
+                    return n;
+                }
+                synq_openai::Event::Chunk { text: Some(t), .. } => {
+                    panic!("text {t:?} before the queue position changed")
+                }
+                synq_openai::Event::Chunk { .. } => {}
+                other => panic!("unexpected {other:?} while queued"),
+            }
+        }
+    }
+
+    /// Waits for the first text of the answer.
+    async fn text(&mut self) -> String {
+        loop {
+            if let synq_openai::Event::Chunk { text: Some(t), .. } = self.next().await {
+                return t;
+            }
+        }
+    }
+}
+
+/// One generation at a time: the others wait in line and are told their place (the
+/// number of requests ahead), which drops as requests ahead leave, whether they end or
+/// their callers go away.
+#[tokio::test]
+async fn waiting_requests_see_their_place_in_line_and_a_cancelled_one_frees_it() {
+    let model = test_model();
+    let mut server = serve(
+        &["--ai-model-path", model.to_str().expect("utf-8 path")],
+        &[],
+    );
+    ai_line(&mut server);
+    let base = &server.base;
+    // A long answer holds the model while the others come.
+    let mut a = Streamed::open(base, "Count from 1 to 1000, one number per line.").await;
+    a.text().await;
+    let mut b = Streamed::open(base, "Say hello.").await;
+    assert_eq!(b.queue(None).await, 1, "b waits behind a");
+    let mut c = Streamed::open(base, "Say hello.").await;
+    assert_eq!(c.queue(None).await, 2);
+    let mut d = Streamed::open(base, "Say hello.").await;
+    assert_eq!(d.queue(None).await, 3);
+    // c's caller goes away: d moves up at once.
+    drop(c);
+    assert_eq!(d.queue(Some(3)).await, 2, "c left the line");
+    // a's caller goes away mid-answer: its generation stops, b gets the model.
+    drop(a);
+    assert_eq!(b.queue(Some(1)).await, 0, "b's turn");
+    assert!(!b.text().await.is_empty());
+    assert_eq!(d.queue(Some(2)).await, 1, "only b is ahead of d");
 }

@@ -88,7 +88,7 @@ pub async fn fetch_default_model(progress: Option<DownloadProgress>) -> Result<P
     let unavailable = |reason: String| AiError::ModelUnavailable {
         reason,
         fix: format!(
-            "connect this machine to the internet once so that synq can download {}/{} into {}, or give a local model with --ai-model-path FILE.gguf, or use an OpenAI-compatible service with --ai-url",
+            "connect this machine to the internet once so that {}/{} can be downloaded into {}, or configure a local model file or an OpenAI-compatible service instead",
             model.repo,
             model.file,
             cache.path().display()

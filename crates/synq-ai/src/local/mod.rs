@@ -3,9 +3,11 @@
 //!
 //! The `.gguf` alone is enough: the tokenizer is built from its metadata
 //! ([`gguf_tokenizer`]), the chat template is recognised from it ([`chat_template`]).
-//! Generation runs on a blocking thread, one request at a time (the CPU is the bottleneck;
-//! other requests queue), and sends text deltas through a bounded channel: dropping the
-//! stream stops the generation at the next token. The forward pass is our own
+//! Generation runs on a blocking thread, one request at a time (the CPU is the bottleneck):
+//! the other requests wait in a first-come-first-served line ([`line`]) and their streams
+//! say how many requests are ahead ([`AiEvent::Queued`]). Text deltas go through a bounded
+//! channel: dropping the stream leaves the line at once, or stops the generation at the
+//! next token. The forward pass is our own
 //! ([`transformer`]) so that the KV caches of recent prompts can be kept and continued
 //! ([`prompt_cache`]): a chat room's next prompt is read only from where it differs from
 //! its previous one.
@@ -13,6 +15,7 @@
 pub mod chat_template;
 mod download;
 pub mod gguf_tokenizer;
+mod line;
 mod model;
 mod prompt_cache;
 // SIMD intrinsics (AVX-512 VNNI) need unsafe; each block states why it is sound, and the
@@ -32,10 +35,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::{AiError, ChatBackend, ChatMessage, ChatRequest, Role, TextStream};
+use crate::backend::{AiEvent, EventStream, QUEUE_HEARTBEAT, UsageReport};
+use crate::{AiError, ChatBackend, ChatMessage, ChatRequest, Role};
 pub use chat_template::ChatTemplate;
 pub use download::{DEFAULT_MODEL, DefaultModel, DownloadProgress, fetch_default_model};
 pub use gguf_tokenizer::GgufTokenizer;
+use line::Line;
 pub use model::SUPPORTED_ARCHITECTURES;
 use prompt_cache::PromptCache;
 use sampler::Sampler;
@@ -125,7 +130,9 @@ pub struct LocalBackend {
 struct Inner {
     name: String,
     model: Model,
-    /// Also the lock that runs one generation at a time.
+    /// One generation at a time, the others wait in line.
+    line: Arc<Line>,
+    /// Taken by the generation that holds the line's turn (uncontended).
     cache: Mutex<PromptCache>,
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
@@ -190,7 +197,7 @@ impl LocalBackend {
                     model_path.display(),
                     SUPPORTED_ARCHITECTURES.join(", ")
                 ),
-                fix: "use a GGUF of a llama or qwen2 model (SmolLM2, Llama 3.x, Qwen2.5 instruct), or serve this one with llama.cpp or Ollama and point --ai-url at it".into(),
+                fix: model::UNSUPPORTED_FIX.into(),
             });
         }
         let tokenizer = match &options.tokenizer_path {
@@ -230,6 +237,7 @@ impl LocalBackend {
             inner: Arc::new(Inner {
                 name,
                 model,
+                line: Line::new(),
                 cache: Mutex::new(PromptCache::new(options.prompt_cache_bytes)),
                 tokenizer,
                 template,
@@ -335,9 +343,9 @@ impl Inner {
     }
 
     /// Runs one generation on the calling (blocking) thread, sending deltas to `tx`.
-    fn generate(&self, job: Job, tx: mpsc::Sender<Result<String, AiError>>) {
-        // One generation at a time; a poisoned lock only means an earlier generation
-        // panicked (its KV cache was not stored back).
+    fn generate(&self, job: Job, tx: Sender) {
+        // Uncontended (the caller holds the line's turn); a poisoned lock only means an
+        // earlier generation panicked (its KV cache was not stored back).
         let mut cache = self
             .cache
             .lock()
@@ -384,7 +392,7 @@ impl Inner {
         &self,
         cache: &mut PromptCache,
         job: &Job,
-        tx: &mpsc::Sender<Result<String, AiError>>,
+        tx: &Sender,
         stats: &mut GenerationStats,
         started: Instant,
     ) -> Result<(), AiError> {
@@ -411,7 +419,7 @@ impl Inner {
         kv: &mut KvCache,
         read: &mut Vec<u32>,
         job: &Job,
-        tx: &mpsc::Sender<Result<String, AiError>>,
+        tx: &Sender,
         stats: &mut GenerationStats,
         started: Instant,
     ) -> Result<(), AiError> {
@@ -448,7 +456,7 @@ impl Inner {
             self.generated.fetch_add(1, Ordering::SeqCst);
             let text = decoder.push(&self.tokenizer, next)?;
             let sent = match text {
-                Some(text) => tx.blocking_send(Ok(text)).is_ok(),
+                Some(text) => tx.blocking_send(Ok(AiEvent::Text(text))).is_ok(),
                 None => !tx.is_closed(),
             };
             if !sent {
@@ -461,11 +469,14 @@ impl Inner {
             read.push(next);
         }
         if let Some(rest) = decoder.finish(&self.tokenizer)? {
-            let _ = tx.blocking_send(Ok(rest));
+            let _ = tx.blocking_send(Ok(AiEvent::Text(rest)));
         }
         Ok(())
     }
 }
+
+/// Where the generation thread sends the answer.
+type Sender = mpsc::Sender<Result<AiEvent, AiError>>;
 
 /// One request, ready for the generation thread.
 struct Job {
@@ -482,7 +493,10 @@ impl ChatBackend for LocalBackend {
         self.inner.name.clone()
     }
 
-    async fn stream_chat(&self, request: ChatRequest) -> Result<TextStream, AiError> {
+    async fn stream_events(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(EventStream, UsageReport), AiError> {
         request.validate()?;
         let (prompt, max_new_tokens) = self.prompt_tokens(&request.messages, request.max_tokens)?;
         let job = Job {
@@ -494,14 +508,57 @@ impl ChatBackend for LocalBackend {
             top_p: request.top_p.unwrap_or(self.inner.default_top_p),
             seed: request.seed.unwrap_or_else(rand::random),
         };
+        // The place in line is taken now, in the order requests arrive.
+        let ticket = self.inner.line.join();
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.generate(job, tx));
-        Ok(Box::pin(futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
-        )))
+        tokio::spawn(wait_and_generate(Arc::clone(&self.inner), ticket, job, tx));
+        let events = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok((Box::pin(events), UsageReport::default()))
     }
+}
+
+/// Waits in line, telling the caller its place whenever it changes (and every
+/// [`QUEUE_HEARTBEAT`]), then generates on a blocking thread. Leaves the line as soon as
+/// the caller drops the stream.
+async fn wait_and_generate(inner: Arc<Inner>, mut ticket: line::Ticket, job: Job, tx: Sender) {
+    let mut told = None;
+    let mut told_at = tokio::time::Instant::now();
+    let turn = loop {
+        match ticket.try_start() {
+            Ok(turn) => break turn,
+            Err(ahead) => {
+                // Others joining behind change the line but not this place: the heartbeat
+                // is kept by time, not by changes.
+                if told != Some(ahead) || told_at.elapsed() >= QUEUE_HEARTBEAT {
+                    told = Some(ahead);
+                    told_at = tokio::time::Instant::now();
+                    tracing::debug!(ahead, "request waits for the local model");
+                    if tx.send(Ok(AiEvent::Queued { ahead })).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    () = ticket.changed() => {}
+                    () = tx.closed() => {
+                        tracing::debug!("request left the line: the caller went away");
+                        return;
+                    }
+                    () = tokio::time::sleep_until(told_at + QUEUE_HEARTBEAT) => {}
+                }
+            }
+        }
+    };
+    drop(ticket);
+    if told.is_some() && tx.send(Ok(AiEvent::Queued { ahead: 0 })).await.is_err() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        // The next request starts when this generation ends (or is cancelled).
+        let _turn = turn;
+        inner.generate(job, tx);
+    });
 }
 
 /// A failure inside the model's computation, as the caller sees it.

@@ -19,6 +19,9 @@ pub fn first_line(error: impl std::fmt::Display) -> String {
     text.lines().next().unwrap_or_default().trim().to_string()
 }
 
+/// What to do with a model the embedded backend cannot run.
+pub(crate) const UNSUPPORTED_FIX: &str = "use a GGUF of a llama or qwen2 model (SmolLM2, Llama 3.x, Qwen2.5 instruct), or serve this one with llama.cpp or Ollama as an OpenAI-compatible service";
+
 fn invalid_file(path: &Path, reason: impl std::fmt::Display) -> AiError {
     AiError::ModelUnavailable {
         reason: format!(
@@ -26,7 +29,7 @@ fn invalid_file(path: &Path, reason: impl std::fmt::Display) -> AiError {
             path.display(),
             first_line(reason)
         ),
-        fix: "download the model again (an interrupted download leaves a truncated file), or give another file with --ai-model-path FILE.gguf".into(),
+        fix: "download the model again (an interrupted download leaves a truncated file), or use another file".into(),
     }
 }
 
@@ -36,8 +39,7 @@ fn invalid_file(path: &Path, reason: impl std::fmt::Display) -> AiError {
 pub fn read_header(path: &Path) -> Result<Content, AiError> {
     let file = File::open(path).map_err(|e| AiError::ModelUnavailable {
         reason: format!("cannot open the model file {}: {e}", path.display()),
-        fix: "check the path given with --ai-model-path, or let synq download its default model"
-            .into(),
+        fix: "check the model file's path, or use the default model".into(),
     })?;
     let file_len = file.metadata().map_err(|e| invalid_file(path, e))?.len();
     let mut reader = BufReader::new(file);
@@ -79,7 +81,7 @@ pub fn load(
                 path.display(),
                 SUPPORTED_ARCHITECTURES.join(", ")
             ),
-            fix: "use a GGUF of a llama or qwen2 model (SmolLM2, Llama 3.x, Qwen2.5 instruct), or serve this one with llama.cpp or Ollama and point --ai-url at it".into(),
+            fix: UNSUPPORTED_FIX.into(),
         });
     }
     let file = File::open(path).map_err(|e| invalid_file(path, e))?;

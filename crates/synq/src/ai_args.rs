@@ -1,28 +1,15 @@
-//! `AiArgs`: the `synq serve` flags that configure the AI backend and the gateway's guards.
+//! `AiArgs`: the `synq serve` flags that configure the AI backend and the gateway's guards
+//! (the command line is the binary's: synq-ai takes plain configuration structs).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::openai::OpenAiConfig;
-
-use super::GatewayConfig;
+use synq_ai::gateway::GatewayConfig;
+use synq_ai::openai::OpenAiConfig;
 
 /// The environment variable that holds the upstream API key. Only the server's environment:
 /// never a flag (it would show in `ps`) and never from a client.
 pub const API_KEY_ENV: &str = "SYNQ_AI_KEY";
-
-/// A wrong combination of AI flags.
-#[derive(Debug, thiserror::Error)]
-pub enum AiConfigError {
-    #[error(
-        "--ai-url {0:?} is not an http(s) URL; give the API base, such as http://localhost:11434/v1"
-    )]
-    NotHttp(String),
-    #[error(
-        "--ai-url needs --ai-model NAME (the model the server asks for, e.g. llama3.2 for Ollama or gpt-4o-mini for OpenAI)"
-    )]
-    MissingModel,
-}
 
 /// AI options of `synq serve` (flattened into its arguments).
 #[derive(clap::Args, Debug, Clone)]
@@ -107,6 +94,7 @@ impl AiArgs {
             allowed_hosts: Vec::new(),
             allow_anonymous: self.ai_allow_anonymous,
             load_patience: Duration::from_secs(self.ai_first_token_timeout.max(1)),
+            operator_advice: crate::ai::advice,
         }
     }
 
@@ -116,15 +104,19 @@ impl AiArgs {
     }
 
     /// The upstream to use, if `--ai-url` was given. Errors say which flag to fix.
-    pub fn openai_config(&self) -> Result<Option<OpenAiConfig>, AiConfigError> {
+    pub fn openai_config(&self) -> anyhow::Result<Option<OpenAiConfig>> {
         let Some(url) = &self.ai_url else {
             return Ok(None);
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(AiConfigError::NotHttp(url.clone()));
+            anyhow::bail!(
+                "--ai-url {url:?} is not an http(s) URL; give the API base, such as http://localhost:11434/v1"
+            );
         }
         let Some(model) = self.ai_model.clone().filter(|m| !m.trim().is_empty()) else {
-            return Err(AiConfigError::MissingModel);
+            anyhow::bail!(
+                "--ai-url needs --ai-model NAME (the model the server asks for, e.g. llama3.2 for Ollama or gpt-4o-mini for OpenAI)"
+            );
         };
         let mut config = OpenAiConfig::new(url.clone(), model);
         config.api_key = std::env::var(API_KEY_ENV)

@@ -2,15 +2,15 @@
 //! (Only what OpenAI-style streams use: `data:` fields, comments, blank-line dispatch.)
 
 /// Accumulates bytes and yields complete events' data.
-#[derive(Default)]
-pub(crate) struct SseDecoder {
+#[derive(Debug, Default)]
+pub struct SseDecoder {
     buf: Vec<u8>,
     data: Option<String>,
 }
 
 impl SseDecoder {
     /// Feeds a chunk; returns the data of every event it completed.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
@@ -47,7 +47,7 @@ impl SseDecoder {
     }
 
     /// The data of an event left unterminated at end of stream, if any.
-    pub(crate) fn finish(&mut self) -> Option<String> {
+    pub fn finish(&mut self) -> Option<String> {
         if !self.buf.is_empty() {
             let rest = std::mem::take(&mut self.buf);
             let mut events = self.push(&rest);
