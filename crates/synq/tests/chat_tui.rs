@@ -73,15 +73,17 @@ async fn say_and_wait_for_the_answer_twice_in_one_room_then_a_wrong_password_fai
     assert_eq!(upstream.request_count(), 2, "one upstream request per post");
     // The second prompt carries the first exchange: both runs were in the same room.
     let messages = upstream.requests()[1]["messages"].clone();
-    let contents: Vec<&str> = messages
+    let turns: Vec<(&str, &str)> = messages
         .as_array()
-        .map(|a| a.iter().filter_map(|m| m["content"].as_str()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| Some((m["role"].as_str()?, m["content"].as_str()?)))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(
-        contents
-            .iter()
-            .any(|c| c.contains("AI: Hello from the fake AI.")),
-        "the first answer is in the second prompt: {contents:?}"
+        turns.contains(&("assistant", "Hello from the fake AI.")),
+        "the first answer is in the second prompt: {turns:?}"
     );
 
     // The same room, another password: refused, with a message that says so.
