@@ -319,7 +319,7 @@ async fn the_default_model_comes_from_the_hugging_face_cache_and_offline_says_wh
 
     // Not cached, offline: a clear error saying how to do without (in general terms: the
     // flags are the binary's to name).
-    match synq_ai::local::fetch_default_model(None).await {
+    match synq_ai::local::fetch_model(model, None).await {
         Err(e @ AiError::ModelUnavailable { .. }) => {
             let message = e.to_string();
             assert!(message.contains(model.file), "{message}");
@@ -341,7 +341,7 @@ async fn the_default_model_comes_from_the_hugging_face_cache_and_offline_says_wh
     let snapshot = repo.join("snapshots").join(commit);
     std::fs::create_dir_all(&snapshot).expect("mkdir");
     std::fs::write(snapshot.join(model.file), b"GGUF").expect("file");
-    let path = synq_ai::local::fetch_default_model(None)
+    let path = synq_ai::local::fetch_model(model, None)
         .await
         .expect("the cached model");
     assert_eq!(path, snapshot.join(model.file));

@@ -51,7 +51,8 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
     let path = match args.ai_model_path.clone() {
         Some(path) => path,
         None => {
-            let m = local::DEFAULT_MODEL;
+            // clap allows only the names of EMBEDDED_MODELS.
+            let m = local::embedded_model(&args.ai_embedded_model).unwrap_or(local::DEFAULT_MODEL);
             eprintln!(
                 "synq: AI: embedded model {}/{} (downloaded into the Hugging Face cache on first use)",
                 m.repo, m.file
@@ -71,7 +72,7 @@ async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
                     )));
                 }
             };
-            match local::fetch_default_model(Some(Box::new(progress))).await {
+            match local::fetch_model(m, Some(Box::new(progress))).await {
                 Ok(path) => path,
                 Err(e) => {
                     unavailable(&slot, e.to_string());

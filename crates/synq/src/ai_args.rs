@@ -23,7 +23,7 @@ pub struct AiArgs {
     /// Model asked of the --ai-url service (clients cannot choose another).
     #[arg(long, env = "SYNQ_AI_MODEL", value_name = "NAME")]
     pub ai_model: Option<String>,
-    /// A local GGUF file for the embedded model, instead of downloading the default one.
+    /// A local GGUF file for the embedded model, instead of downloading one.
     #[arg(
         long,
         env = "SYNQ_AI_MODEL_PATH",
@@ -31,6 +31,20 @@ pub struct AiArgs {
         conflicts_with = "ai_url"
     )]
     pub ai_model_path: Option<PathBuf>,
+    /// The embedded model to download and run, by name: qwen2.5-0.5b (the default: fast,
+    /// 0.4 GB download, ~0.75 GB of memory) or qwen2.5-1.5b (better answers, a third of
+    /// the speed, 1.1 GB download, ~2.3 GB of memory). See docs/ai.md for the figures.
+    #[arg(
+        long,
+        env = "SYNQ_AI_EMBEDDED_MODEL",
+        value_name = "NAME",
+        default_value = synq_ai::local::DEFAULT_MODEL.name,
+        value_parser = clap::builder::PossibleValuesParser::new(
+            synq_ai::local::EMBEDDED_MODELS.iter().map(|m| m.name)
+        ),
+        conflicts_with_all = ["ai_url", "ai_model_path"]
+    )]
+    pub ai_embedded_model: String,
     /// Memory, in MiB, for the embedded model's KV caches of recent prompts: a chat room's
     /// next prompt, which repeats most of its previous one, is then read only from where it
     /// differs (0 = no cache).

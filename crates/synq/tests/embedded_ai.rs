@@ -111,8 +111,47 @@ async fn without_weights_the_gateway_says_why_and_stderr_how_to_fix_it() {
         .unwrap_or("");
     assert!(msg.contains("HF_HUB_OFFLINE"), "why: {msg}");
     assert!(
+        msg.contains("qwen2.5-0.5b-instruct-q4_k_m.gguf"),
+        "the default model: {msg}"
+    );
+    assert!(
         !msg.contains("--ai"),
         "no command-line flags for callers: {msg}"
+    );
+}
+
+/// `--ai-embedded-model` chooses another model to download, by name; a name it does not
+/// know stops the server at start with the names it knows.
+#[tokio::test]
+async fn the_embedded_model_is_chosen_by_name() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let hf_home = empty.path().to_str().expect("utf-8");
+    let mut server = serve(
+        &["--ai-embedded-model", "qwen2.5-1.5b"],
+        &[("HF_HOME", hf_home), ("HF_HUB_OFFLINE", "1")],
+    );
+    let said = ai_line(&mut server);
+    assert!(
+        said.contains("qwen2.5-1.5b-instruct-q4_k_m.gguf"),
+        "stderr names the chosen model: {said}"
+    );
+    let (status, v) = ask(&server.base).await;
+    assert_eq!(status, 503, "{v}");
+    let msg = v.pointer("/error/message").and_then(|m| m.as_str());
+    assert!(
+        msg.is_some_and(|m| m.contains("qwen2.5-1.5b-instruct-q4_k_m.gguf")),
+        "{v}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synq"))
+        .args(["serve", "--ai-embedded-model", "gpt-5"])
+        .output()
+        .expect("run synq");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("qwen2.5-0.5b") && err.contains("qwen2.5-1.5b"),
+        "{err}"
     );
 }
 

@@ -1,4 +1,5 @@
-//! The default model, fetched on first use from the Hugging Face hub into its standard cache.
+//! The embedded models that `synq serve` can download by name (the default among them),
+//! fetched on first use from the Hugging Face hub into its standard cache.
 
 use std::path::PathBuf;
 
@@ -6,7 +7,9 @@ use crate::AiError;
 
 /// A GGUF file on the Hugging Face hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DefaultModel {
+pub struct HubModel {
+    /// The short name that chooses it (`qwen2.5-0.5b`).
+    pub name: &'static str,
     /// Repository id on the hub.
     pub repo: &'static str,
     /// File name in that repository.
@@ -17,25 +20,48 @@ pub struct DefaultModel {
     pub size: Option<u64>,
 }
 
-/// Qwen2.5-0.5B-Instruct, Q4_K_M, from Qwen's own GGUF repository (Apache-2.0).
+/// The default: Qwen2.5-0.5B-Instruct, Q4_K_M, from Qwen's own GGUF repository
+/// (Apache-2.0).
 ///
-/// Why: it is the best-answering instruct model that stays interactive on 2 CPU cores.
-/// SmolLM2-135M runs at about 50 tokens/s here but its answers are often wrong or
-/// incoherent; 1.5B+ models answer better but fall to a few tokens/s on 2 cores (about 3×
-/// the weights to read per token). Qwen2.5-0.5B follows instructions and answers short
-/// factual questions well in English and other languages, and at Q4_K_M (about 400 MB) it
-/// generates at roughly a quarter of SmolLM2-135M's speed, fast enough for a chat
-/// participant. It uses the qwen2 architecture and a ChatML template, both supported, and
-/// Q4_K_M's Q4_K/Q6_K weights have candle's batched x86 kernels, so prompts are read fast.
+/// Why, measured on 2 CPU cores with Qwen2.5-Coder-0.5B-Instruct (the same architecture,
+/// size and quantisation; the hub is not reachable from the development machine): about
+/// 50 tokens/s, 0.4 s to the first token of a room's next answer, 0.75 GB resident, and
+/// 21 of 31 group-chat situations of `ai-eval` passed. SmolLM2-135M is twice as fast but
+/// passes 9; the 1.5B model of the same family passes 26 but decodes at about 16 tokens/s
+/// and takes 2.3 GB ([`QWEN2_5_1_5B`], for servers that can afford it). Table and
+/// commands: `docs/ai.md`.
 ///
-/// The hub was not reachable from the machine this was written on, so neither the hash nor
-/// the size is pinned: the hub's own download checks (etag) apply.
-pub const DEFAULT_MODEL: DefaultModel = DefaultModel {
+/// Neither the hash nor the size is pinned (the hub was unreachable when this was
+/// written): the hub's own download checks (etag) apply.
+pub const QWEN2_5_0_5B: HubModel = HubModel {
+    name: "qwen2.5-0.5b",
     repo: "Qwen/Qwen2.5-0.5B-Instruct-GGUF",
     file: "qwen2.5-0.5b-instruct-q4_k_m.gguf",
     sha256: None,
     size: None,
 };
+
+/// Qwen2.5-1.5B-Instruct, Q4_K_M, from Qwen's own GGUF repository (Apache-2.0): better
+/// answers (26 of 31 `ai-eval` situations with its Coder sibling, against 21), at about a
+/// third of the default's speed and three times its memory.
+pub const QWEN2_5_1_5B: HubModel = HubModel {
+    name: "qwen2.5-1.5b",
+    repo: "Qwen/Qwen2.5-1.5B-Instruct-GGUF",
+    file: "qwen2.5-1.5b-instruct-q4_k_m.gguf",
+    sha256: None,
+    size: None,
+};
+
+/// The model `synq serve` downloads when it is given none.
+pub const DEFAULT_MODEL: HubModel = QWEN2_5_0_5B;
+
+/// Every model that can be chosen by name, the default first.
+pub const EMBEDDED_MODELS: &[HubModel] = &[QWEN2_5_0_5B, QWEN2_5_1_5B];
+
+/// The model called `name`, if there is one.
+pub fn embedded_model(name: &str) -> Option<HubModel> {
+    EMBEDDED_MODELS.iter().copied().find(|m| m.name == name)
+}
 
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
@@ -74,15 +100,17 @@ impl hf_hub::api::tokio::Progress for Reporter {
     }
 }
 
-/// Returns the path of the default model in the Hugging Face cache (`HF_HOME`, else
+/// Returns the path of `model` in the Hugging Face cache (`HF_HOME`, else
 /// `~/.cache/huggingface`), downloading it first if it is not there (telling `progress`
 /// how far it is, or with a progress bar on the terminal without one). With
 /// `HF_HUB_OFFLINE=1` only the cache is looked at.
-pub async fn fetch_default_model(progress: Option<DownloadProgress>) -> Result<PathBuf, AiError> {
-    let model = DEFAULT_MODEL;
+pub async fn fetch_model(
+    model: HubModel,
+    progress: Option<DownloadProgress>,
+) -> Result<PathBuf, AiError> {
     let cache = hf_hub::Cache::from_env();
     if let Some(path) = cache.model(model.repo.to_string()).get(model.file) {
-        tracing::debug!(path = %path.display(), "default model found in the Hugging Face cache");
+        tracing::debug!(path = %path.display(), "model found in the Hugging Face cache");
         return Ok(path);
     }
     let unavailable = |reason: String| AiError::ModelUnavailable {
@@ -96,14 +124,14 @@ pub async fn fetch_default_model(progress: Option<DownloadProgress>) -> Result<P
     };
     if offline() {
         return Err(unavailable(format!(
-            "the default model {} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+            "the model {} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
             model.file
         )));
     }
     tracing::info!(
         repo = model.repo,
         file = model.file,
-        "downloading the default AI model"
+        "downloading the embedded AI model"
     );
     let api = hf_hub::api::tokio::ApiBuilder::from_env()
         .with_progress(progress.is_none())
@@ -124,7 +152,7 @@ pub async fn fetch_default_model(progress: Option<DownloadProgress>) -> Result<P
     };
     let path = fetched.map_err(|e| {
         unavailable(format!(
-            "cannot download the default model {}/{} from the Hugging Face hub: {e}",
+            "cannot download the model {}/{} from the Hugging Face hub: {e}",
             model.repo, model.file
         ))
     })?;

@@ -38,7 +38,10 @@ use tokio::sync::mpsc;
 use crate::backend::{AiEvent, EventStream, QUEUE_HEARTBEAT, UsageReport};
 use crate::{AiError, ChatBackend, ChatMessage, ChatRequest, Role};
 pub use chat_template::ChatTemplate;
-pub use download::{DEFAULT_MODEL, DefaultModel, DownloadProgress, fetch_default_model};
+pub use download::{
+    DEFAULT_MODEL, DownloadProgress, EMBEDDED_MODELS, HubModel, QWEN2_5_0_5B, QWEN2_5_1_5B,
+    embedded_model, fetch_model,
+};
 pub use gguf_tokenizer::GgufTokenizer;
 use line::Line;
 pub use model::SUPPORTED_ARCHITECTURES;

@@ -1,5 +1,5 @@
 //! Benchmarks the embedded model on one GGUF file and prints one JSON line per run:
-//! `cargo run --release -p synq-ai --bin ai-bench -- --model FILE.gguf --threads 2`
+//! `cargo run --release -p synq-bench --bin ai-bench -- --model FILE.gguf --threads 2`
 //!
 //! Scenarios:
 //! - `single`: one user message (`--prompt`), read with an empty prompt cache;

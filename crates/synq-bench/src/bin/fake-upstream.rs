@@ -3,7 +3,7 @@
 //! that streams a fixed answer word by word. Prints `fake-upstream: listening on
 //! http://ADDR/v1`, then serves until killed.
 //!
-//! `cargo run -p synq-ai --features testing --bin fake-upstream -- --reply "Hello there"`
+//! `cargo run -p synq-bench --bin fake-upstream -- --reply "Hello there"`
 
 #![forbid(unsafe_code)]
 // Not model code: a test server (clippy.toml's determinism rules are for model code).

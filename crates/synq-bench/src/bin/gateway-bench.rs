@@ -5,7 +5,7 @@
 //! process, both on 127.0.0.1, then alternates N streamed requests straight to the upstream
 //! and N through the gateway, timing each from sending to the first content delta.
 //!
-//! `cargo run --release -p synq-ai --features testing --bin gateway-bench -- --requests 500`
+//! `cargo run --release -p synq-bench --bin gateway-bench -- --requests 500`
 
 #![forbid(unsafe_code)]
 // Not model code: a benchmark that measures wall-clock time (clippy.toml's determinism rules
