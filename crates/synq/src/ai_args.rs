@@ -32,8 +32,8 @@ pub struct AiArgs {
     )]
     pub ai_model_path: Option<PathBuf>,
     /// The embedded model to download and run, by name: qwen2.5-0.5b (the default: fast,
-    /// 0.4 GB download, ~0.75 GB of memory) or qwen2.5-1.5b (better answers, a third of
-    /// the speed, 1.1 GB download, ~2.3 GB of memory). See docs/ai.md for the figures.
+    /// 0.4 GB download, ~0.8 GB of memory) or qwen2.5-1.5b (better answers, a third of
+    /// the speed, 1.1 GB download, ~2.4 GB of memory). See docs/ai.md for the figures.
     #[arg(
         long,
         env = "SYNQ_AI_EMBEDDED_MODEL",
