@@ -188,24 +188,9 @@ impl Records {
         messages: impl Iterator<Item = &'a str>,
         time: u64,
     ) {
-        if !self.off {
-            self.compaction = Some(self.compacted(header, fallback, snapshot, messages, time));
+        if self.off {
+            return;
         }
-    }
-
-    /// The compaction made since the last call, to [`Journal::install`] before the next write.
-    pub fn take_compaction(&mut self) -> Option<Vec<u8>> {
-        self.compaction.take()
-    }
-
-    fn compacted<'a>(
-        &mut self,
-        header: &Header,
-        fallback: Option<&SnapshotPointer>,
-        snapshot: &SnapshotPointer,
-        messages: impl Iterator<Item = &'a str>,
-        time: u64,
-    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 * 1024);
         if let Ok(body) = serde_json::to_vec(header) {
             push_record(&mut out, TAG_HEADER, &body);
@@ -221,7 +206,12 @@ impl Records {
         }
         push_record(&mut out, TAG_TIME, time.to_string().as_bytes());
         self.buf.clear();
-        out
+        self.compaction = Some(out);
+    }
+
+    /// The compaction made since the last call, to [`Journal::install`] before the next write.
+    pub fn take_compaction(&mut self) -> Option<Vec<u8>> {
+        self.compaction.take()
     }
 }
 
