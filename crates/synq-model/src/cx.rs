@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::{Model, ViewId};
+use crate::{Model, PersistError, Persisted, ViewId};
 
 /// Identifies a pending timer so that it can be cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -47,6 +47,7 @@ pub struct Cx<'a, M: Model> {
     pub(crate) timers: &'a mut Timers<M::Timer>,
     pub(crate) outputs: &'a mut Vec<M::Output>,
     pub(crate) views: &'a BTreeMap<ViewId, M::ViewData>,
+    pub(crate) persist: &'a mut Option<Persisted>,
 }
 
 impl<M: Model> Cx<'_, M> {
@@ -104,6 +105,16 @@ impl<M: Model> Cx<'_, M> {
     /// Tells the local views something. Outputs never leave the device.
     pub fn emit(&mut self, output: impl Into<M::Output>) {
         self.outputs.push(output.into());
+    }
+
+    /// Saves `data` as what this room keeps across versions of the model: the first
+    /// session of a later `SCHEMA` in the same room starts from it
+    /// ([`Model::init_persisted`]). The last call of an event wins; each call costs every
+    /// client a vote and one client an upload, so call it from a timer that gathers
+    /// changes (a few seconds) rather than on every input.
+    pub fn persist(&mut self, data: &impl serde::Serialize) -> Result<(), PersistError> {
+        *self.persist = Some(Persisted::new(M::SCHEMA, self.now, data)?);
+        Ok(())
     }
 
     /// The views in the session, in id order, with the data they joined with.

@@ -74,6 +74,7 @@
 mod cx;
 pub mod demo;
 mod model;
+mod persist;
 mod replica;
 mod snapshot;
 pub mod testing;
@@ -81,6 +82,7 @@ mod view;
 
 pub use cx::{Cx, TimerId};
 pub use model::Model;
+pub use persist::{MAX_PERSISTED_BYTES, PersistError, Persisted};
 pub use replica::{Applied, Event, Replica};
 pub use snapshot::{Snapshot, SnapshotError, SnapshotHash};
 pub use view::ViewId;

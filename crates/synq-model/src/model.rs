@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Cx, ViewId};
+use crate::{Cx, Persisted, ViewId};
 
 /// A replicated model: the same inputs in the same order give the same state on every
 /// replica. Implementations must follow the determinism rules: no clock but [`Cx::now`], no
@@ -36,6 +36,16 @@ pub trait Model: Serialize + DeserializeOwned + Sized + Send + 'static {
     /// The initial state, created once per session by the first replica's runtime (later
     /// replicas load a snapshot or replay from the start).
     fn init(cx: &mut Cx<'_, Self>) -> Self;
+
+    /// The initial state of a session that starts where an earlier session of the same
+    /// room left off: `from` is what that session last handed to [`Cx::persist`],
+    /// possibly written by an older version of the model (`from.schema()`). Every replica
+    /// of the session starts from the same data. The default ignores it and calls
+    /// [`Model::init`].
+    fn init_persisted(cx: &mut Cx<'_, Self>, from: &Persisted) -> Self {
+        let _ = from;
+        Self::init(cx)
+    }
 
     /// An input from `from`, a view that is in the session.
     fn input(&mut self, cx: &mut Cx<'_, Self>, from: &ViewId, input: Self::Input);

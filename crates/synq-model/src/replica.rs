@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cx::{Cx, Timers};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotHash};
-use crate::{Model, ViewId};
+use crate::{Model, Persisted, ViewId};
 
 /// One event of the reflected stream, as the client decoded it. The sender of an input is
 /// the one the transport authenticated (see `synq-client`), never a field of the payload.
@@ -71,6 +71,9 @@ pub(crate) struct State<M: Model> {
 /// One replica of model `M`.
 pub struct Replica<M: Model> {
     state: State<M>,
+    /// What the model last handed to [`Cx::persist`], until the client takes it. Not
+    /// state: every replica sees it at the same event, and a snapshot does not hold it.
+    persist: Option<Persisted>,
 }
 
 /// What applying one event did.
@@ -88,10 +91,21 @@ impl<M: Model> Replica<M> {
     /// uses the session id, so every replica that starts the session agrees); `time` is
     /// the reflector time of the start.
     pub fn new(seed: &[u8], time: u64) -> (Self, Vec<M::Output>) {
+        Self::start(seed, time, None)
+    }
+
+    /// Starts a new session's model from what an earlier session of the same room
+    /// persisted ([`Model::init_persisted`]).
+    pub fn new_persisted(seed: &[u8], time: u64, from: &Persisted) -> (Self, Vec<M::Output>) {
+        Self::start(seed, time, Some(from))
+    }
+
+    fn start(seed: &[u8], time: u64, from: Option<&Persisted>) -> (Self, Vec<M::Output>) {
         let digest: [u8; 32] = Sha256::digest(seed).into();
         let mut rng = ChaCha8Rng::from_seed(digest);
         let mut timers = Timers::default();
         let mut outputs = Vec::new();
+        let mut persist = None;
         let views = BTreeMap::new();
         let model = {
             let mut cx = Cx::<M> {
@@ -100,8 +114,12 @@ impl<M: Model> Replica<M> {
                 timers: &mut timers,
                 outputs: &mut outputs,
                 views: &views,
+                persist: &mut persist,
             };
-            M::init(&mut cx)
+            match from {
+                Some(from) => M::init_persisted(&mut cx, from),
+                None => M::init(&mut cx),
+            }
         };
         let state = State {
             schema: M::SCHEMA.to_string(),
@@ -114,7 +132,14 @@ impl<M: Model> Replica<M> {
             last_input: BTreeMap::new(),
             model,
         };
-        (Self { state }, outputs)
+        (Self { state, persist }, outputs)
+    }
+
+    /// What the model handed to [`Cx::persist`] since the last call, if anything. The
+    /// client calls this after every event and tick, so every replica finds it at the
+    /// same point of the stream.
+    pub fn take_persisted(&mut self) -> Option<Persisted> {
+        self.persist.take()
     }
 
     /// The model, for views to read.
@@ -172,6 +197,7 @@ impl<M: Model> Replica<M> {
             model,
             ..
         } = &mut self.state;
+        let persist = &mut self.persist;
         let accepted = match event {
             Event::Input { from, n, input } => {
                 let last = last_input.get(&from).copied().unwrap_or(0);
@@ -185,6 +211,7 @@ impl<M: Model> Replica<M> {
                         timers,
                         outputs: &mut outputs,
                         views,
+                        persist,
                     };
                     model.input(&mut cx, &from, input);
                     true
@@ -206,6 +233,7 @@ impl<M: Model> Replica<M> {
                         timers,
                         outputs: &mut outputs,
                         views,
+                        persist,
                     };
                     model.view_join(&mut cx, &view, &data);
                     true
@@ -231,6 +259,7 @@ impl<M: Model> Replica<M> {
                         timers,
                         outputs: &mut outputs,
                         views,
+                        persist,
                     };
                     model.view_exit(&mut cx, &view);
                     true
@@ -267,6 +296,7 @@ impl<M: Model> Replica<M> {
             model,
             ..
         } = &mut self.state;
+        let persist = &mut self.persist;
         while let Some((due, timer)) = timers.pop_due(time) {
             *now = (*now).max(due);
             let mut cx = Cx::<M> {
@@ -275,6 +305,7 @@ impl<M: Model> Replica<M> {
                 timers,
                 outputs,
                 views,
+                persist,
             };
             model.timer(&mut cx, timer);
         }
@@ -301,7 +332,10 @@ impl<M: Model> Replica<M> {
             });
         }
         let state: State<M> = Snapshot::decode(bytes)?;
-        Ok(Self { state })
+        Ok(Self {
+            state,
+            persist: None,
+        })
     }
 }
 
@@ -402,5 +436,120 @@ mod tests {
         assert_eq!(r.connections(&view("alice")), 0);
         assert!(!r.views().contains_key(&view("alice")));
         assert_eq!(r.events(), events + 1 + u64::from(u32::MAX));
+    }
+}
+
+#[cfg(test)]
+mod persist_tests {
+    use serde::{Deserialize, Serialize};
+
+    use crate::{Cx, Event, Model, Persisted, Replica, ViewId};
+
+    /// Version 1 of a notes app: keeps notes, persists them 1 s after a change.
+    #[derive(Default, Serialize, Deserialize)]
+    struct NotesV1 {
+        notes: Vec<String>,
+        saving: bool,
+    }
+
+    impl Model for NotesV1 {
+        type Input = String;
+        type Output = ();
+        type Timer = ();
+        type ViewData = ();
+        const SCHEMA: &'static str = "notes/1";
+
+        fn init(_: &mut Cx<'_, Self>) -> Self {
+            NotesV1::default()
+        }
+
+        fn input(&mut self, cx: &mut Cx<'_, Self>, _: &ViewId, note: String) {
+            self.notes.push(note);
+            if !self.saving {
+                self.saving = true;
+                cx.future(1000, ());
+            }
+        }
+
+        fn timer(&mut self, cx: &mut Cx<'_, Self>, _: ()) {
+            self.saving = false;
+            cx.persist(&self.notes).expect("a Vec<String> is JSON");
+        }
+    }
+
+    /// Version 2: notes have authors; it reads version 1's list of texts.
+    #[derive(Default, Serialize, Deserialize)]
+    struct NotesV2 {
+        notes: Vec<(String, String)>,
+    }
+
+    impl Model for NotesV2 {
+        type Input = String;
+        type Output = ();
+        type Timer = ();
+        type ViewData = ();
+        const SCHEMA: &'static str = "notes/2";
+
+        fn init(_: &mut Cx<'_, Self>) -> Self {
+            NotesV2::default()
+        }
+
+        fn init_persisted(cx: &mut Cx<'_, Self>, from: &Persisted) -> Self {
+            match (from.schema(), from.decode::<Vec<String>>()) {
+                ("notes/1", Ok(texts)) => NotesV2 {
+                    notes: texts.into_iter().map(|t| (String::new(), t)).collect(),
+                },
+                _ => Self::init(cx),
+            }
+        }
+
+        fn input(&mut self, _: &mut Cx<'_, Self>, from: &ViewId, note: String) {
+            self.notes.push((from.0.clone(), note));
+        }
+    }
+
+    #[test]
+    fn a_later_version_starts_from_what_the_earlier_one_persisted() {
+        let ann = ViewId::from("ann");
+        let (mut v1, _) = Replica::<NotesV1>::new(b"s1", 0);
+        v1.apply(
+            10,
+            Event::Join {
+                view: ann.clone(),
+                data: (),
+            },
+        );
+        for (n, t) in [(1, "milk"), (2, "eggs")] {
+            v1.apply(
+                20 * n,
+                Event::Input {
+                    from: ann.clone(),
+                    n,
+                    input: t.into(),
+                },
+            );
+            assert!(v1.take_persisted().is_none(), "not before the timer");
+        }
+        v1.advance_to(1019);
+        assert!(v1.take_persisted().is_none());
+        v1.advance_to(1020);
+        let saved = v1.take_persisted().expect("persisted by the timer");
+        assert_eq!((saved.schema(), saved.time()), ("notes/1", 1020));
+        assert!(v1.take_persisted().is_none(), "taken once");
+        // A snapshot does not carry it: it is not replica state.
+        let restored = Replica::<NotesV1>::restore(&v1.snapshot().unwrap().bytes).unwrap();
+        assert_eq!(restored.hash().unwrap(), v1.hash().unwrap());
+
+        let bytes = saved.to_bytes().unwrap();
+        let from = Persisted::from_bytes(&bytes).unwrap();
+        let (a, _) = Replica::<NotesV2>::new_persisted(b"s2", 0, &from);
+        let (b, _) = Replica::<NotesV2>::new_persisted(b"s2", 0, &from);
+        assert_eq!(a.model().notes.len(), 2);
+        assert_eq!(a.model().notes[1].1, "eggs");
+        assert_eq!(a.hash().unwrap(), b.hash().unwrap());
+        // Data of an unknown schema: the model starts empty, as it chose to.
+        let other = Persisted::new("notes/9", 0, &5).unwrap();
+        let (c, _) = Replica::<NotesV2>::new_persisted(b"s2", 0, &other);
+        assert!(c.model().notes.is_empty());
     }
 }
