@@ -24,8 +24,8 @@ pub async fn join<M: Model>(
     view_data: M::ViewData,
 ) -> Result<Session<M>, ClientError> {
     if config.master_key.is_none() {
-        let session = crate::wire::session_id(&config.app_id, &config.session_name, M::SCHEMA);
-        match webcrypto_master(&config.password, &session, config.kdf_rounds).await {
+        let room = crate::wire::room_id(&config.app_id, &config.session_name);
+        match webcrypto_master(&config.password, &room, config.kdf_rounds).await {
             Ok(master) => config.master_key = Some(master),
             Err(why) => tracing::info!(%why, "no WebCrypto PBKDF2; deriving the key in wasm"),
         }
@@ -37,7 +37,7 @@ pub async fn join<M: Model>(
 /// PBKDF2-HMAC-SHA256).
 async fn webcrypto_master(
     password: &str,
-    session_id: &str,
+    room_id: &str,
     rounds: u32,
 ) -> Result<crate::crypto::MasterKey, String> {
     use js_sys::{Array, Object, Reflect, Uint8Array};
@@ -59,7 +59,7 @@ async fn webcrypto_master(
         .map_err(why)?
         .dyn_into()
         .map_err(|_| "importKey did not give a CryptoKey".to_owned())?;
-    let salt = Uint8Array::from(crate::crypto::kdf_salt(session_id).as_bytes());
+    let salt = Uint8Array::from(crate::crypto::kdf_salt(room_id).as_bytes());
     let params = web_sys::Pbkdf2Params::new_with_str("PBKDF2", "SHA-256", rounds, &salt);
     let bits = subtle
         .derive_bits_with_object(params.as_ref() as &Object, &base, 256)

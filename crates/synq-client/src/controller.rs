@@ -5,9 +5,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{Value, json};
-use synq_model::{Event, Model, Replica, ViewId};
+use sha2::Digest;
+use synq_model::{Event, Model, Persisted, Replica, ViewId};
 use synq_protocol::action::{
-    self, JoinRequest, JoinUser, SendRequest, SendTags, SnapRequest, TickConfig, TuttiRequest,
+    self, JoinRequest, JoinUser, SaveRequest, SendRequest, SendTags, SnapRequest, TickConfig,
+    TuttiRequest,
 };
 use synq_protocol::identity::view_id_for_proof;
 use synq_protocol::seq;
@@ -17,7 +19,7 @@ use synq_protocol::server::{
 
 use crate::crypto::{Purpose, SessionKey, random_hex};
 use crate::error::ClientError;
-use crate::wire::{Body, Wire, session_id};
+use crate::wire::{Body, Wire, room_id, session_id};
 
 /// A silent connection sends a PULSE this often (the Croquet client's interval; the
 /// reflector closes connections silent for 60 s).
@@ -138,6 +140,12 @@ pub enum SessionEvent<O> {
     },
     /// This replica uploaded a snapshot.
     SnapshotUploaded { url: String },
+    /// This replica uploaded what the model persisted ([`synq_model::Cx::persist`]) for
+    /// later versions of the room.
+    PersistedUploaded { url: String },
+    /// The session started from what an earlier session of the room persisted, written
+    /// by model `schema`.
+    Restored { schema: String },
     /// A notice from the reflector.
     Info(String),
     /// The session ended for good (wrong password, fatal close).
@@ -149,6 +157,8 @@ enum Phase {
     AwaitingSync,
     /// Waiting for the snapshot download; messages are held meanwhile.
     Loading {
+        /// The file is the room's persisted data, the session's start (not a snapshot).
+        persisted: bool,
         snapshot_seq: u32,
         held: Vec<StreamMessage>,
         time: u64,
@@ -159,7 +169,9 @@ enum Phase {
     Running,
 }
 
+/// A state this replica voted on: a snapshot, or data the model persisted.
 struct PendingSnapshot {
+    persisted: bool,
     bytes: Vec<u8>,
     hash: String,
     vote: String,
@@ -181,6 +193,8 @@ fn frame_error(e: FrameError) -> ClientError {
 pub struct Controller<M: Model> {
     config: ClientConfig,
     session_id: String,
+    /// The room across model versions: the JOIN's `persistentId`.
+    room_id: String,
     key: SessionKey,
     me: ViewId,
     proof: String,
@@ -215,9 +229,10 @@ impl<M: Model> Controller<M> {
     /// A controller for a new view of the session in `config`, with `view_data`.
     pub fn new(config: ClientConfig, view_data: &M::ViewData) -> Result<Self, ClientError> {
         let session_id = session_id(&config.app_id, &config.session_name, M::SCHEMA);
+        let room_id = room_id(&config.app_id, &config.session_name);
         let key = match &config.master_key {
-            Some(master) => SessionKey::from_master(master, &session_id),
-            None => SessionKey::derive(&config.password, &session_id, config.kdf_rounds),
+            Some(master) => SessionKey::from_master(master, &room_id, &session_id),
+            None => SessionKey::derive(&config.password, &room_id, &session_id, config.kdf_rounds),
         };
         let proof = random_hex(16).map_err(|e| ClientError::Crypto(e.to_string()))?;
         let me = ViewId(view_id_for_proof(&proof));
@@ -232,6 +247,7 @@ impl<M: Model> Controller<M> {
         Ok(Controller {
             config,
             session_id,
+            room_id,
             key,
             me,
             proof,
@@ -318,6 +334,8 @@ impl<M: Model> Controller<M> {
             tove: Some(self.tove.clone()),
             // A reconnect within this time keeps the view in the session.
             leave_delay: Some(1250.0),
+            // The reflector hands a new session what the room's last session persisted.
+            persistent_id: Some(self.room_id.clone()),
             ..JoinRequest::default()
         }
         .encode(&self.session_id)
@@ -539,7 +557,32 @@ impl<M: Model> Controller<M> {
         }
         self.timeline = Some(timeline);
         self.replica = None;
-        if url.is_empty() || persisted {
+        // The session starts from the room's persisted data: only from this server's
+        // file store, and only this room's (every replica decides alike).
+        let persisted_url = match (url.is_empty(), persisted) {
+            (false, true) => {
+                let own = self.own_persisted_url(&url);
+                if own.is_none() {
+                    self.reject(format!(
+                        "the room's saved data is not in this server's file store ({:?}); starting empty",
+                        url.get(..url.floor_char_boundary(200)).unwrap_or("")
+                    ));
+                }
+                own
+            }
+            _ => None,
+        };
+        if let Some(url) = persisted_url {
+            self.phase = Phase::Loading {
+                persisted: true,
+                snapshot_seq: sync_seq,
+                held: messages,
+                time,
+                fallback: None,
+            };
+            self.loaded_snapshot = None;
+            self.effects.push_back(Effect::Download(url));
+        } else if url.is_empty() || persisted {
             let (replica, _) = Replica::<M>::new(self.session_id.as_bytes(), 0);
             self.replica = Some(replica);
             self.last_seq = None;
@@ -566,6 +609,7 @@ impl<M: Model> Controller<M> {
                 ))
             })?;
             self.phase = Phase::Loading {
+                persisted: false,
                 snapshot_seq,
                 held: messages,
                 time,
@@ -595,11 +639,84 @@ impl<M: Model> Controller<M> {
         ))
     }
 
-    /// The snapshot download finished.
-    pub fn on_snapshot(&mut self, sealed: &[u8]) -> Result<(), ClientError> {
-        let Phase::Loading { snapshot_seq, .. } = &self.phase else {
+    /// `url` (any host) as this room's persisted data in this client's own file store:
+    /// `…/files/apps/<app id>/<room id>/<name>`.
+    fn own_persisted_url(&self, url: &str) -> Option<String> {
+        let marker = format!("/files/apps/{}/{}/", self.config.app_id, self.room_id);
+        let (_, name) = url.split_once(&marker)?;
+        let safe = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/');
+        if name.is_empty()
+            || name.starts_with('.')
+            || name.contains("..")
+            || !name.bytes().all(safe)
+        {
+            return None;
+        }
+        Some(format!("{}/{name}", self.persisted_base()))
+    }
+
+    /// Where this room's persisted data goes in this client's file store.
+    fn persisted_base(&self) -> String {
+        format!(
+            "{}/apps/{}/{}",
+            self.config.files_url.trim_end_matches('/'),
+            self.config.app_id,
+            self.room_id
+        )
+    }
+
+    /// The session starts from the room's persisted data (`sealed`, or nothing when it
+    /// did not download): every replica starts alike from the same bytes, and one that
+    /// does not open or parse is ignored by all of them alike.
+    fn start_persisted(&mut self, sealed: Option<&[u8]>) -> Result<(), ClientError> {
+        let Phase::Loading { held, time, .. } = std::mem::replace(&mut self.phase, Phase::Running)
+        else {
             return Ok(());
         };
+        let loaded = match sealed {
+            None => Err("it did not download".to_owned()),
+            Some(sealed) => self
+                .key
+                .open(Purpose::Persisted, sealed)
+                .map_err(|e| format!("it does not decrypt ({e})"))
+                .and_then(|bytes| Persisted::from_bytes(&bytes).map_err(|e| e.to_string())),
+        };
+        let seed = self.session_id.clone().into_bytes();
+        let replica = match loaded {
+            Ok(from) => {
+                self.events.push_back(SessionEvent::Restored {
+                    schema: from.schema().to_owned(),
+                });
+                Replica::<M>::new_persisted(&seed, 0, &from).0
+            }
+            Err(why) => {
+                self.reject(format!(
+                    "the room's saved data from an earlier version did not load ({why}); starting empty"
+                ));
+                Replica::<M>::new(&seed, 0).0
+            }
+        };
+        self.replica = Some(replica);
+        self.last_seq = None;
+        for m in held {
+            self.apply_message(m)?;
+        }
+        self.finish_sync(time)
+    }
+
+    /// The snapshot download finished.
+    pub fn on_snapshot(&mut self, sealed: &[u8]) -> Result<(), ClientError> {
+        let Phase::Loading {
+            snapshot_seq,
+            persisted,
+            ..
+        } = &self.phase
+        else {
+            return Ok(());
+        };
+        if *persisted {
+            return self.start_persisted(Some(sealed));
+        }
         let snapshot_seq = *snapshot_seq;
         let restored = self
             .key
@@ -627,6 +744,13 @@ impl<M: Model> Controller<M> {
 
     /// The snapshot download failed.
     pub fn on_snapshot_failed(&mut self, reason: &str) -> Result<(), ClientError> {
+        if let Phase::Loading {
+            persisted: true, ..
+        } = &self.phase
+        {
+            tracing::warn!(session = %self.session_id, %reason, "the room's saved data did not download");
+            return self.start_persisted(None);
+        }
         self.load_fallback(format!("download failed: {reason}"))
     }
 
@@ -643,7 +767,8 @@ impl<M: Model> Controller<M> {
         else {
             return Err(ClientError::Snapshot(why));
         };
-        let from = if url.is_empty() {
+        let persisted_start = self.own_persisted_url(&url);
+        let from = if url.is_empty() || persisted_start.is_some() {
             "a replay from the start"
         } else {
             "the snapshot before it"
@@ -651,7 +776,18 @@ impl<M: Model> Controller<M> {
         self.reject(format!(
             "the session's snapshot did not load ({why}); joining from {from}"
         ));
-        if url.is_empty() {
+        if let Some(url) = persisted_start {
+            // The session started from the room's persisted data: so does the replay.
+            self.phase = Phase::Loading {
+                persisted: true,
+                snapshot_seq: seq,
+                held,
+                time,
+                fallback: None,
+            };
+            self.loaded_snapshot = None;
+            self.effects.push_back(Effect::Download(url));
+        } else if url.is_empty() {
             let (replica, _) = Replica::<M>::new(self.session_id.as_bytes(), 0);
             self.replica = Some(replica);
             self.last_seq = None;
@@ -663,6 +799,7 @@ impl<M: Model> Controller<M> {
             self.finish_sync(time)?;
         } else {
             self.phase = Phase::Loading {
+                persisted: false,
                 snapshot_seq: seq,
                 held,
                 time,
@@ -873,10 +1010,61 @@ impl<M: Model> Controller<M> {
         self.emit(outputs);
     }
 
+    /// After every event and tick: the model's outputs for the views, and what it
+    /// persisted (voted on, as snapshots are: replicas that are catching up drop it).
     fn emit(&mut self, outputs: Vec<M::Output>) {
         if self.synced {
             self.events
                 .extend(outputs.into_iter().map(SessionEvent::Output));
+        }
+        let persisted = self.replica.as_mut().and_then(Replica::take_persisted);
+        if let (true, Some(p)) = (self.synced, persisted) {
+            self.vote_persisted(&p);
+        }
+    }
+
+    /// Votes on persisted data as on a snapshot; the majority's lowest view uploads it
+    /// and SAVEs its URL. Keyed by its time, the same on every replica.
+    fn vote_persisted(&mut self, p: &Persisted) {
+        let bytes = match p.to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                self.reject(format!("the model's persisted data is not saved: {e}"));
+                return;
+            }
+        };
+        let hash: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        let vote = self.key.vote(&hash);
+        let tutti_key = format!("synq-persist@{}", p.time());
+        let payload = json!({"vote": vote, "viewId": self.me.as_str()}).to_string();
+        let seq = self.last_seq.unwrap_or(0);
+        let frame = TuttiRequest {
+            send_time: p.time() as f64,
+            payload: &payload,
+            first_msg: None,
+            wants_vote: true,
+            tally_target: json!(["synqPersist"]),
+            tutti_key: &tutti_key,
+        }
+        .encode(&self.session_id);
+        self.effects.push_back(Effect::Send(frame));
+        self.remember_vote(
+            tutti_key,
+            PendingSnapshot {
+                persisted: true,
+                bytes,
+                hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
+                vote,
+                time: p.time(),
+                seq,
+            },
+        );
+    }
+
+    fn remember_vote(&mut self, key: String, pending: PendingSnapshot) {
+        self.pending_snapshots.insert(key, pending);
+        while self.pending_snapshots.len() > 4 {
+            self.pending_snapshots.pop_first();
         }
     }
 
@@ -967,9 +1155,10 @@ impl<M: Model> Controller<M> {
         }
         .encode(&self.session_id);
         self.effects.push_back(Effect::Send(frame));
-        self.pending_snapshots.insert(
+        self.remember_vote(
             tutti_key,
             PendingSnapshot {
+                persisted: false,
                 bytes: snap.bytes,
                 hash: snap.hash.to_hex(),
                 vote,
@@ -977,9 +1166,6 @@ impl<M: Model> Controller<M> {
                 seq,
             },
         );
-        while self.pending_snapshots.len() > 4 {
-            self.pending_snapshots.pop_first();
-        }
     }
 
     /// The tally of a snapshot vote: the lowest view of the majority uploads.
@@ -1030,6 +1216,28 @@ impl<M: Model> Controller<M> {
         if uploader.as_deref() != Some(self.me.as_str()) {
             return;
         }
+        if pending.persisted {
+            let body = match self.key.seal(Purpose::Persisted, &pending.bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.reject(format!("could not encrypt the persisted data: {e}"));
+                    return;
+                }
+            };
+            let url = format!(
+                "{}/save/{:010}_{}",
+                self.persisted_base(),
+                pending.time,
+                &pending.vote[..32.min(pending.vote.len())]
+            );
+            let then = SaveRequest {
+                url: &url,
+                dissident: false,
+            }
+            .encode(&self.session_id);
+            self.effects.push_back(Effect::Upload { url, body, then });
+            return;
+        }
         let body = match self.key.seal(Purpose::Snapshot, &pending.bytes) {
             Ok(b) => b,
             Err(e) => {
@@ -1058,8 +1266,12 @@ impl<M: Model> Controller<M> {
 
     /// The driver uploaded a snapshot and sent its SNAP.
     pub fn snapshot_uploaded(&mut self, url: String) {
-        self.events
-            .push_back(SessionEvent::SnapshotUploaded { url });
+        let event = if url.starts_with(&format!("{}/", self.persisted_base())) {
+            SessionEvent::PersistedUploaded { url }
+        } else {
+            SessionEvent::SnapshotUploaded { url }
+        };
+        self.events.push_back(event);
     }
 }
 

@@ -22,29 +22,35 @@ pub const PBKDF2_ROUNDS: u32 = 600_000;
 /// The PBKDF2 output that every session key is expanded from.
 pub type MasterKey = [u8; 32];
 
-/// The PBKDF2 salt of a session: `"synq2/" ‖ session id`.
-pub fn kdf_salt(session_id: &str) -> String {
-    format!("synq2/{session_id}")
+/// The PBKDF2 salt of a room: `"synq3/" ‖ room id` ([`crate::wire::room_id`]). The room,
+/// not the session: the sessions of one room under successive model versions share the
+/// master key, so that a later version opens what an earlier one persisted.
+pub fn kdf_salt(room_id: &str) -> String {
+    format!("synq3/{room_id}")
 }
 
 /// PBKDF2-HMAC-SHA256(password, [`kdf_salt`], `rounds`) → 32 bytes. One output block:
 /// longer outputs would cost a full run of `rounds` per 32 bytes.
-pub fn derive_master(password: &str, session_id: &str, rounds: u32) -> MasterKey {
+pub fn derive_master(password: &str, room_id: &str, rounds: u32) -> MasterKey {
     let mut master = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(
         password.as_bytes(),
-        kdf_salt(session_id).as_bytes(),
+        kdf_salt(room_id).as_bytes(),
         rounds,
         &mut master,
     );
     master
 }
 
-fn expand(master: &MasterKey, label: &[u8]) -> [u8; 32] {
+fn expand(master: &MasterKey, label: &[u8], session_id: Option<&str>) -> [u8; 32] {
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(master).expect("HMAC accepts any key length");
     mac.update(b"synq2/");
     mac.update(label);
+    if let Some(id) = session_id {
+        mac.update(b"\0");
+        mac.update(id.as_bytes());
+    }
     mac.finalize().into_bytes().into()
 }
 
@@ -58,6 +64,8 @@ pub enum Purpose {
     ViewData,
     Snapshot,
     SessionCheck,
+    /// What the model persisted for later versions: bound to the room, not the session.
+    Persisted,
 }
 
 impl Purpose {
@@ -67,6 +75,7 @@ impl Purpose {
             Purpose::ViewData => b"view",
             Purpose::Snapshot => b"snap",
             Purpose::SessionCheck => b"tove",
+            Purpose::Persisted => b"persist",
         }
     }
 }
@@ -91,6 +100,7 @@ pub struct SessionKey {
     vote_key: [u8; 32],
     room_key: String,
     session_id: String,
+    room_id: String,
 }
 
 impl std::fmt::Debug for SessionKey {
@@ -101,22 +111,28 @@ impl std::fmt::Debug for SessionKey {
 
 impl SessionKey {
     /// [`derive_master`], then [`SessionKey::from_master`].
-    pub fn derive(password: &str, session_id: &str, rounds: u32) -> SessionKey {
-        SessionKey::from_master(&derive_master(password, session_id, rounds), session_id)
+    pub fn derive(password: &str, room_id: &str, session_id: &str, rounds: u32) -> SessionKey {
+        SessionKey::from_master(
+            &derive_master(password, room_id, rounds),
+            room_id,
+            session_id,
+        )
     }
 
-    /// The session's keys from its master key, each an HMAC of the master with its own
-    /// label: the AEAD key, a key for snapshot votes, and the room key that the reflector
-    /// checks at JOIN. Knowing the room key (the reflector does) yields neither of the
-    /// others.
-    pub fn from_master(master: &MasterKey, session_id: &str) -> SessionKey {
-        let enc = expand(master, b"enc");
-        let room = expand(master, b"room");
+    /// The session's keys from its room's master key, each an HMAC of the master with its
+    /// own label: the AEAD key (the room's; every ciphertext names its session, or for
+    /// persisted data its room, in the associated data), a key for snapshot votes and the
+    /// room key that the reflector checks at JOIN (both the session's own). Knowing the
+    /// room key (the reflector does) yields none of the others, nor another session's.
+    pub fn from_master(master: &MasterKey, room_id: &str, session_id: &str) -> SessionKey {
+        let enc = expand(master, b"enc", None);
+        let room = expand(master, b"room", Some(session_id));
         SessionKey {
             aead: XChaCha20Poly1305::new((&enc).into()),
-            vote_key: expand(master, b"vote"),
+            vote_key: expand(master, b"vote", Some(session_id)),
             room_key: room.iter().map(|b| format!("{b:02x}")).collect(),
             session_id: session_id.to_owned(),
+            room_id: room_id.to_owned(),
         }
     }
 
@@ -130,7 +146,11 @@ impl SessionKey {
         let mut aad = b"synq1/".to_vec();
         aad.extend_from_slice(purpose.label());
         aad.push(b'/');
-        aad.extend_from_slice(self.session_id.as_bytes());
+        let scope = match purpose {
+            Purpose::Persisted => &self.room_id,
+            _ => &self.session_id,
+        };
+        aad.extend_from_slice(scope.as_bytes());
         if let Some(b) = bound {
             aad.push(0);
             aad.extend_from_slice(b.as_bytes());
@@ -237,7 +257,7 @@ mod tests {
     use super::*;
 
     fn key(pw: &str, sid: &str) -> SessionKey {
-        SessionKey::derive(pw, sid, 1000)
+        SessionKey::derive(pw, "room", sid, 1000)
     }
 
     #[test]
@@ -310,9 +330,9 @@ mod tests {
         assert_eq!(k.room_key(), key("pw", "s").room_key());
         assert_ne!(k.room_key(), key("pw2", "s").room_key());
         assert_ne!(k.room_key(), key("pw", "s2").room_key());
-        let master = derive_master("pw", "s", 1000);
+        let master = derive_master("pw", "room", 1000);
         assert_eq!(
-            SessionKey::from_master(&master, "s").room_key(),
+            SessionKey::from_master(&master, "room", "s").room_key(),
             k.room_key()
         );
         assert_ne!(k.vote(&[0; 32]), k.room_key());
@@ -325,7 +345,33 @@ mod tests {
         let mut out = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(b"passwd", b"salt", 1, &mut out);
         assert_eq!(out[..8], [0x55, 0xac, 0x04, 0x6e, 0x56, 0xe3, 0x08, 0x9f]);
-        assert_eq!(kdf_salt("synq2-x"), "synq2/synq2-x");
+        assert_eq!(kdf_salt("r"), "synq3/r");
+    }
+
+    #[test]
+    fn persisted_data_opens_in_every_session_of_its_room_only() {
+        // Two versions of a model: two sessions of one room.
+        let v1 = key("pw", "session-v1");
+        let v2 = key("pw", "session-v2");
+        let sealed = v1.seal(Purpose::Persisted, b"history").unwrap();
+        assert_eq!(v2.open(Purpose::Persisted, &sealed).unwrap(), b"history");
+        let other_room = SessionKey::derive("pw", "room2", "session-v2", 1000);
+        assert_eq!(
+            other_room.open(Purpose::Persisted, &sealed),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            key("pw2", "session-v2").open(Purpose::Persisted, &sealed),
+            Err(CryptoError::Authentication)
+        );
+        // Everything else stays bound to its session.
+        let msg = v1.seal(Purpose::Message, b"hi").unwrap();
+        assert_eq!(
+            v2.open(Purpose::Message, &msg),
+            Err(CryptoError::Authentication)
+        );
+        assert_ne!(v1.room_key(), v2.room_key());
+        assert_ne!(v1.vote(&[0; 32]), v2.vote(&[0; 32]));
     }
 
     #[test]

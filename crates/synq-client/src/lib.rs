@@ -47,4 +47,4 @@ pub use driver::{Session, SessionHandle, join_with};
 pub use error::ClientError;
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::join;
-pub use wire::session_id;
+pub use wire::{room_id, session_id};

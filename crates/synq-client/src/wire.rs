@@ -38,6 +38,20 @@ pub fn session_id(app_id: &str, session_name: &str, schema: &str) -> String {
     format!("{SYNQ_SESSION_PREFIX}{hex}")
 }
 
+/// The room of an app and a session name, whatever the model version: the sessions of
+/// one room under successive schemas share it. It is the `persistentId` of the JOIN (the
+/// reflector hands a new session what the room's last session persisted) and the salt of
+/// the room's key ([`crate::crypto::kdf_salt`]).
+pub fn room_id(app_id: &str, session_name: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"synq3/room\0")
+        .chain_update(app_id.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(session_name.as_bytes())
+        .finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +64,14 @@ mod tests {
         assert_ne!(a, session_id("app", "room", "chat/2"));
         assert_ne!(a, session_id("app", "room2", "chat/1"));
         assert_ne!(a, session_id("app2", "room", "chat/1"));
+    }
+
+    #[test]
+    fn the_room_id_is_the_same_for_every_schema() {
+        let r = room_id("app", "room");
+        assert_eq!(r.len(), 32);
+        assert!(r.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(r, room_id("app", "room2"));
+        assert_ne!(r, room_id("app2", "room"));
     }
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use synq_client::controller::MAX_CHUNKED_FRAME_BYTES;
 use synq_client::crypto::{Purpose, SessionKey};
-use synq_client::{ClientConfig, Controller, Effect, SessionEvent, session_id};
+use synq_client::{ClientConfig, Controller, Effect, SessionEvent, room_id, session_id};
 use synq_model::demo::{Room, RoomInput, RoomViewData};
 use synq_model::{Event, Model, Replica, ViewId};
 
@@ -52,7 +52,14 @@ fn config(snapshot_every: Option<u64>, max_chunked: usize) -> ClientConfig {
 
 fn key() -> &'static SessionKey {
     static KEY: OnceLock<SessionKey> = OnceLock::new();
-    KEY.get_or_init(|| SessionKey::derive(PASSWORD, &session_id("app", "room", Room::SCHEMA), 1))
+    KEY.get_or_init(|| {
+        SessionKey::derive(
+            PASSWORD,
+            &room_id("app", "room"),
+            &session_id("app", "room", Room::SCHEMA),
+            1,
+        )
+    })
 }
 
 fn sealed(purpose: Purpose, plain: &[u8]) -> String {

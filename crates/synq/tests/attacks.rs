@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use synq_client::crypto::SessionKey;
-use synq_client::{ClientConfig, Session, SessionEvent, join, session_id};
+use synq_client::{ClientConfig, Session, SessionEvent, join, room_id, session_id};
 use synq_model::Model;
 use synq_model::demo::{Room, RoomInput, RoomViewData};
 use synq_protocol::identity::view_id_for_proof;
@@ -250,7 +250,7 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
 
 fn room_key(room: &str) -> (String, SessionKey) {
     let sid = session_id(APP, room, Room::SCHEMA);
-    let key = SessionKey::derive("pw", &sid, KDF_ROUNDS);
+    let key = SessionKey::derive("pw", &room_id(APP, room), &sid, KDF_ROUNDS);
     (sid, key)
 }
 
@@ -329,7 +329,7 @@ async fn without_the_password_nobody_gets_into_a_room() {
     // JOIN without a user (an observer), a user without a room key. Every one is refused
     // before the SYNC, so she never sees a frame of the room.
     let (_, guessed) = Raw::user(None, "eve");
-    let other = SessionKey::derive("not-pw", &sid, KDF_ROUNDS);
+    let other = SessionKey::derive("not-pw", &room_id(APP, room), &sid, KDF_ROUNDS);
     let (_, wrong) = Raw::user(Some(&other), "eve2");
     let (eve_id, mut keyless) = Raw::user(None, "eve3");
     keyless.as_object_mut().expect("object").remove("room");

@@ -350,8 +350,9 @@ use common::Ws;
 /// A raw protocol client with a valid identity and the room key but no session key: what
 /// the reflector's operator could do (the reflector sees the room key at every JOIN).
 /// Anyone without the password is not even let in.
-async fn raw_join(addr: SocketAddr, session: &str) -> Ws {
-    let room = synq_client::crypto::SessionKey::derive("pw", session, 1000);
+async fn raw_join(addr: SocketAddr, room_name: &str, session: &str) -> Ws {
+    let room_id = synq_client::room_id("synq.test", room_name);
+    let room = synq_client::crypto::SessionKey::derive("pw", &room_id, session, 1000);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/reflector/{session}"))
         .await
         .expect("connect");
@@ -380,7 +381,7 @@ async fn tampered_and_forged_frames_are_dropped_everywhere_and_the_reflector_see
         joined(&base, "tamper", "bob").await,
     ];
     let session_id = sessions[0].session_id().to_owned();
-    let mut raw = raw_join(server.addr, &session_id).await;
+    let mut raw = raw_join(server.addr, "tamper", &session_id).await;
     let mut relayed = Vec::new();
     let sync = next_frame(&mut raw).await;
     relayed.push(sync.to_string());
@@ -412,7 +413,7 @@ async fn tampered_and_forged_frames_are_dropped_everywhere_and_the_reflector_see
             .expect("send");
     }
     // 3. Not base64: the reflector refuses it (4102) before anyone sees it.
-    let mut raw2 = raw_join(server.addr, &session_id).await;
+    let mut raw2 = raw_join(server.addr, "tamper", &session_id).await;
     let _sync = next_frame(&mut raw2).await;
     let send = json!({"id": session_id, "action": "SEND", "args": [0, 0, "%%% not base64", 0]});
     raw2.send(Message::text(send.to_string()))
