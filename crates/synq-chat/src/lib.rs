@@ -14,12 +14,13 @@ pub mod names;
 pub mod native;
 pub mod prompt;
 pub mod relay;
+mod saved;
 pub mod view;
 
 pub use model::{
     AI_NAME, AI_REQUESTS_PER_MINUTE, APP_ID, AiMode, AiState, ChatInput, ChatModel, ChatOutput,
-    ChatViewData, Entry, EntryKind, MAX_HISTORY, MAX_INSTRUCTIONS_BYTES, MAX_STATUS_BYTES,
-    addresses_ai, queue_status,
+    ChatTimer, ChatViewData, Entry, EntryKind, MAX_HISTORY, MAX_INSTRUCTIONS_BYTES,
+    MAX_STATUS_BYTES, PERSIST_AFTER_MS, addresses_ai, queue_status,
 };
 pub use prompt::{AiRequest, PROMPT_HISTORY, PromptMessage, PromptRole};
 pub use relay::MAX_ANSWER_TOKENS;

@@ -3,11 +3,12 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use synq_model::{Cx, Model, ViewId};
+use synq_model::{Cx, Model, Persisted, ViewId};
 use synq_relay::{Applied, Candidacy, Elected, Relay, RelayRequest, RelayResponse};
 
 use crate::hygiene;
 use crate::prompt::{self, AiRequest, PromptInput};
+use crate::saved::SavedRoom;
 
 /// The app id under which every chat participant (browser page, `synq chat`) joins: rooms
 /// are shared only among participants of the same app id, room name and model schema.
@@ -26,6 +27,9 @@ pub const AI_REQUESTS_PER_MINUTE: usize = 6;
 pub const MAX_INSTRUCTIONS_BYTES: usize = 500;
 /// Longest status of a pending answer, in bytes.
 pub const MAX_STATUS_BYTES: usize = 200;
+/// The room's history and settings are persisted for later versions of the chat this
+/// long after a change (reflector time): changes in between are saved together.
+pub const PERSIST_AFTER_MS: u64 = 3_000;
 
 /// The status an elected view reports while the AI service has `ahead` requests to answer
 /// before this one ("AI is answering 2 other requests first"); empty once it is this
@@ -242,6 +246,13 @@ impl ChatInput {
     }
 }
 
+/// The chat's timers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChatTimer {
+    /// Persist the history and settings ([`PERSIST_AFTER_MS`]).
+    Persist,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatOutput {
     /// The history, the users or a setting changed: render again.
@@ -267,6 +278,8 @@ pub struct ChatModel {
     /// What the elected view says of pending requests that have no text yet (their place
     /// in the AI service's queue), by relay request id.
     statuses: BTreeMap<u64, String>,
+    /// A [`ChatTimer::Persist`] is pending.
+    persisting: bool,
 }
 
 impl ChatModel {
@@ -347,6 +360,14 @@ impl ChatModel {
             self.history.pop_front();
         }
         self.next_entry
+    }
+
+    /// Persists the room [`PERSIST_AFTER_MS`] from now, unless that is already due.
+    fn persist_soon(&mut self, cx: &mut Cx<'_, Self>) {
+        if !self.persisting {
+            self.persisting = true;
+            cx.future(PERSIST_AFTER_MS, ChatTimer::Persist);
+        }
     }
 
     fn notice(&mut self, cx: &mut Cx<'_, Self>, text: String) {
@@ -584,14 +605,59 @@ fn cut(mut text: String, max: usize) -> String {
 impl Model for ChatModel {
     type Input = ChatInput;
     type Output = ChatOutput;
-    type Timer = ();
+    type Timer = ChatTimer;
     type ViewData = ChatViewData;
     // 3: the prompt (held in the relay's replicated requests) became chat turns, and the
     // relay's statuses (`RelayResponse::Status`, `ChatModel::statuses`) were added.
-    const SCHEMA: &'static str = "synq-chat/3";
+    // 4: the room persists its history and settings (`ChatTimer`, `crate::saved`); from
+    // here on, a room keeps them when this changes.
+    const SCHEMA: &'static str = "synq-chat/4";
 
     fn init(_: &mut Cx<'_, Self>) -> Self {
         ChatModel::default()
+    }
+
+    /// The history and settings an earlier version of the chat persisted in this room
+    /// (written as [`SavedRoom`] since `synq-chat/4`), with a notice that says so.
+    fn init_persisted(cx: &mut Cx<'_, Self>, from: &Persisted) -> Self {
+        let mut room = ChatModel::default();
+        match from.decode::<SavedRoom>() {
+            Ok(saved) => {
+                let (history, last, mode, instructions) = saved.restore();
+                room.history = history;
+                room.next_entry = last;
+                room.mode = mode;
+                room.instructions = instructions;
+                room.notice(
+                    cx,
+                    "The history above was kept from an earlier version of the chat".into(),
+                );
+            }
+            Err(e) => room.notice(
+                cx,
+                format!(
+                    "The history of an earlier version of the chat ({}) could not be read: {e}",
+                    from.schema()
+                ),
+            ),
+        }
+        room
+    }
+
+    fn timer(&mut self, cx: &mut Cx<'_, Self>, timer: ChatTimer) {
+        match timer {
+            ChatTimer::Persist => {
+                self.persisting = false;
+                let saved = SavedRoom::new(
+                    &self.history,
+                    self.next_entry,
+                    self.mode,
+                    &self.instructions,
+                );
+                // Plain structs of strings and numbers: JSON always takes them.
+                let _ = cx.persist(&saved);
+            }
+        }
     }
 
     fn input(&mut self, cx: &mut Cx<'_, Self>, from: &ViewId, input: ChatInput) {
@@ -703,6 +769,7 @@ impl Model for ChatModel {
         // Statuses of requests no longer pending (answered, failed, stopped, reset).
         let relay = &self.relay;
         self.statuses.retain(|id, _| relay.is_pending(*id));
+        self.persist_soon(cx);
         cx.emit(ChatOutput::Changed);
     }
 
@@ -719,6 +786,7 @@ impl Model for ChatModel {
         if changed.is_some() {
             self.elected_changed(cx, changed);
         }
+        self.persist_soon(cx);
         cx.emit(ChatOutput::Changed);
     }
 
@@ -731,6 +799,7 @@ impl Model for ChatModel {
         if was_elected {
             self.elected_changed(cx, changed);
         }
+        self.persist_soon(cx);
         cx.emit(ChatOutput::Changed);
     }
 }

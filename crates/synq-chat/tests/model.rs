@@ -2,9 +2,9 @@
 
 use synq_chat::{
     AI_REQUESTS_PER_MINUTE, AiMode, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData,
-    EntryKind, MAX_HISTORY,
+    EntryKind, MAX_HISTORY, PERSIST_AFTER_MS,
 };
-use synq_model::{Event, Replica, ViewId};
+use synq_model::{Event, Model, Persisted, Replica, ViewId};
 use synq_relay::{Candidacy, RelayRequest, RelayResponse};
 
 struct Room {
@@ -646,4 +646,52 @@ fn the_elected_views_queue_status_shows_on_the_waiting_entry_until_text_comes() 
     assert!(room.m().ai_status(ids[1]).is_some());
     room.input("bob", ChatInput::Stop);
     assert_eq!(room.m().ai_status(ids[1]), None);
+}
+
+#[test]
+fn the_history_and_settings_persist_for_the_next_version_of_the_chat() {
+    let mut room = Room::new();
+    room.join("ann", true);
+    room.post("ann", "hello");
+    let id = room.requests()[0].id;
+    room.respond("ann", delta(id, "Hi Ann"));
+    room.input("ann", ChatInput::SetAiMode(AiMode::Addressed));
+    room.input("ann", ChatInput::SetInstructions("answer in French".into()));
+    room.post("ann", "second");
+    assert!(room.r.take_persisted().is_none(), "not at once: gathered");
+    room.r.advance_to(room.time + PERSIST_AFTER_MS);
+    let saved = room.r.take_persisted().expect("persisted after the delay");
+    assert_eq!(saved.schema(), ChatModel::SCHEMA);
+    let from = Persisted::from_bytes(&saved.to_bytes().expect("bytes")).expect("read back");
+
+    // The next version of the chat starts the room from it.
+    let next = Room {
+        r: Replica::new_persisted(b"next-version", 0, &from).0,
+        time: 0,
+        n: Default::default(),
+        outputs: Vec::new(),
+    };
+    let mut expected = room.texts();
+    expected.push("* The history above was kept from an earlier version of the chat".into());
+    assert_eq!(next.texts(), expected);
+    assert_eq!(next.m().ai_mode(), AiMode::Addressed);
+    assert_eq!(next.m().instructions(), "answer in French");
+    // The answer that was streaming cannot go on in another session: it is stopped.
+    assert_eq!(next.answers(), [("Hi Ann".to_owned(), AiState::Stopped)]);
+    assert!(next.m().users().next().is_none(), "people join again");
+    // New entries continue the ids.
+    let last = room.m().history().map(|e| e.id).max();
+    assert!(next.m().history().map(|e| e.id).max() > last);
+
+    // Data the chat cannot read: the room starts empty, and says why.
+    let bad = Persisted::from_bytes(br#"{"schema":"synq-chat/9","time":0,"data":[1,2]}"#)
+        .expect("well-formed");
+    let empty = Room {
+        r: Replica::new_persisted(b"next-version", 0, &bad).0,
+        time: 0,
+        n: Default::default(),
+        outputs: Vec::new(),
+    };
+    assert_eq!(empty.m().history().count(), 1);
+    assert!(empty.texts()[0].contains("could not be read"));
 }
