@@ -110,11 +110,11 @@ pub enum Effect {
     Send(String),
     /// GET this URL and pass the body to [`Controller::on_snapshot`].
     Download(String),
-    /// PUT `body` to `url`; when it succeeded, send `then` on the socket.
+    /// PUT `body` to `url`; when it succeeded, send `then` (if any) on the socket.
     Upload {
         url: String,
         body: Vec<u8>,
-        then: String,
+        then: Option<String>,
     },
 }
 
@@ -143,6 +143,8 @@ pub enum SessionEvent<O> {
     /// This replica uploaded what the model persisted ([`synq_model::Cx::persist`]) for
     /// later versions of the room.
     PersistedUploaded { url: String },
+    /// This replica uploaded a file the model wrote ([`synq_model::Cx::write_file`]).
+    FileUploaded { url: String },
     /// The session started from what an earlier session of the room persisted, written
     /// by model `schema`.
     Restored { schema: String },
@@ -169,9 +171,19 @@ enum Phase {
     Running,
 }
 
-/// A state this replica voted on: a snapshot, or data the model persisted.
+/// What a vote is about.
+#[derive(Debug, Clone, PartialEq)]
+enum Voted {
+    Snapshot,
+    /// What the model persisted for later versions.
+    Persisted,
+    /// A file the model wrote, by name.
+    File(String),
+}
+
+/// A state this replica voted on: a snapshot, what the model persisted, or a file.
 struct PendingSnapshot {
-    persisted: bool,
+    voted: Voted,
     bytes: Vec<u8>,
     hash: String,
     vote: String,
@@ -1019,23 +1031,41 @@ impl<M: Model> Controller<M> {
         }
         let persisted = self.replica.as_mut().and_then(Replica::take_persisted);
         if let (true, Some(p)) = (self.synced, persisted) {
-            self.vote_persisted(&p);
+            self.vote_on(Voted::Persisted, &p);
+        }
+        let files = self
+            .replica
+            .as_mut()
+            .map(Replica::take_files)
+            .unwrap_or_default();
+        if self.synced {
+            for (name, file) in files {
+                self.vote_on(Voted::File(name), &file);
+            }
         }
     }
 
-    /// Votes on persisted data as on a snapshot; the majority's lowest view uploads it
-    /// and SAVEs its URL. Keyed by its time, the same on every replica.
-    fn vote_persisted(&mut self, p: &Persisted) {
+    /// Votes on persisted data or a file as on a snapshot; the majority's lowest view
+    /// uploads it (and SAVEs persisted data's URL). Keyed by its time (and a file by its
+    /// name), the same on every replica.
+    fn vote_on(&mut self, voted: Voted, p: &Persisted) {
         let bytes = match p.to_bytes() {
             Ok(b) => b,
             Err(e) => {
-                self.reject(format!("the model's persisted data is not saved: {e}"));
+                self.reject(format!("the model's data is not saved: {e}"));
                 return;
             }
         };
         let hash: [u8; 32] = sha2::Sha256::digest(&bytes).into();
         let vote = self.key.vote(&hash);
-        let tutti_key = format!("synq-persist@{}", p.time());
+        let tutti_key = match &voted {
+            Voted::File(name) => format!(
+                "synq-file@{}/{}",
+                p.time(),
+                self.key.file_storage_name(name)
+            ),
+            _ => format!("synq-persist@{}", p.time()),
+        };
         let payload = json!({"vote": vote, "viewId": self.me.as_str()}).to_string();
         let seq = self.last_seq.unwrap_or(0);
         let frame = TuttiRequest {
@@ -1051,7 +1081,7 @@ impl<M: Model> Controller<M> {
         self.remember_vote(
             tutti_key,
             PendingSnapshot {
-                persisted: true,
+                voted,
                 bytes,
                 hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
                 vote,
@@ -1158,7 +1188,7 @@ impl<M: Model> Controller<M> {
         self.remember_vote(
             tutti_key,
             PendingSnapshot {
-                persisted: false,
+                voted: Voted::Snapshot,
                 bytes: snap.bytes,
                 hash: snap.hash.to_hex(),
                 vote,
@@ -1216,7 +1246,23 @@ impl<M: Model> Controller<M> {
         if uploader.as_deref() != Some(self.me.as_str()) {
             return;
         }
-        if pending.persisted {
+        if let Voted::File(name) = &pending.voted {
+            let body = match self.key.seal_file(name, &pending.bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.reject(format!("could not encrypt the file {name:?}: {e}"));
+                    return;
+                }
+            };
+            let url = self.file_url(name);
+            self.effects.push_back(Effect::Upload {
+                url,
+                body,
+                then: None,
+            });
+            return;
+        }
+        if pending.voted == Voted::Persisted {
             let body = match self.key.seal(Purpose::Persisted, &pending.bytes) {
                 Ok(b) => b,
                 Err(e) => {
@@ -1235,7 +1281,11 @@ impl<M: Model> Controller<M> {
                 dissident: false,
             }
             .encode(&self.session_id);
-            self.effects.push_back(Effect::Upload { url, body, then });
+            self.effects.push_back(Effect::Upload {
+                url,
+                body,
+                then: Some(then),
+            });
             return;
         }
         let body = match self.key.seal(Purpose::Snapshot, &pending.bytes) {
@@ -1261,17 +1311,43 @@ impl<M: Model> Controller<M> {
             dissident: false,
         }
         .encode(&self.session_id);
-        self.effects.push_back(Effect::Upload { url, body, then });
+        self.effects.push_back(Effect::Upload {
+            url,
+            body,
+            then: Some(then),
+        });
     }
 
-    /// The driver uploaded a snapshot and sent its SNAP.
+    /// The driver uploaded a snapshot, persisted data or a file (and sent its SNAP or
+    /// SAVE).
     pub fn snapshot_uploaded(&mut self, url: String) {
-        let event = if url.starts_with(&format!("{}/", self.persisted_base())) {
+        let event = if url.starts_with(&format!("{}/data/", self.persisted_base())) {
+            SessionEvent::FileUploaded { url }
+        } else if url.starts_with(&format!("{}/", self.persisted_base())) {
             SessionEvent::PersistedUploaded { url }
         } else {
             SessionEvent::SnapshotUploaded { url }
         };
         self.events.push_back(event);
+    }
+
+    /// Where the room's file `name` ([`synq_model::Cx::write_file`]) is, in this client's
+    /// file store.
+    pub fn file_url(&self, name: &str) -> String {
+        format!(
+            "{}/data/{}",
+            self.persisted_base(),
+            self.key.file_storage_name(name)
+        )
+    }
+
+    /// The room's file `name`, from the bytes downloaded from [`Controller::file_url`].
+    pub fn open_file(&self, name: &str, sealed: &[u8]) -> Result<Persisted, ClientError> {
+        let bytes = self.key.open_file(name, sealed).map_err(|e| {
+            ClientError::Snapshot(format!("the file {name:?} does not decrypt: {e}"))
+        })?;
+        Persisted::from_bytes(&bytes)
+            .map_err(|e| ClientError::Snapshot(format!("the file {name:?} is not valid: {e}")))
     }
 }
 

@@ -66,6 +66,8 @@ pub enum Purpose {
     SessionCheck,
     /// What the model persisted for later versions: bound to the room, not the session.
     Persisted,
+    /// A file the model wrote (`Cx::write_file`): bound to the room and its name.
+    File,
 }
 
 impl Purpose {
@@ -76,6 +78,7 @@ impl Purpose {
             Purpose::Snapshot => b"snap",
             Purpose::SessionCheck => b"tove",
             Purpose::Persisted => b"persist",
+            Purpose::File => b"file",
         }
     }
 }
@@ -98,6 +101,8 @@ pub enum CryptoError {
 pub struct SessionKey {
     aead: XChaCha20Poly1305,
     vote_key: [u8; 32],
+    /// Names the room's files in the file store (see [`SessionKey::file_storage_name`]).
+    file_key: [u8; 32],
     room_key: String,
     session_id: String,
     room_id: String,
@@ -130,6 +135,7 @@ impl SessionKey {
         SessionKey {
             aead: XChaCha20Poly1305::new((&enc).into()),
             vote_key: expand(master, b"vote", Some(session_id)),
+            file_key: expand(master, b"file", None),
             room_key: room.iter().map(|b| format!("{b:02x}")).collect(),
             session_id: session_id.to_owned(),
             room_id: room_id.to_owned(),
@@ -147,7 +153,7 @@ impl SessionKey {
         aad.extend_from_slice(purpose.label());
         aad.push(b'/');
         let scope = match purpose {
-            Purpose::Persisted => &self.room_id,
+            Purpose::Persisted | Purpose::File => &self.room_id,
             _ => &self.session_id,
         };
         aad.extend_from_slice(scope.as_bytes());
@@ -217,6 +223,29 @@ impl SessionKey {
     pub fn open_text(&self, purpose: Purpose, text: &str) -> Result<Vec<u8>, CryptoError> {
         let sealed = B64.decode(text).map_err(|_| CryptoError::Encoding)?;
         self.open(purpose, &sealed)
+    }
+
+    /// A file of the room named `name` by the model, sealed for that name only (so that
+    /// one file cannot be passed off as another).
+    pub fn seal_file(&self, name: &str, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.seal_bound(Purpose::File, Some(name), data)
+    }
+
+    pub fn open_file(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.open_bound(Purpose::File, Some(name), sealed)
+    }
+
+    /// Where the room's file `name` is stored: an HMAC of the name with a key of the
+    /// room, so that only those with the password can tell (or take first) the name of a
+    /// file the model will write. 32 hex digits.
+    pub fn file_storage_name(&self, name: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.file_key)
+            .expect("HMAC accepts any key length");
+        mac.update(name.as_bytes());
+        mac.finalize().into_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// A view's data, sealed for that view id only.
@@ -372,6 +401,30 @@ mod tests {
         );
         assert_ne!(v1.room_key(), v2.room_key());
         assert_ne!(v1.vote(&[0; 32]), v2.vote(&[0; 32]));
+    }
+
+    #[test]
+    fn a_file_opens_in_every_session_of_its_room_under_its_own_name_only() {
+        let v1 = key("pw", "session-v1");
+        let v2 = key("pw", "session-v2");
+        let sealed = v1.seal_file("archive/1", b"page").unwrap();
+        assert_eq!(v2.open_file("archive/1", &sealed).unwrap(), b"page");
+        assert_eq!(
+            v2.open_file("archive/2", &sealed),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            v2.file_storage_name("archive/1"),
+            v1.file_storage_name("archive/1")
+        );
+        assert_ne!(
+            v1.file_storage_name("archive/1"),
+            v1.file_storage_name("archive/2")
+        );
+        assert_ne!(
+            key("pw2", "session-v1").file_storage_name("archive/1"),
+            v1.file_storage_name("archive/1")
+        );
     }
 
     #[test]

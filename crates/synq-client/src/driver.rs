@@ -8,9 +8,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_channel::mpsc;
+use futures_channel::{mpsc, oneshot};
 use futures_util::{FutureExt, StreamExt, select};
-use synq_model::{Model, SnapshotHash, ViewId};
+use synq_model::{Model, Persisted, SnapshotHash, ViewId};
 
 use crate::controller::{ClientConfig, Controller, Effect, SessionEvent};
 use crate::error::ClientError;
@@ -33,8 +33,12 @@ pub trait MaybeSendSync {}
 #[cfg(target_arch = "wasm32")]
 impl<T> MaybeSendSync for T {}
 
+/// The answer to a [`Session::read_file`].
+type FileReply = oneshot::Sender<Result<Persisted, ClientError>>;
+
 enum Cmd<I> {
     Publish(I),
+    ReadFile(String, FileReply),
     Reconnect,
     Leave,
 }
@@ -127,6 +131,11 @@ impl<M: Model> SessionHandle<M> {
         &self.view_id
     }
 
+    /// See [`Session::read_file`].
+    pub async fn read_file(&self, name: &str) -> Result<Persisted, ClientError> {
+        read_file(&self.cmds, name).await
+    }
+
     /// Sends an input to every replica (queued while reconnecting).
     pub fn publish(&self, input: M::Input) -> Result<(), ClientError> {
         self.cmds
@@ -183,6 +192,13 @@ impl<M: Model> Session<M> {
         self.cmds
             .unbounded_send(Cmd::Publish(input))
             .map_err(|_| ClientError::Ended)
+    }
+
+    /// Reads the room's file `name` that the model wrote ([`synq_model::Cx::write_file`]),
+    /// in this session or an earlier one of the room (downloaded and opened here; not
+    /// replicated: for views).
+    pub async fn read_file(&self, name: &str) -> Result<Persisted, ClientError> {
+        read_file(&self.cmds, name).await
     }
 
     /// The next event (outputs of the model, reconnects, rejections, divergence). `None`
@@ -292,6 +308,17 @@ async fn drive<M: Model, T: Transport + MaybeSendSync>(
     }
 }
 
+async fn read_file<I>(
+    cmds: &mpsc::UnboundedSender<Cmd<I>>,
+    name: &str,
+) -> Result<Persisted, ClientError> {
+    let (tx, rx) = oneshot::channel();
+    cmds.unbounded_send(Cmd::ReadFile(name.to_owned(), tx))
+        .map_err(|_| ClientError::Ended)?;
+    // Dropped unanswered when the connection ends before the download does.
+    rx.await.unwrap_or(Err(ClientError::Ended))
+}
+
 fn forward_events<M: Model>(
     controller: &Mutex<Controller<M>>,
     events: &mpsc::UnboundedSender<SessionEvent<M::Output>>,
@@ -303,7 +330,15 @@ fn forward_events<M: Model>(
 
 enum IoResult {
     Downloaded(Result<Vec<u8>, String>),
-    Uploaded { url: String, then: String },
+    Uploaded {
+        url: String,
+        then: Option<String>,
+    },
+    FileRead {
+        name: String,
+        bytes: Result<Vec<u8>, String>,
+        reply: FileReply,
+    },
 }
 
 /// Runs one connection until it ends.
@@ -350,6 +385,15 @@ async fn connection<M: Model, T: Transport + MaybeSendSync>(
                         }
                         Ok(None)
                     }
+                    Some(Cmd::ReadFile(name, reply)) => {
+                        let url = lock(controller).file_url(&name);
+                        let (get, tx) = (download(transport, url), io_tx.clone());
+                        transport.spawn(Box::pin(async move {
+                            let bytes = get.await;
+                            let _ = tx.unbounded_send(IoResult::FileRead { name, bytes, reply });
+                        }));
+                        Ok(None)
+                    }
                     Some(Cmd::Reconnect) => Err(Done::Rejoin("reconnect requested".into())),
                     Some(Cmd::Leave) | None => Err(Done::Leave),
                 },
@@ -364,7 +408,16 @@ async fn connection<M: Model, T: Transport + MaybeSendSync>(
                     }
                     Some(IoResult::Uploaded { url, then }) => {
                         lock(controller).snapshot_uploaded(url);
-                        Ok(Some(then))
+                        Ok(then)
+                    }
+                    Some(IoResult::FileRead { name, bytes, reply }) => {
+                        let file = bytes
+                            .map_err(|reason| {
+                                ClientError::Snapshot(format!("the file {name:?} did not download: {reason}"))
+                            })
+                            .and_then(|b| lock(controller).open_file(&name, &b));
+                        let _ = reply.send(file);
+                        Ok(None)
                     }
                     None => Ok(None),
                 },
@@ -403,13 +456,13 @@ async fn connection<M: Model, T: Transport + MaybeSendSync>(
                     }));
                 }
                 Effect::Upload { url, body, then } => {
-                    let (put, tx) = (transport.put(url.clone(), body), io_tx.clone());
+                    let (put, tx) = (upload(transport, url.clone(), body), io_tx.clone());
                     transport.spawn(Box::pin(async move {
                         match put.await {
                             Ok(()) => {
                                 let _ = tx.unbounded_send(IoResult::Uploaded { url, then });
                             }
-                            Err(e) => tracing::warn!(%url, error = %e, "snapshot upload failed"),
+                            Err(e) => tracing::warn!(%url, error = %e, "upload failed"),
                         }
                     }));
                 }
@@ -430,6 +483,36 @@ fn fail_or_rejoin<O>(e: ClientError, events: &mpsc::UnboundedSender<SessionEvent
 }
 
 /// GET with the Croquet client's retry schedule (100 ms, 1 s, 5 s).
+/// PUT, once more after 1.2 s if refused: a file store may refuse an upload for a moment
+/// (synq's refuses files of a room it has not looked up yet, for up to a second). Each
+/// attempt holds its own copy of the body, hence only two.
+fn upload<T: Transport>(
+    transport: &T,
+    url: String,
+    body: Vec<u8>,
+) -> crate::transport::BoxFut<'static, Result<(), String>> {
+    let attempts: Vec<_> = [0u64, 1200]
+        .into_iter()
+        .map(|ms| {
+            (
+                transport.sleep(Duration::from_millis(ms)),
+                transport.put(url.clone(), body.clone()),
+            )
+        })
+        .collect();
+    Box::pin(async move {
+        let mut last = String::new();
+        for (pause, put) in attempts {
+            pause.await;
+            match put.await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    })
+}
+
 fn download<T: Transport>(
     transport: &T,
     url: String,

@@ -722,8 +722,10 @@ impl Runner {
     fn note_effect(&mut self, e: &Effect) {
         let text = match e {
             Effect::Send(text) => text,
-            Effect::Upload { then, .. } => then,
-            Effect::Download(_) => return,
+            Effect::Upload {
+                then: Some(then), ..
+            } => then,
+            Effect::Upload { then: None, .. } | Effect::Download(_) => return,
         };
         let Ok(v) = serde_json::from_str::<Value>(text) else {
             panic!("the client sent invalid JSON: {text}");

@@ -48,6 +48,7 @@ pub struct Cx<'a, M: Model> {
     pub(crate) outputs: &'a mut Vec<M::Output>,
     pub(crate) views: &'a BTreeMap<ViewId, M::ViewData>,
     pub(crate) persist: &'a mut Option<Persisted>,
+    pub(crate) files: &'a mut Vec<(String, Persisted)>,
 }
 
 impl<M: Model> Cx<'_, M> {
@@ -114,6 +115,22 @@ impl<M: Model> Cx<'_, M> {
     /// changes (a few seconds) rather than on every input.
     pub fn persist(&mut self, data: &impl serde::Serialize) -> Result<(), PersistError> {
         *self.persist = Some(Persisted::new(M::SCHEMA, self.now, data)?);
+        Ok(())
+    }
+
+    /// Writes `data` to the room's file `name` (JSON, sealed for the room, in the server's
+    /// file store; at most [`crate::MAX_PERSISTED_BYTES`]) for views to read back later
+    /// with the client's `read_file`, in any later session of the room: what the model
+    /// no longer holds but people may want to see (a chat's older messages). Files are
+    /// written once: give each a name that is never used again (the model's `SCHEMA` and
+    /// a counter), and keep the names in the model.
+    pub fn write_file(
+        &mut self,
+        name: &str,
+        data: &impl serde::Serialize,
+    ) -> Result<(), PersistError> {
+        let file = Persisted::new(M::SCHEMA, self.now, data)?;
+        self.files.push((name.to_owned(), file));
         Ok(())
     }
 

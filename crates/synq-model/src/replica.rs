@@ -74,6 +74,9 @@ pub struct Replica<M: Model> {
     /// What the model last handed to [`Cx::persist`], until the client takes it. Not
     /// state: every replica sees it at the same event, and a snapshot does not hold it.
     persist: Option<Persisted>,
+    /// Files the model wrote ([`Cx::write_file`]), until the client takes them; like
+    /// `persist`, not state.
+    files: Vec<(String, Persisted)>,
 }
 
 /// What applying one event did.
@@ -106,6 +109,7 @@ impl<M: Model> Replica<M> {
         let mut timers = Timers::default();
         let mut outputs = Vec::new();
         let mut persist = None;
+        let mut files = Vec::new();
         let views = BTreeMap::new();
         let model = {
             let mut cx = Cx::<M> {
@@ -115,6 +119,7 @@ impl<M: Model> Replica<M> {
                 outputs: &mut outputs,
                 views: &views,
                 persist: &mut persist,
+                files: &mut files,
             };
             match from {
                 Some(from) => M::init_persisted(&mut cx, from),
@@ -132,7 +137,14 @@ impl<M: Model> Replica<M> {
             last_input: BTreeMap::new(),
             model,
         };
-        (Self { state, persist }, outputs)
+        (
+            Self {
+                state,
+                persist,
+                files,
+            },
+            outputs,
+        )
     }
 
     /// What the model handed to [`Cx::persist`] since the last call, if anything. The
@@ -140,6 +152,12 @@ impl<M: Model> Replica<M> {
     /// same point of the stream.
     pub fn take_persisted(&mut self) -> Option<Persisted> {
         self.persist.take()
+    }
+
+    /// The files the model wrote ([`Cx::write_file`]) since the last call, by name, in
+    /// the order written; taken like [`Replica::take_persisted`].
+    pub fn take_files(&mut self) -> Vec<(String, Persisted)> {
+        std::mem::take(&mut self.files)
     }
 
     /// The model, for views to read.
@@ -198,6 +216,7 @@ impl<M: Model> Replica<M> {
             ..
         } = &mut self.state;
         let persist = &mut self.persist;
+        let files = &mut self.files;
         let accepted = match event {
             Event::Input { from, n, input } => {
                 let last = last_input.get(&from).copied().unwrap_or(0);
@@ -212,6 +231,7 @@ impl<M: Model> Replica<M> {
                         outputs: &mut outputs,
                         views,
                         persist,
+                        files,
                     };
                     model.input(&mut cx, &from, input);
                     true
@@ -234,6 +254,7 @@ impl<M: Model> Replica<M> {
                         outputs: &mut outputs,
                         views,
                         persist,
+                        files,
                     };
                     model.view_join(&mut cx, &view, &data);
                     true
@@ -260,6 +281,7 @@ impl<M: Model> Replica<M> {
                         outputs: &mut outputs,
                         views,
                         persist,
+                        files,
                     };
                     model.view_exit(&mut cx, &view);
                     true
@@ -297,6 +319,7 @@ impl<M: Model> Replica<M> {
             ..
         } = &mut self.state;
         let persist = &mut self.persist;
+        let files = &mut self.files;
         while let Some((due, timer)) = timers.pop_due(time) {
             *now = (*now).max(due);
             let mut cx = Cx::<M> {
@@ -306,6 +329,7 @@ impl<M: Model> Replica<M> {
                 outputs,
                 views,
                 persist,
+                files,
             };
             model.timer(&mut cx, timer);
         }
@@ -335,6 +359,7 @@ impl<M: Model> Replica<M> {
         Ok(Self {
             state,
             persist: None,
+            files: Vec::new(),
         })
     }
 }

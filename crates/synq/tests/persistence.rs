@@ -1,6 +1,7 @@
 //! Rooms outlive model versions: what a model persists in one version is where the
-//! room's session of the next version starts, through a real `synq serve` (its file store
-//! and SAVE), across a server restart.
+//! room's session of the next version starts, and the files it writes can be read back by
+//! any later session of the room, through a real `synq serve` (its file store and SAVE),
+//! across a server restart.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,11 +15,13 @@ use synq_model::{Cx, Model, Persisted, ViewId};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Version 1 of a notes app: persists its notes 300 ms after a change.
+/// Version 1 of a notes app: persists its notes 300 ms after a change, and writes them to
+/// a file `notes-v1/<n>` each time too.
 #[derive(Default, Serialize, Deserialize)]
 struct NotesV1 {
     notes: Vec<String>,
     saving: bool,
+    saves: u32,
 }
 
 impl Model for NotesV1 {
@@ -42,7 +45,10 @@ impl Model for NotesV1 {
 
     fn timer(&mut self, cx: &mut Cx<'_, Self>, _: ()) {
         self.saving = false;
+        self.saves += 1;
         cx.persist(&self.notes).expect("notes are JSON");
+        cx.write_file(&format!("notes-v1/{}", self.saves), &self.notes)
+            .expect("notes are JSON");
     }
 }
 
@@ -131,11 +137,27 @@ async fn a_new_version_of_the_model_starts_from_what_the_old_one_persisted() {
     for note in ["milk", "eggs"] {
         ann.publish(note.to_owned()).expect("publish");
     }
-    let url = event(&mut ann, "the persisted data's upload", |e| match e {
-        SessionEvent::PersistedUploaded { url } => Some(url.clone()),
-        _ => None,
-    })
-    .await;
+    // Both uploads, in either order.
+    let (mut url, mut file_url) = (None, None);
+    while url.is_none() || file_url.is_none() {
+        match event(&mut ann, "the uploads", |e| match e {
+            SessionEvent::PersistedUploaded { .. } | SessionEvent::FileUploaded { .. } => {
+                Some(e.clone())
+            }
+            _ => None,
+        })
+        .await
+        {
+            SessionEvent::PersistedUploaded { url: u } => url = Some(u),
+            SessionEvent::FileUploaded { url: u } => file_url = Some(u),
+            _ => {}
+        }
+    }
+    let (url, file_url) = (url.unwrap_or_default(), file_url.unwrap_or_default());
+    assert!(
+        !file_url.contains("notes-v1"),
+        "a file's name in the store tells nothing: {file_url}"
+    );
     assert!(
         url.contains("/files/apps/synq.test/"),
         "in the app's part of the file store: {url}"
@@ -159,6 +181,15 @@ async fn a_new_version_of_the_model_starts_from_what_the_old_one_persisted() {
         Some(NotesV1::SCHEMA)
     );
     bob.publish("bread".into()).expect("publish");
+
+    // Version 2 reads the file version 1 wrote, by its name; another name is not there.
+    let file = bob.read_file("notes-v1/1").await.expect("the file");
+    assert_eq!(file.schema(), NotesV1::SCHEMA);
+    assert_eq!(
+        file.decode::<Vec<String>>().expect("notes"),
+        ["milk", "eggs"]
+    );
+    assert!(bob.read_file("notes-v1/2").await.is_err());
 
     // A second participant of version 2, before any snapshot, starts from the same
     // persisted data and replays the rest: the replicas agree.

@@ -244,6 +244,7 @@ fn snapshot_of(a: &mut Controller<Room>, s: &mut Script) -> (SnapArgs, Vec<u8>) 
     let Some(Effect::Upload { url, body, then }) = effects.pop() else {
         panic!("A is the majority's lowest view: it uploads");
     };
+    let then = then.expect("a SNAP after the upload");
     let env = ClientEnvelope::parse(&then).expect("SNAP");
     assert_eq!(env.action, Action::Snap);
     let snap = SnapArgs::parse(env.args).expect("SNAP args");
