@@ -18,9 +18,11 @@ mod saved;
 pub mod view;
 
 pub use model::{
-    AI_NAME, AI_REQUESTS_PER_MINUTE, APP_ID, AiMode, AiState, ChatInput, ChatModel, ChatOutput,
-    ChatTimer, ChatViewData, Entry, EntryKind, MAX_HISTORY, MAX_INSTRUCTIONS_BYTES,
-    MAX_STATUS_BYTES, PERSIST_AFTER_MS, addresses_ai, queue_status,
+    AI_NAME, AI_REQUESTS_PER_MINUTE, APP_ID, ARCHIVE_PAGE, AiMode, AiState, ArchivePage, ChatInput,
+    ChatModel, ChatOutput, ChatTimer, ChatViewData, Entry, EntryKind, MAX_ARCHIVE_PAGES,
+    MAX_HISTORY, MAX_INSTRUCTIONS_BYTES, MAX_STATUS_BYTES, PERSIST_AFTER_MS, addresses_ai,
+    queue_status,
 };
 pub use prompt::{AiRequest, PROMPT_HISTORY, PromptMessage, PromptRole};
 pub use relay::MAX_ANSWER_TOKENS;
+pub use saved::archived_entries;

@@ -13,8 +13,14 @@ use crate::saved::SavedRoom;
 /// The app id under which every chat participant (browser page, `synq chat`) joins: rooms
 /// are shared only among participants of the same app id, room name and model schema.
 pub const APP_ID: &str = "synq.chat";
-/// Entries kept in the history; older ones are dropped.
+/// Entries kept in the history, which every replica holds; older ones go to the room's
+/// archive in pages of [`ARCHIVE_PAGE`].
 pub const MAX_HISTORY: usize = 100;
+/// Entries per archive page: when the history is over [`MAX_HISTORY`], its oldest
+/// entries are written to a file of the room (`Cx::write_file`) and leave the history.
+pub const ARCHIVE_PAGE: usize = 25;
+/// Archive pages the room remembers (the oldest are forgotten past it): 10,000 entries.
+pub const MAX_ARCHIVE_PAGES: usize = 400;
 /// The AI's name in the room.
 pub const AI_NAME: &str = "AI";
 /// Longest post accepted, in bytes (longer ones are cut at a character boundary).
@@ -263,6 +269,18 @@ pub enum ChatOutput {
     Elected(ViewId),
 }
 
+/// A page of the room's archive: entries that left the history, in a file of the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivePage {
+    /// The file's name (`Session::read_file`).
+    pub name: String,
+    /// The first and last entry ids in it.
+    pub first: u64,
+    pub last: u64,
+    /// Reflector time of its first entry.
+    pub at: u64,
+}
+
 /// The chat room.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ChatModel {
@@ -280,6 +298,8 @@ pub struct ChatModel {
     statuses: BTreeMap<u64, String>,
     /// A [`ChatTimer::Persist`] is pending.
     persisting: bool,
+    /// The archive's pages, oldest first.
+    archive: VecDeque<ArchivePage>,
 }
 
 impl ChatModel {
@@ -295,6 +315,30 @@ impl ChatModel {
 
     pub fn name_of(&self, view: &ViewId) -> Option<&str> {
         self.users.get(view).map(String::as_str)
+    }
+
+    /// The id of the last entry made (entries removed or archived included).
+    pub fn last_entry(&self) -> u64 {
+        self.next_entry
+    }
+
+    /// The archive's pages, oldest first: what left the history, for views to load
+    /// ("load earlier messages").
+    pub fn archive(&self) -> impl DoubleEndedIterator<Item = &ArchivePage> + ExactSizeIterator {
+        self.archive.iter()
+    }
+
+    /// The archive page just before page `name` (the newest page for `None`): what
+    /// "load earlier messages" loads next. `None` when there is no earlier page (or
+    /// `name` is no longer in the archive).
+    pub fn page_before(&self, name: Option<&str>) -> Option<&ArchivePage> {
+        match name {
+            None => self.archive.back(),
+            Some(name) => {
+                let i = self.archive.iter().position(|p| p.name == name)?;
+                i.checked_sub(1).and_then(|i| self.archive.get(i))
+            }
+        }
     }
 
     /// The view that relays AI requests.
@@ -356,10 +400,38 @@ impl ChatModel {
             at: cx.now(),
             kind,
         });
-        while self.history.len() > MAX_HISTORY {
-            self.history.pop_front();
+        if self.history.len() > MAX_HISTORY {
+            self.archive_oldest(cx);
         }
         self.next_entry
+    }
+
+    /// Moves the oldest [`ARCHIVE_PAGE`] entries of the history to a file of the room.
+    fn archive_oldest(&mut self, cx: &mut Cx<'_, Self>) {
+        let n = ARCHIVE_PAGE.min(self.history.len());
+        let entries: Vec<Entry> = self.history.drain(..n).collect();
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        // Unique in the room: entry ids never repeat, and the schema tells apart a
+        // session of another version running at the same time.
+        let name = format!("archive/{}/{}-{}", Self::SCHEMA, first.id, last.id);
+        let page = ArchivePage {
+            name: name.clone(),
+            first: first.id,
+            last: last.id,
+            at: first.at,
+        };
+        // Plain strings and numbers: JSON always takes them.
+        if cx
+            .write_file(&name, &crate::saved::SavedPage::new(&entries))
+            .is_ok()
+        {
+            self.archive.push_back(page);
+            while self.archive.len() > MAX_ARCHIVE_PAGES {
+                self.archive.pop_front();
+            }
+        }
     }
 
     /// Persists the room [`PERSIST_AFTER_MS`] from now, unless that is already due.
@@ -623,8 +695,9 @@ impl Model for ChatModel {
         let mut room = ChatModel::default();
         match from.decode::<SavedRoom>() {
             Ok(saved) => {
-                let (history, last, mode, instructions) = saved.restore();
+                let (history, last, mode, instructions, archive) = saved.restore();
                 room.history = history;
+                room.archive = archive;
                 room.next_entry = last;
                 room.mode = mode;
                 room.instructions = instructions;
@@ -648,12 +721,7 @@ impl Model for ChatModel {
         match timer {
             ChatTimer::Persist => {
                 self.persisting = false;
-                let saved = SavedRoom::new(
-                    &self.history,
-                    self.next_entry,
-                    self.mode,
-                    &self.instructions,
-                );
+                let saved = SavedRoom::new(self);
                 // Plain structs of strings and numbers: JSON always takes them.
                 let _ = cx.persist(&saved);
             }
@@ -695,6 +763,7 @@ impl Model for ChatModel {
             }
             ChatInput::Reset => {
                 self.history.clear();
+                self.archive.clear();
                 self.relay.clear();
                 self.notice(cx, format!("{name} reset the chat"));
             }

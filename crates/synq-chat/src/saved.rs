@@ -8,7 +8,10 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 use synq_model::ViewId;
 
-use crate::model::{AiMode, AiState, Entry, EntryKind, MAX_HISTORY, MAX_INSTRUCTIONS_BYTES};
+use crate::model::{
+    AiMode, AiState, ArchivePage, ChatModel, Entry, EntryKind, MAX_ARCHIVE_PAGES, MAX_HISTORY,
+    MAX_INSTRUCTIONS_BYTES,
+};
 
 /// A room as it is persisted (first written by `synq-chat/4`).
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -20,6 +23,36 @@ pub(crate) struct SavedRoom {
     /// [`AiMode::as_str`].
     pub ai_mode: String,
     pub instructions: String,
+    /// The archive's pages, oldest first.
+    pub archive: Vec<ArchivePage>,
+}
+
+/// A page of the archive, as its file holds it.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct SavedPage {
+    pub entries: Vec<SavedEntry>,
+}
+
+impl SavedPage {
+    pub fn new(entries: &[Entry]) -> SavedPage {
+        SavedPage {
+            entries: entries.iter().map(SavedEntry::from).collect(),
+        }
+    }
+}
+
+/// The entries of an archive page's file (`ChatModel::archive`, read with the client's
+/// `read_file`), for views to show; entries of unknown kinds are skipped.
+pub fn archived_entries(
+    file: &synq_model::Persisted,
+) -> Result<Vec<Entry>, synq_model::PersistError> {
+    let page: SavedPage = file.decode()?;
+    Ok(page
+        .entries
+        .into_iter()
+        .filter_map(SavedEntry::into_entry)
+        .collect())
 }
 
 /// One history entry. `kind` is `post`, `ai`, `joined`, `left` or `notice`; the other
@@ -44,24 +77,20 @@ pub(crate) struct SavedEntry {
 }
 
 impl SavedRoom {
-    pub fn new(
-        history: &VecDeque<Entry>,
-        last_entry: u64,
-        mode: AiMode,
-        instructions: &str,
-    ) -> SavedRoom {
+    pub fn new(room: &ChatModel) -> SavedRoom {
         SavedRoom {
-            entries: history.iter().map(SavedEntry::from).collect(),
-            last_entry,
-            ai_mode: mode.as_str().to_owned(),
-            instructions: instructions.to_owned(),
+            entries: room.history().map(SavedEntry::from).collect(),
+            last_entry: room.last_entry(),
+            ai_mode: room.ai_mode().as_str().to_owned(),
+            instructions: room.instructions().to_owned(),
+            archive: room.archive().cloned().collect(),
         }
     }
 
     /// The history (the last [`MAX_HISTORY`] entries; unknown kinds skipped), the last
     /// entry id, the mode (auto if unknown) and the instructions (cut to their cap):
     /// what was persisted is read as any other input, with its limits.
-    pub fn restore(self) -> (VecDeque<Entry>, u64, AiMode, String) {
+    pub fn restore(self) -> (VecDeque<Entry>, u64, AiMode, String, VecDeque<ArchivePage>) {
         let skip = self.entries.len().saturating_sub(MAX_HISTORY);
         let history: VecDeque<Entry> = self
             .entries
@@ -84,7 +113,9 @@ impl SavedRoom {
             }
             instructions.truncate(end);
         }
-        (history, last, mode, instructions)
+        let skip = self.archive.len().saturating_sub(MAX_ARCHIVE_PAGES);
+        let archive = self.archive.into_iter().skip(skip).collect();
+        (history, last, mode, instructions, archive)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use synq_chat::{
     AI_REQUESTS_PER_MINUTE, AiMode, AiState, ChatInput, ChatModel, ChatOutput, ChatViewData,
-    EntryKind, MAX_HISTORY, PERSIST_AFTER_MS,
+    EntryKind, MAX_HISTORY, PERSIST_AFTER_MS, archived_entries,
 };
 use synq_model::{Event, Model, Persisted, Replica, ViewId};
 use synq_relay::{Candidacy, RelayRequest, RelayResponse};
@@ -260,20 +260,52 @@ fn reset_during_streaming_clears_the_history_and_ignores_the_rest_of_the_answer(
 }
 
 #[test]
-fn the_history_is_capped_at_100_entries() {
+fn the_history_is_capped_at_100_entries_and_older_ones_go_to_archive_pages() {
     let mut room = Room::new();
     room.join("ann", false);
+    let mut files = Vec::new();
     for i in 0..80 {
         // Slower than the fair-use limit.
         room.wait(60_000 / AI_REQUESTS_PER_MINUTE as u64);
         room.post("ann", &format!("post {i}"));
+        assert!(room.m().history().len() <= MAX_HISTORY);
+        files.extend(room.r.take_files());
     }
-    // 1 notice + 80 posts + 80 AI entries, capped.
-    assert_eq!(room.m().history().len(), MAX_HISTORY);
+    // 1 notice + 80 posts + 80 AI entries = 161: 3 pages of 25 archived, 86 kept.
+    assert_eq!(room.m().history().len(), 161 - 3 * synq_chat::ARCHIVE_PAGE);
     let texts = room.texts();
     assert_eq!(texts.last().map(String::as_str), Some("AI: "));
     assert!(texts.contains(&"ANN: post 79".to_string()));
     assert!(!texts.contains(&"ANN: post 0".to_string()));
+
+    // The pages, oldest first, each written once as a file of the room.
+    let pages: Vec<_> = room.m().archive().cloned().collect();
+    assert_eq!(pages.len(), 3);
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        pages.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()
+    );
+    assert_eq!(pages[0].first, 1);
+    assert_eq!(
+        pages[2].last + 1,
+        room.m().history().next().map_or(0, |e| e.id)
+    );
+    // "Load earlier messages": the newest page first, then the ones before it.
+    assert_eq!(room.m().page_before(None), pages.last());
+    assert_eq!(room.m().page_before(Some(&pages[1].name)), Some(&pages[0]));
+    assert_eq!(room.m().page_before(Some(&pages[0].name)), None);
+    let first = archived_entries(&files[0].1).expect("page");
+    assert_eq!(first.len(), synq_chat::ARCHIVE_PAGE);
+    assert!(
+        first
+            .iter()
+            .any(|e| matches!(&e.kind, EntryKind::Post { text, .. } if text == "post 0"))
+    );
+
+    // A reset forgets the archive too.
+    room.input("ann", ChatInput::Reset);
+    assert_eq!(room.m().archive().count(), 0);
 }
 
 #[test]
