@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use synq_client::{ClientError, SessionEvent};
 use synq_model::ViewId;
 
-use crate::model::{AI_NAME, AiMode, AiState, ChatModel, ChatOutput, EntryKind};
+use crate::model::{AI_NAME, AiMode, AiState, ChatModel, ChatOutput, Entry, EntryKind};
 
 /// What kind of entry a row shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,13 @@ pub struct Page {
     pub privacy: String,
     /// The AI settings' one-line summary.
     pub summary: String,
+    /// The newest archive page (what "load earlier messages" loads first), if the room
+    /// has one.
+    pub newest_page: Option<String>,
 }
+
+/// What the button that loads the archive says.
+pub const LOAD_EARLIER: &str = "Load earlier messages";
 
 impl Page {
     /// The rows one may reply to, newest first (`/reply N` counts them from 1).
@@ -165,74 +171,8 @@ pub fn page(m: &ChatModel, me: &ViewId, my_name: &str, invite: Option<&str>) -> 
         ),
     };
     let mode = m.ai_mode();
-    let mut rows: Vec<Row> = m
-        .history()
-        .map(|e| match &e.kind {
-            EntryKind::Post {
-                from, name, text, ..
-            } => Row {
-                id: e.id,
-                kind: RowKind::Post { mine: from == me },
-                name: one_line(name),
-                text: text.clone(),
-                again: false,
-                quote: None,
-                gist: gist(text),
-            },
-            EntryKind::Ai {
-                request,
-                text,
-                state,
-                stopped_by,
-                regenerated_by,
-                ..
-            } => {
-                let gist = if text.trim().is_empty() {
-                    "…".to_owned()
-                } else {
-                    gist(text)
-                };
-                let mut text = if text.is_empty() && state.in_progress() {
-                    // The place in the AI's line, as the elected view reports it.
-                    m.ai_status(*request)
-                        .map_or_else(|| "…".to_owned(), |status| format!("… ({status})"))
-                } else {
-                    text.clone()
-                };
-                if let Some(by) = regenerated_by {
-                    text.push_str(&format!(" (answered again at {}'s request)", one_line(by)));
-                }
-                if let Some(by) = stopped_by {
-                    text.push_str(&format!(" (stopped by {})", one_line(by)));
-                }
-                Row {
-                    id: e.id,
-                    kind: RowKind::Ai { state: *state },
-                    name: AI_NAME.to_owned(),
-                    text,
-                    again: !state.in_progress() && mode != AiMode::Off,
-                    quote: None,
-                    gist,
-                }
-            }
-            EntryKind::Joined { name } => notice(e.id, format!("{} joined", one_line(name))),
-            EntryKind::Left { name } => notice(e.id, format!("{} left", one_line(name))),
-            EntryKind::Notice { text } => notice(e.id, text.clone()),
-        })
-        .collect();
-    // Replies quote their entry: by now every row's words are known.
-    let said: BTreeMap<u64, String> = rows.iter().map(|r| (r.id, r.who_said())).collect();
-    for (row, e) in rows.iter_mut().zip(m.history()) {
-        if let EntryKind::Post {
-            reply_to: Some(to), ..
-        } = &e.kind
-        {
-            row.quote = Some(match said.get(to) {
-                Some(said) => format!("↪ {said}"),
-                None => "↪ a message no longer in the history".to_owned(),
-            });
-        }
-    }
+    let entries: Vec<&Entry> = m.history().collect();
+    let rows = rows(&entries, me, |id| m.ai_status(id), mode != AiMode::Off);
     let several = people.len() > 1;
     let placeholder = match mode {
         AiMode::Off => format!("Message everyone (the {AI_NAME} is off)…"),
@@ -270,7 +210,94 @@ pub fn page(m: &ChatModel, me: &ViewId, my_name: &str, invite: Option<&str>) -> 
         placeholder,
         privacy,
         summary,
+        newest_page: m.archive().next_back().map(|p| p.name.clone()),
     }
+}
+
+/// The rows of entries loaded from the archive (`synq_chat::archived_entries`), to show
+/// above the history: finished, so without "again".
+pub fn archived_rows(entries: &[Entry], me: &ViewId) -> Vec<Row> {
+    let entries: Vec<&Entry> = entries.iter().collect();
+    rows(&entries, me, |_| None, false)
+}
+
+/// The rows of `entries`: `status` gives a waiting answer's status, `again` whether
+/// finished answers offer "again".
+fn rows<'a>(
+    entries: &[&Entry],
+    me: &ViewId,
+    status: impl Fn(u64) -> Option<&'a str>,
+    again: bool,
+) -> Vec<Row> {
+    let mut rows: Vec<Row> = entries
+        .iter()
+        .map(|e| match &e.kind {
+            EntryKind::Post {
+                from, name, text, ..
+            } => Row {
+                id: e.id,
+                kind: RowKind::Post { mine: from == me },
+                name: one_line(name),
+                text: text.clone(),
+                again: false,
+                quote: None,
+                gist: gist(text),
+            },
+            EntryKind::Ai {
+                request,
+                text,
+                state,
+                stopped_by,
+                regenerated_by,
+                ..
+            } => {
+                let gist = if text.trim().is_empty() {
+                    "…".to_owned()
+                } else {
+                    gist(text)
+                };
+                let mut text = if text.is_empty() && state.in_progress() {
+                    // The place in the AI's line, as the elected view reports it.
+                    status(*request)
+                        .map_or_else(|| "…".to_owned(), |status| format!("… ({status})"))
+                } else {
+                    text.clone()
+                };
+                if let Some(by) = regenerated_by {
+                    text.push_str(&format!(" (answered again at {}'s request)", one_line(by)));
+                }
+                if let Some(by) = stopped_by {
+                    text.push_str(&format!(" (stopped by {})", one_line(by)));
+                }
+                Row {
+                    id: e.id,
+                    kind: RowKind::Ai { state: *state },
+                    name: AI_NAME.to_owned(),
+                    text,
+                    again: !state.in_progress() && again,
+                    quote: None,
+                    gist,
+                }
+            }
+            EntryKind::Joined { name } => notice(e.id, format!("{} joined", one_line(name))),
+            EntryKind::Left { name } => notice(e.id, format!("{} left", one_line(name))),
+            EntryKind::Notice { text } => notice(e.id, text.clone()),
+        })
+        .collect();
+    // Replies quote their entry: by now every row's words are known.
+    let said: BTreeMap<u64, String> = rows.iter().map(|r| (r.id, r.who_said())).collect();
+    for (row, e) in rows.iter_mut().zip(entries.iter()) {
+        if let EntryKind::Post {
+            reply_to: Some(to), ..
+        } = &e.kind
+        {
+            row.quote = Some(match said.get(to) {
+                Some(said) => format!("↪ {said}"),
+                None => "↪ a message no longer in the history".to_owned(),
+            });
+        }
+    }
+    rows
 }
 
 fn notice(id: u64, text: String) -> Row {

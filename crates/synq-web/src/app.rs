@@ -2,7 +2,7 @@
 //! (`synq_chat::view`) and its controls into the DOM, and runs synq-chat's relay loop
 //! with the server's AI gateway (`crate::ai`) as the AI service.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, btree_map};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use std::time::Duration;
 use synq_chat::link::{from_location, room_path};
 use synq_chat::names::{friendly_name, random_token};
 use synq_chat::view::{self, Person, Row, RowKind, Status};
-use synq_chat::{APP_ID, AiMode, AiState, ChatInput, ChatModel, ChatViewData, relay};
+use synq_chat::{
+    APP_ID, AiMode, AiState, ChatInput, ChatModel, ChatViewData, archived_entries, relay,
+};
 use synq_client::{ClientConfig, SessionHandle};
 use synq_relay::{BoxFut, Candidacy};
 use wasm_bindgen::JsCast;
@@ -260,6 +262,56 @@ fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>, ui: &Ui) -> 
             save.set_disabled(saved);
         }
     })?;
+    // "Load earlier messages": the archive page before the oldest one shown, downloaded
+    // and opened by this page only (archived entries are no one's replica state).
+    listen(doc, "loadEarlier", "click", {
+        let (handle, earlier, doc) = (handle.clone(), ui.earlier.clone(), doc.clone());
+        move |_| {
+            let (handle, earlier, doc) = (handle.clone(), earlier.clone(), doc.clone());
+            let oldest = earlier.state.borrow().oldest.clone();
+            let Some(Some(name)) =
+                handle.read(|m| m.page_before(oldest.as_deref()).map(|p| p.name.clone()))
+            else {
+                return;
+            };
+            if earlier.state.borrow().busy {
+                return;
+            }
+            earlier.state.borrow_mut().busy = true;
+            earlier.button.set_disabled(true);
+            wasm_bindgen_futures::spawn_local(async move {
+                let loaded = handle
+                    .read_file(&name)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|file| archived_entries(&file).map_err(|e| e.to_string()));
+                match loaded {
+                    // Still the page after the oldest shown (no reset meanwhile).
+                    Ok(entries) if earlier.state.borrow().oldest == oldest => {
+                        let first = earlier.rows.first_child();
+                        for row in view::archived_rows(&entries, handle.view_id()) {
+                            if let Some(nodes) = RowNodes::new(&doc, row) {
+                                let _ = nodes.row.class_list().add_1("archived");
+                                let _ = earlier.rows.insert_before(&nodes.row, first.as_ref());
+                            }
+                        }
+                        earlier.state.borrow_mut().oldest = Some(name);
+                    }
+                    Ok(_) => {}
+                    Err(e) => status(&format!("Could not load earlier messages: {e}"), "error"),
+                }
+                earlier.state.borrow_mut().busy = false;
+                earlier.button.set_disabled(false);
+                let more = handle
+                    .read(|m| {
+                        m.page_before(earlier.state.borrow().oldest.as_deref())
+                            .is_some()
+                    })
+                    .unwrap_or(false);
+                earlier.button.set_hidden(!more);
+            });
+        }
+    })?;
     // "Again" and "Reply" on rows: one listener for the rows present and to come.
     listen(doc, "textOut", "click", {
         let (handle, reply, input) = (handle.clone(), ui.reply.clone(), ui.input.clone());
@@ -480,11 +532,31 @@ impl ReplyBar {
     }
 }
 
+/// What "load earlier messages" shows: the archive pages loaded, above the history.
+#[derive(Default)]
+struct EarlierState {
+    /// The oldest page shown (`None`: none).
+    oldest: Option<String>,
+    /// The room's newest page when the pages were loaded: a new one (the history moved
+    /// on) or none (a reset) starts over.
+    newest: Option<String>,
+    busy: bool,
+}
+
+#[derive(Clone)]
+struct Earlier {
+    button: HtmlButtonElement,
+    /// The archived rows' container, between the button and the history.
+    rows: Element,
+    state: Rc<RefCell<EarlierState>>,
+}
+
 /// The page's elements, and what they show now.
 struct Ui {
     doc: Document,
     out: Element,
     welcome: Element,
+    earlier: Earlier,
     rows: BTreeMap<u64, RowNodes>,
     people_list: Element,
     people: Vec<Person>,
@@ -513,10 +585,32 @@ impl Ui {
         welcome.set_class_name("welcome");
         out.append_child(&welcome)
             .map_err(|_| "cannot show the welcome line")?;
+        let button: HtmlButtonElement = doc
+            .create_element("button")
+            .ok()
+            .and_then(|b| b.dyn_into().ok())
+            .ok_or("cannot create a button")?;
+        button.set_id("loadEarlier");
+        button.set_type("button");
+        button.set_text_content(Some(view::LOAD_EARLIER));
+        button.set_hidden(true);
+        let rows = doc
+            .create_element("div")
+            .map_err(|_| "cannot create an element")?;
+        rows.set_class_name("earlier");
+        for node in [&button as &Element, &rows] {
+            out.append_child(node)
+                .map_err(|_| "cannot show the archive's place")?;
+        }
         Ok(Ui {
             doc: doc.clone(),
             out,
             welcome,
+            earlier: Earlier {
+                button,
+                rows,
+                state: Rc::default(),
+            },
             rows: BTreeMap::new(),
             people_list: by_id(doc, "people")?,
             people: Vec::new(),
@@ -567,7 +661,22 @@ impl Ui {
             }
             keep
         });
-        let mut prev: Node = self.welcome.clone().into();
+        {
+            let mut earlier = self.earlier.state.borrow_mut();
+            if earlier.newest != page.newest_page {
+                if earlier.oldest.is_some() {
+                    self.earlier.rows.set_text_content(None);
+                    earlier.oldest = None;
+                }
+                earlier.newest = page.newest_page.clone();
+            }
+            let more = earlier.oldest.is_none() && page.newest_page.is_some()
+                || handle
+                    .read(|m| m.page_before(earlier.oldest.as_deref()).is_some())
+                    .unwrap_or(false);
+            self.earlier.button.set_hidden(!more);
+        }
+        let mut prev: Node = self.earlier.rows.clone().into();
         for row in page.rows {
             let nodes = match self.rows.entry(row.id) {
                 btree_map::Entry::Occupied(o) => {

@@ -256,3 +256,24 @@ async fn two_browsers_share_the_ai_controls() {
         "only the stopped call was dropped"
     );
 }
+
+/// Past 100 entries the oldest go to the room's archive; "Load earlier messages" brings
+/// them back above the history, for the page that posted them and for one that joins
+/// later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_loads_earlier_messages_from_the_archive() {
+    let _one_browser = CHROMIUM.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::serve(dir.path(), &["--no-ai"]);
+    let mut script = Script::start("earlier.mjs", &server.base);
+    let run = async {
+        if let Some(step) = script.next_step().await {
+            panic!("unexpected step {step}");
+        }
+        script.finish().await
+    };
+    let result = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the browser script finished in time");
+    assert!(result["screenshot"].is_string());
+}
