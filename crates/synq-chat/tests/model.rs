@@ -369,22 +369,81 @@ fn views_that_can_relay_are_preferred_then_join_order_then_preference() {
         Some(&v("laptop")),
         "a view that can relay takes over"
     );
-    room.join_pref("server", 10);
+    room.join("tablet", true);
     assert_eq!(
         room.m().elected(),
         Some(&v("laptop")),
-        "the election is sticky"
+        "the election is sticky among equals"
+    );
+    room.join_pref("server", 10);
+    assert_eq!(
+        room.m().elected(),
+        Some(&v("server")),
+        "a higher preference (a bot) takes over"
+    );
+    room.join_pref("backup", 10);
+    assert_eq!(
+        room.m().elected(),
+        Some(&v("server")),
+        "sticky among equal preferences"
     );
     room.exit("laptop");
     assert_eq!(room.m().elected(), Some(&v("server")));
     room.join_pref("big", 20);
     room.join("other", true);
-    room.exit("server");
+    room.exit("big");
     assert_eq!(
         room.m().elected(),
-        Some(&v("big")),
-        "highest preference wins"
+        Some(&v("server")),
+        "highest preference, then the earliest joined"
     );
+}
+
+/// A bot joins while a browser tab is answering: it takes over, and the answer restarts on
+/// it (the tab's partial text is dropped; the tab's late deltas are ignored).
+#[test]
+fn a_relay_with_a_higher_preference_takes_over_a_pending_request() {
+    let mut room = Room::new();
+    room.join("tab", true);
+    room.post("tab", "@AI hi");
+    let id = room.requests()[0].id;
+    room.respond(
+        "tab",
+        RelayResponse::Delta {
+            id,
+            text: "Par".into(),
+        },
+    );
+    room.outputs.clear();
+    room.join_pref("bot", 100);
+    assert_eq!(room.m().elected(), Some(&v("bot")));
+    let reissued = room.requests();
+    assert_eq!(reissued.len(), 1, "{reissued:?}");
+    assert_eq!((reissued[0].id, &reissued[0].elected), (id, &v("bot")));
+    room.respond(
+        "tab",
+        RelayResponse::Delta {
+            id,
+            text: "tial".into(),
+        },
+    );
+    room.respond(
+        "bot",
+        RelayResponse::Delta {
+            id,
+            text: "Whole".into(),
+        },
+    );
+    room.respond("bot", RelayResponse::Done { id });
+    let answers: Vec<_> = room
+        .m()
+        .history()
+        .filter_map(|e| match &e.kind {
+            EntryKind::Ai { text, state, .. } => Some((text.clone(), *state)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [("Whole".to_string(), AiState::Done)]);
 }
 
 #[test]

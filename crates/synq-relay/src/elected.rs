@@ -16,9 +16,11 @@ pub struct Candidacy {
 /// Tracks the views in join order and keeps one of them elected.
 ///
 /// The election is sticky: the elected view keeps its role until it exits, except that a
-/// view that can relay replaces one that cannot. Among views that can relay, the highest
-/// preference wins, then the earliest joined; if none can relay, the earliest joined is
-/// elected (so that someone at least holds the requests).
+/// joining view replaces it if it can relay and the elected view cannot, or if both can
+/// relay and the newcomer's preference is higher (a service such as `synq bot` takes over
+/// from a browser tab; its pending requests restart on it). Among views that can relay,
+/// the highest preference wins, then the earliest joined; if none can relay, the earliest
+/// joined is elected (so that someone at least holds the requests).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Elected {
     views: Vec<(ViewId, Candidacy)>,
@@ -41,12 +43,10 @@ impl Elected {
         if !self.views.iter().any(|(v, _)| v == view) {
             self.views.push((view.clone(), candidacy));
         }
-        let current_can_relay = self
-            .elected
-            .as_ref()
-            .and_then(|e| self.candidacy(e))
-            .is_some_and(|c| c.can_relay);
-        if self.elected.is_none() || (!current_can_relay && candidacy.can_relay) {
+        let current = self.elected.as_ref().and_then(|e| self.candidacy(e));
+        let takes_over = candidacy.can_relay
+            && current.is_none_or(|c| !c.can_relay || candidacy.preference > c.preference);
+        if self.elected.is_none() || takes_over {
             return self.elect();
         }
         None
