@@ -93,6 +93,33 @@ impl RelayService<AiRequest> for WithCapability {
     }
 }
 
+/// Any other AI service (a bot's own upstream or model): the room's capability is the
+/// room server's and must never reach a third party, so calls carry none.
+enum Route {
+    Gateway(WithCapability),
+    Own(Arc<AiService>),
+}
+
+impl RelayService<AiRequest> for Route {
+    fn call(&self, request: AiRequest) -> BoxFut<Result<TextStream, String>> {
+        match self {
+            Route::Gateway(service) => service.call(request),
+            Route::Own(service) => service.call(request),
+        }
+    }
+}
+
+/// How a participant relays the room's AI requests when it is elected to.
+pub struct Relaying {
+    pub service: Arc<AiService>,
+    /// Its preference in the election (`synq_relay::Candidacy`): browser tabs and
+    /// `synq chat` declare 0; a service that should take over from them (`synq bot`) more.
+    pub preference: i32,
+    /// Whether `service` is the AI gateway of the room's server: calls then carry the AI
+    /// capability the server handed this participant. Otherwise they carry none.
+    pub gateway: bool,
+}
+
 /// A joined participant whose relay agent runs in the background.
 pub struct Participant {
     handle: SessionHandle<ChatModel>,
@@ -102,24 +129,39 @@ pub struct Participant {
 }
 
 impl Participant {
-    /// Joins as `name`. With a `service`, this participant can be elected to call the AI.
+    /// Joins as `name`. With a `service` (the AI gateway of the room's server), this
+    /// participant can be elected to call the AI.
     pub async fn join(
         config: ClientConfig,
         name: &str,
         service: Option<Arc<AiService>>,
     ) -> Result<Participant, ClientError> {
+        let relaying = service.map(|service| Relaying {
+            service,
+            preference: 0,
+            gateway: true,
+        });
+        Self::join_relaying(config, name, relaying).await
+    }
+
+    /// Joins as `name`; with `relaying`, this participant can be elected to call the AI.
+    pub async fn join_relaying(
+        config: ClientConfig,
+        name: &str,
+        relaying: Option<Relaying>,
+    ) -> Result<Participant, ClientError> {
         let data = ChatViewData {
             name: name.to_owned(),
             candidacy: synq_relay::Candidacy {
-                can_relay: service.is_some(),
-                preference: 0,
+                can_relay: relaying.is_some(),
+                preference: relaying.as_ref().map_or(0, |r| r.preference),
             },
         };
         let session = join::<ChatModel>(config, data).await?;
         let handle = session.handle();
         let (tx, changes) = watch::channel(0);
         let events = Arc::default();
-        let pump = tokio::spawn(pump(session, service, tx, Arc::clone(&events)));
+        let pump = tokio::spawn(pump(session, relaying, tx, Arc::clone(&events)));
         Ok(Participant {
             handle,
             changes,
@@ -178,14 +220,18 @@ impl Participant {
 
 async fn pump(
     session: Session<ChatModel>,
-    service: Option<Arc<AiService>>,
+    relaying: Option<Relaying>,
     changes: watch::Sender<u64>,
     events: Arc<std::sync::Mutex<Vec<SessionEvent<ChatOutput>>>>,
 ) {
-    let service = service.map(|service| {
-        Arc::new(WithCapability {
-            service,
-            handle: session.handle(),
+    let service = relaying.map(|r| {
+        Arc::new(if r.gateway {
+            Route::Gateway(WithCapability {
+                service: r.service,
+                handle: session.handle(),
+            })
+        } else {
+            Route::Own(r.service)
         })
     });
     let sleep = |d: Duration| -> BoxFut<()> { Box::pin(tokio::time::sleep(d)) };
