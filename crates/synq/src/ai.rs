@@ -9,13 +9,17 @@ use anyhow::Context as _;
 use synq_ai::AiError;
 use synq_ai::gateway::{BackendSlot, BackendState};
 
-use crate::ai_args::AiArgs;
+use crate::ai_args::AiBackendArgs;
 use synq_ai::local;
 use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
 
 /// Chooses the AI backend and says on stderr which one serves, or why none does.
-pub fn start(args: &AiArgs, upstream: Option<OpenAiConfig>) -> anyhow::Result<BackendSlot> {
-    if args.no_ai {
+pub fn start(
+    args: &AiBackendArgs,
+    no_ai: bool,
+    upstream: Option<OpenAiConfig>,
+) -> anyhow::Result<BackendSlot> {
+    if no_ai {
         eprintln!("synq: AI: disabled (--no-ai)");
         return Ok(BackendSlot::new(BackendState::Unavailable(
             "this server runs without AI".into(),
@@ -47,12 +51,11 @@ pub fn start(args: &AiArgs, upstream: Option<OpenAiConfig>) -> anyhow::Result<Ba
 /// stderr. `synq
 /// serve` serves everything else meanwhile, and the chat shows a notice instead of an
 /// answer until the model is ready.
-async fn start_local_backend(slot: BackendSlot, args: AiArgs) {
+async fn start_local_backend(slot: BackendSlot, args: AiBackendArgs) {
     let path = match args.ai_model_path.clone() {
         Some(path) => path,
         None => {
-            // clap allows only the names of EMBEDDED_MODELS.
-            let m = local::embedded_model(&args.ai_embedded_model).unwrap_or(local::DEFAULT_MODEL);
+            let m = args.embedded_model();
             eprintln!(
                 "synq: AI: embedded model {}/{} (downloaded into the Hugging Face cache on first use)",
                 m.repo, m.file

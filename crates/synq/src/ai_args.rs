@@ -11,10 +11,12 @@ use synq_ai::openai::OpenAiConfig;
 /// never a flag (it would show in `ps`) and never from a client.
 pub const API_KEY_ENV: &str = "SYNQ_AI_KEY";
 
-/// AI options of `synq serve` (flattened into its arguments).
+/// Which AI answers, and how it is reached: shared by `synq serve` (which serves it to
+/// participants through its gateway) and `synq bot` (which may call it itself instead of
+/// the gateway of the rooms' server).
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "AI")]
-pub struct AiArgs {
+pub struct AiBackendArgs {
     /// OpenAI-compatible API base to use instead of the embedded model, e.g.
     /// http://localhost:11434/v1 (Ollama) or https://api.openai.com/v1. The API key, if one
     /// is needed, is read from the SYNQ_AI_KEY environment variable.
@@ -38,18 +40,62 @@ pub struct AiArgs {
         long,
         env = "SYNQ_AI_EMBEDDED_MODEL",
         value_name = "NAME",
-        default_value = synq_ai::local::DEFAULT_MODEL.name,
         value_parser = clap::builder::PossibleValuesParser::new(
             synq_ai::local::EMBEDDED_MODELS.iter().map(|m| m.name)
         ),
         conflicts_with_all = ["ai_url", "ai_model_path"]
     )]
-    pub ai_embedded_model: String,
+    pub ai_embedded_model: Option<String>,
     /// Memory, in MiB, for the embedded model's KV caches of recent prompts: a chat room's
     /// next prompt, which repeats most of its previous one, is then read only from where it
     /// differs (0 = no cache).
     #[arg(long, default_value_t = 128, value_name = "MIB")]
     pub ai_prompt_cache_mb: usize,
+    /// Seconds to wait for the first token of an answer from --ai-url.
+    #[arg(long, default_value_t = 120)]
+    pub ai_first_token_timeout: u64,
+}
+
+impl AiBackendArgs {
+    /// The embedded model to download when no file is given.
+    pub fn embedded_model(&self) -> synq_ai::local::HubModel {
+        // clap allows only the names of EMBEDDED_MODELS.
+        self.ai_embedded_model
+            .as_deref()
+            .and_then(synq_ai::local::embedded_model)
+            .unwrap_or(synq_ai::local::DEFAULT_MODEL)
+    }
+
+    /// The upstream to use, if `--ai-url` was given. Errors say which flag to fix.
+    pub fn openai_config(&self) -> anyhow::Result<Option<OpenAiConfig>> {
+        let Some(url) = &self.ai_url else {
+            return Ok(None);
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!(
+                "--ai-url {url:?} is not an http(s) URL; give the API base, such as http://localhost:11434/v1"
+            );
+        }
+        let Some(model) = self.ai_model.clone().filter(|m| !m.trim().is_empty()) else {
+            anyhow::bail!(
+                "--ai-url needs --ai-model NAME (the model the server asks for, e.g. llama3.2 for Ollama or gpt-4o-mini for OpenAI)"
+            );
+        };
+        let mut config = OpenAiConfig::new(url.clone(), model);
+        config.api_key = std::env::var(API_KEY_ENV)
+            .ok()
+            .filter(|k| !k.trim().is_empty());
+        config.first_token_timeout = Duration::from_secs(self.ai_first_token_timeout.max(1));
+        Ok(Some(config))
+    }
+}
+
+/// AI options of `synq serve` (flattened into its arguments).
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "AI")]
+pub struct AiArgs {
+    #[command(flatten)]
+    pub backend: AiBackendArgs,
     /// Largest answer, in tokens: a client's max_tokens is clamped to this.
     #[arg(long, default_value_t = 1024)]
     pub ai_max_tokens: u32,
@@ -84,11 +130,8 @@ pub struct AiArgs {
     /// Largest AI request body, in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     pub ai_max_request_bytes: usize,
-    /// Seconds to wait for the first token of an answer from --ai-url.
-    #[arg(long, default_value_t = 120)]
-    pub ai_first_token_timeout: u64,
     /// Serve no AI: the AI endpoints answer 503 with an explanation.
-    #[arg(long, conflicts_with_all = ["ai_url", "ai_model_path"])]
+    #[arg(long, conflicts_with_all = ["ai_url", "ai_model_path", "ai_embedded_model"])]
     pub no_ai: bool,
 }
 
@@ -107,7 +150,7 @@ impl AiArgs {
             // server, for the reflector as well.
             allowed_hosts: Vec::new(),
             allow_anonymous: self.ai_allow_anonymous,
-            load_patience: Duration::from_secs(self.ai_first_token_timeout.max(1)),
+            load_patience: Duration::from_secs(self.backend.ai_first_token_timeout.max(1)),
             operator_advice: crate::ai::advice,
         }
     }
@@ -115,28 +158,5 @@ impl AiArgs {
     /// How long the AI capabilities handed to participants stay valid.
     pub fn capability_ttl(&self) -> Duration {
         Duration::from_secs(self.ai_capability_ttl.max(1))
-    }
-
-    /// The upstream to use, if `--ai-url` was given. Errors say which flag to fix.
-    pub fn openai_config(&self) -> anyhow::Result<Option<OpenAiConfig>> {
-        let Some(url) = &self.ai_url else {
-            return Ok(None);
-        };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            anyhow::bail!(
-                "--ai-url {url:?} is not an http(s) URL; give the API base, such as http://localhost:11434/v1"
-            );
-        }
-        let Some(model) = self.ai_model.clone().filter(|m| !m.trim().is_empty()) else {
-            anyhow::bail!(
-                "--ai-url needs --ai-model NAME (the model the server asks for, e.g. llama3.2 for Ollama or gpt-4o-mini for OpenAI)"
-            );
-        };
-        let mut config = OpenAiConfig::new(url.clone(), model);
-        config.api_key = std::env::var(API_KEY_ENV)
-            .ok()
-            .filter(|k| !k.trim().is_empty());
-        config.first_token_timeout = Duration::from_secs(self.ai_first_token_timeout.max(1));
-        Ok(Some(config))
     }
 }

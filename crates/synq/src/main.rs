@@ -231,7 +231,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .max(64)
     });
     // Checked before anything starts, so that a wrong AI flag fails fast.
-    let ai_upstream = args.ai.openai_config()?;
+    let ai_upstream = args.ai.backend.openai_config()?;
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = ReflectorConfig::new(&data_dir);
     config.durability = match args.durability {
@@ -305,7 +305,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
          health / metrics:                http://{addr}/healthz  http://{addr}/metrics\n",
         version = env!("CARGO_PKG_VERSION")
     );
-    let slot = ai::start(&args.ai, ai_upstream)?;
+    let slot = ai::start(&args.ai.backend, args.ai.no_ai, ai_upstream)?;
     // One host allowlist for the whole server: the gateway's is the reflector's.
     let gateway_config = GatewayConfig {
         allowed_hosts: args.allowed_hosts.clone(),
