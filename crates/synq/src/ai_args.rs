@@ -57,6 +57,12 @@ pub struct AiBackendArgs {
 }
 
 impl AiBackendArgs {
+    /// Whether an AI was chosen on the command line (or in the environment), rather than
+    /// the default: what `synq bot` calls instead of the rooms' gateway.
+    pub fn chosen(&self) -> bool {
+        self.ai_url.is_some() || self.ai_model_path.is_some() || self.ai_embedded_model.is_some()
+    }
+
     /// The embedded model to download when no file is given.
     pub fn embedded_model(&self) -> synq_ai::local::HubModel {
         // clap allows only the names of EMBEDDED_MODELS.

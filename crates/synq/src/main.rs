@@ -22,6 +22,7 @@ use tracing_subscriber::EnvFilter;
 
 mod ai;
 mod ai_args;
+mod bot;
 mod chat;
 mod web;
 
@@ -44,6 +45,9 @@ enum Command {
     /// Join a chat room in the terminal, by its link (http://HOST:PORT/?q=ROOM#pw=PASSWORD);
     /// or post one message with --say (and print the AI's answer with --wait-answer).
     Chat(chat::ChatArgs),
+    /// Stay in chat rooms for good and relay their AI requests (a headless participant
+    /// for a server or a container; see docs/bot.md).
+    Bot(Box<bot::BotArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -184,6 +188,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(_) => "info",
         // The chat's own messages say what matters; logs would only clutter its output.
         Command::Chat(_) => "warn",
+        // What it does (joined, elected, answering, reconnecting) is what its operator reads.
+        Command::Bot(_) => "info",
     };
     // Logs would write over the chat's screen.
     let screen = matches!(&cli.command, Command::Chat(args) if chat::is_interactive(args));
@@ -194,6 +200,8 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|_| EnvFilter::new(default_filter)),
             )
             .with_writer(std::io::stderr)
+            // Colours only for a person: journald, files and pipes get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
     match cli.command {
@@ -202,6 +210,14 @@ async fn main() -> anyhow::Result<()> {
             if let Err(e) = chat::run(args).await {
                 // One clear line for people and scripts, rather than a debug dump.
                 eprintln!("synq chat: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Bot(args) => {
+            if let Err(e) = bot::run(*args).await {
+                // One line for the journal, as `synq chat` does.
+                eprintln!("synq bot: {e:#}");
                 std::process::exit(1);
             }
             Ok(())

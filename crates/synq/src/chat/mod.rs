@@ -95,7 +95,7 @@ fn friendly_error(e: &ClientError, room: &Room) -> anyhow::Error {
 
 /// The AI as this participant reaches it: the gateway of the server it joined, which
 /// picks the model itself.
-fn gateway(server: &str) -> anyhow::Result<Arc<AiService>> {
+pub(crate) fn gateway(server: &str) -> anyhow::Result<Arc<AiService>> {
     let cfg = OpenAiConfig::new(format!("{server}/ai/v1"), "default");
     let backend = OpenAiBackend::new(cfg).context("cannot set up the AI client")?;
     Ok(Arc::new(AiService(Arc::new(backend))))
