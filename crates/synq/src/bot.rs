@@ -276,7 +276,10 @@ async fn serve_room(
         let started = Instant::now();
         let joined = tokio::select! {
             joined = Participant::join_relaying(config.clone(), &name, Some(relaying)) => joined,
-            _ = wait_stop(stop.clone()) => return,
+            _ = wait_stop(stop.clone()) => {
+                tracing::info!("stopped before joining");
+                return;
+            }
         };
         match joined {
             Ok(p) => match stay(p, stop.clone()).await {
