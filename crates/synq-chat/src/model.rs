@@ -341,6 +341,20 @@ impl ChatModel {
         }
     }
 
+    /// Whether `view` is a relay service rather than a person: it can relay and declared a
+    /// preference above 0 in the election (`synq bot` does; browser tabs and `synq chat`
+    /// declare 0). A service does not make the room "several people" for the auto mode.
+    pub fn is_service(&self, view: &ViewId) -> bool {
+        self.elected
+            .candidacy(view)
+            .is_some_and(|c| c.can_relay && c.preference > 0)
+    }
+
+    /// How many people are in the room: participants other than services.
+    pub fn people(&self) -> usize {
+        self.users.keys().filter(|v| !self.is_service(v)).count()
+    }
+
     /// The view that relays AI requests.
     pub fn elected(&self) -> Option<&ViewId> {
         self.elected.elected()
@@ -389,7 +403,8 @@ impl ChatModel {
             AiMode::Always => true,
             AiMode::Off => false,
             AiMode::Addressed => addressed,
-            AiMode::Auto => self.users.len() <= 1 || addressed,
+            // A bot relaying for the room does not count: with it, one person is still alone.
+            AiMode::Auto => self.people() <= 1 || addressed,
         }
     }
 

@@ -173,7 +173,8 @@ pub fn page(m: &ChatModel, me: &ViewId, my_name: &str, invite: Option<&str>) -> 
     let mode = m.ai_mode();
     let entries: Vec<&Entry> = m.history().collect();
     let rows = rows(&entries, me, |id| m.ai_status(id), mode != AiMode::Off);
-    let several = people.len() > 1;
+    // As the model counts them for the auto mode (a bot is not a person).
+    let several = m.people() > 1;
     let placeholder = match mode {
         AiMode::Off => format!("Message everyone (the {AI_NAME} is off)…"),
         AiMode::Always => format!("Message everyone and the {AI_NAME}…"),

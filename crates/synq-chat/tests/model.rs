@@ -786,3 +786,24 @@ fn the_history_and_settings_persist_for_the_next_version_of_the_chat() {
     assert_eq!(empty.m().history().count(), 1);
     assert!(empty.texts()[0].contains("could not be read"));
 }
+
+/// A bot (a view that relays with a preference above 0) is in the room for good: in the
+/// auto mode, one person with it is still alone (the AI answers every post), and two are
+/// several.
+#[test]
+fn a_relay_service_is_not_a_person_for_the_auto_mode() {
+    let mut room = Room::new();
+    room.join_pref("bot", 100);
+    room.join("ann", false);
+    assert!(room.m().is_service(&v("bot")));
+    assert!(!room.m().is_service(&v("ann")));
+    assert_eq!(room.m().people(), 1);
+    room.post("ann", "what is the capital of France?");
+    assert_eq!(room.requests().len(), 1, "alone with the bot: answered");
+    room.join("bob", true);
+    assert_eq!(room.m().people(), 2);
+    room.post("bob", "hi Ann");
+    assert!(room.requests().is_empty(), "two people: not addressed");
+    room.post("bob", "@AI and you?");
+    assert_eq!(room.requests().len(), 1);
+}

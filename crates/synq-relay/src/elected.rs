@@ -8,8 +8,10 @@ use synq_model::ViewId;
 pub struct Candidacy {
     /// The view can reach the external service (it has network access and wants to).
     pub can_relay: bool,
-    /// Among views that can relay, a higher preference wins (e.g. a server-side bot over a
-    /// phone).
+    /// Among views that can relay, a higher preference wins, and takes the election over
+    /// when it joins (e.g. a server-side bot over a phone). Views of people declare 0; an
+    /// app may treat a view that can relay with a preference above 0 as a service rather
+    /// than a person (synq-chat does).
     pub preference: i32,
 }
 
@@ -63,7 +65,8 @@ impl Elected {
         None
     }
 
-    fn candidacy(&self, view: &ViewId) -> Option<Candidacy> {
+    /// What `view` declared when it joined (`None`: not present).
+    pub fn candidacy(&self, view: &ViewId) -> Option<Candidacy> {
         self.views.iter().find(|(v, _)| v == view).map(|(_, c)| *c)
     }
 
