@@ -346,3 +346,66 @@ async fn the_bot_takes_the_election_over_from_a_participant_that_relays_and_hand
     })
     .await;
 }
+
+/// The delays of the bot's "reconnecting in Xs" lines so far.
+fn delays(log: &[String]) -> Vec<f64> {
+    log.iter()
+        .filter_map(|l| l.split("reconnecting in ").nth(1))
+        .filter_map(|rest| rest.trim().strip_suffix('s')?.parse().ok())
+        .collect()
+}
+
+/// Started before its server: it keeps trying, waiting longer each time up to
+/// --max-backoff, and joins once the server is up.
+#[tokio::test]
+async fn the_bot_keeps_trying_with_a_capped_backoff_until_the_server_is_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let room = "early-room";
+    let mut bot = Bot::start(&["--max-backoff", "2", &room_link(&base, room, PASSWORD)]);
+    bot.logged("cannot join", 3).await;
+    bot.logged("reconnecting in", 3).await;
+    let waits = delays(&bot.seen);
+    assert!(
+        waits.len() >= 3 && waits.iter().all(|w| (0.5..=2.0).contains(w)),
+        "waits of 0.5 s to 2 s (the cap): {waits:?}"
+    );
+    assert!(
+        waits[2] >= 1.0,
+        "the third wait is at least half the cap: {waits:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_synq"))
+        .args(["serve", "--no-ai", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start synq serve");
+    let stdout = server.stdout.take().expect("stdout");
+    // Killed even if the test fails.
+    let _server = KillOnDrop(server);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the listening line");
+    assert!(line.contains(&base), "{line}");
+    bot.line("joined").await;
+    bot.line("elected").await;
+    let mut ann = join(&base, room, "Ann").await;
+    wait(&mut ann, "the bot in the room", bot_is_elected).await;
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
