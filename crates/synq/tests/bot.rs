@@ -36,15 +36,22 @@ struct Bot {
 
 impl Bot {
     fn start(args: &[&str]) -> Bot {
+        Bot::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Bot {
         let mut child = Command::new(env!("CARGO_BIN_EXE_synq"))
             .arg("bot")
             .args(["--name", BOT])
             .args(args)
             .env("RUST_LOG", "info")
-            // Its AI is the room's gateway, whatever the environment says.
+            // Its AI is the one the test gives it, whatever the environment says.
             .env_remove("SYNQ_AI_URL")
+            .env_remove("SYNQ_AI_MODEL")
+            .env_remove("SYNQ_AI_KEY")
             .env_remove("SYNQ_AI_MODEL_PATH")
             .env_remove("SYNQ_AI_EMBEDDED_MODEL")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -408,4 +415,58 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// With --ai-url, the bot calls its own AI service (with its own key) instead of the room
+/// server's gateway, and never hands that service the room's AI capability.
+#[tokio::test]
+async fn with_its_own_ai_the_bot_calls_it_with_its_key_and_not_the_rooms_gateway() {
+    let gateway_upstream = FakeUpstream::start().await;
+    let own = FakeUpstream::start().await;
+    own.set_default(Reply::text(&["From", " the bot's", " own AI."]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::serve(
+        dir.path(),
+        &[
+            "--ai-url",
+            &gateway_upstream.base_url,
+            "--ai-model",
+            FAKE_MODEL,
+        ],
+    );
+    let room = "own-ai-room";
+    let mut ann = join(&server.base, room, "Ann").await;
+    let mut bot = Bot::start_with_env(
+        &[
+            "--ai-url",
+            &own.base_url,
+            "--ai-model",
+            "bots-model",
+            &room_link(&server.base, room, PASSWORD),
+        ],
+        &[("SYNQ_AI_KEY", "the-bots-key")],
+    );
+    bot.line("elected").await;
+    wait(&mut ann, "the bot elected", bot_is_elected).await;
+    ann.post("hello").expect("post");
+    wait(&mut ann, "the answer", |m| {
+        answers(m) == [("From the bot's own AI.".to_string(), AiState::Done)]
+    })
+    .await;
+    assert_eq!(own.request_count(), 1);
+    assert_eq!(
+        gateway_upstream.request_count(),
+        0,
+        "the gateway was not used"
+    );
+    assert_eq!(own.requests()[0]["model"], "bots-model");
+    let auth = own
+        .last_headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok().map(str::to_owned));
+    assert_eq!(
+        auth.as_deref(),
+        Some("Bearer the-bots-key"),
+        "its own key, not the room's capability"
+    );
 }
