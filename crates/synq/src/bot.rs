@@ -310,7 +310,7 @@ enum Ended {
 }
 
 /// What the bot is doing in a room, to log its changes.
-#[derive(Default, PartialEq)]
+#[derive(Default)]
 struct Doing {
     elected: bool,
     /// Relay requests assigned to this bot, with the entry id of their post.
