@@ -476,7 +476,13 @@ impl ChatModel {
 
     /// [`ChatModel::prompt`] with the history before its `end`th entry.
     fn prompt_before(&self, end: usize, name: &str, text: &str) -> AiRequest {
-        let present: Vec<String> = self.users.values().cloned().collect();
+        // The people: a relay service (a bot) is no one to talk to.
+        let present: Vec<String> = self
+            .users
+            .iter()
+            .filter(|(v, _)| !self.is_service(v))
+            .map(|(_, n)| n.clone())
+            .collect();
         // The prompt shows at most the last PROMPT_HISTORY entries (prompt::window).
         let start = end.saturating_sub(prompt::PROMPT_HISTORY);
         let history: Vec<Entry> = self.history.range(start..end).cloned().collect();

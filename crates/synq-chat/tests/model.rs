@@ -789,7 +789,7 @@ fn the_history_and_settings_persist_for_the_next_version_of_the_chat() {
 
 /// A bot (a view that relays with a preference above 0) is in the room for good: in the
 /// auto mode, one person with it is still alone (the AI answers every post), and two are
-/// several.
+/// several; the prompt's people leave it out.
 #[test]
 fn a_relay_service_is_not_a_person_for_the_auto_mode() {
     let mut room = Room::new();
@@ -799,7 +799,13 @@ fn a_relay_service_is_not_a_person_for_the_auto_mode() {
     assert!(!room.m().is_service(&v("ann")));
     assert_eq!(room.m().people(), 1);
     room.post("ann", "what is the capital of France?");
-    assert_eq!(room.requests().len(), 1, "alone with the bot: answered");
+    let asked = room.requests();
+    assert_eq!(asked.len(), 1, "alone with the bot: answered");
+    let system = &asked[0].request.messages[0].content;
+    assert!(
+        system.contains("ANN") && !system.contains("BOT"),
+        "the prompt names the people, not the bot: {system}"
+    );
     room.join("bob", true);
     assert_eq!(room.m().people(), 2);
     room.post("bob", "hi Ann");
