@@ -230,6 +230,14 @@ async fn the_bot_answers_for_a_room_that_cannot_once_per_post_across_a_kill_and_
         1,
         "one upstream call for the post"
     );
+    let system = upstream.requests()[0]["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        system.contains("Ann, Bob") && !system.contains(BOT),
+        "the AI is told who is here, people and not the bot: {system}"
+    );
 
     // Killed mid-answer: its call to the gateway, and the gateway's upstream call, end;
     // nobody left can answer, so the answer waits, its partial text gone.
