@@ -87,8 +87,7 @@ fn rooms(args: &BotArgs) -> anyhow::Result<Vec<RoomSpec>> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (place, link) in links {
-        // The error never repeats the link: it holds a password.
-        let room = parse_link(&link).map_err(|e| anyhow::anyhow!("{place}: {e}"))?;
+        let room = parse_link(&link).map_err(|_| link_error(&place, &link))?;
         let Some(password) = room.password.clone().filter(|p| !p.is_empty()) else {
             bail!("{place}: the link has no password (its #pw=… part)");
         };
@@ -97,6 +96,19 @@ fn rooms(args: &BotArgs) -> anyhow::Result<Vec<RoomSpec>> {
         }
     }
     Ok(out)
+}
+
+/// Why `link` is not a room link, without its password: parse_link's own error quotes the
+/// link whole, and this one goes to the journal.
+fn link_error(place: &str, link: &str) -> anyhow::Error {
+    let without_password = match link.split_once('#') {
+        Some((before, _)) => format!("{before}#…"),
+        None => link.to_owned(),
+    };
+    match parse_link(&without_password) {
+        Err(e) => anyhow::anyhow!("{place}: {e}"),
+        Ok(_) => anyhow::anyhow!("{place}: the link's #pw=… part cannot be read"),
+    }
 }
 
 fn read_links(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
@@ -413,5 +425,88 @@ fn log_changes(was: &Doing, now: &Doing, p: &Participant) {
             Some((_, state)) => tracing::info!(request, "post {post}: answer {state:?}"),
             None => tracing::info!(request, "post {post}: request ended"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bot: BotArgs,
+    }
+
+    fn args(argv: &[&str]) -> BotArgs {
+        Cli::try_parse_from(std::iter::once("bot").chain(argv.iter().copied()))
+            .map(|c| c.bot)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn rooms_come_from_arguments_and_a_links_file_once_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("links");
+        std::fs::write(
+            &file,
+            "# the team's rooms\n\n  http://h:1/?q=a#pw=x  \nhttp://h:1/?q=b#pw=y\n# http://h:1/?q=c#pw=z\n",
+        )
+        .expect("write");
+        let file = file.to_str().expect("utf-8");
+        let got = rooms(&args(&["http://h:1/?q=b#pw=y", "--links", file])).expect("rooms");
+        let names: Vec<_> = got
+            .iter()
+            .map(|r| (r.room.name.as_str(), r.password.as_str()))
+            .collect();
+        assert_eq!(names, [("b", "y"), ("a", "x")]);
+    }
+
+    #[test]
+    fn a_bad_link_is_named_by_its_place_and_its_password_never_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("links");
+        std::fs::write(
+            &file,
+            "http://h:1/?q=a#pw=x\nhttp://h:1/some/path?q=b#pw=s3cret\n",
+        )
+        .expect("write");
+        let file = file.to_str().expect("utf-8");
+        let e = rooms(&args(&["--links", file]))
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("has a path"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = rooms(&args(&["http://h:1/?q=a"]))
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(e.contains("argument 1") && e.contains("no password"), "{e}");
+        let e = rooms(&args(&["http://h:1/?q=a#pw=%zz"]))
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(e.contains("#pw=") && !e.contains("%zz"), "{e}");
+        assert!(rooms(&args(&[])).is_err(), "no rooms");
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
+        let max = Duration::from_secs(60);
+        for failures in 1..=12u32 {
+            let ceiling = Duration::from_secs(1 << (failures - 1).min(20)).min(max);
+            for _ in 0..50 {
+                let wait = backoff(failures, max);
+                assert!(
+                    wait >= ceiling / 2 && wait <= ceiling,
+                    "{failures}: {wait:?} not in the upper half of {ceiling:?}"
+                );
+            }
+        }
+        let waits: BTreeSet<_> = (0..20).map(|_| backoff(8, max)).collect();
+        assert!(waits.len() > 10, "jittered: {waits:?}");
+        assert!(backoff(u32::MAX, max) <= max);
     }
 }
