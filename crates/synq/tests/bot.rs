@@ -374,10 +374,7 @@ fn delays(log: &[String]) -> Vec<f64> {
 /// --max-backoff, and joins once the server is up.
 #[tokio::test]
 async fn the_bot_keeps_trying_with_a_capped_backoff_until_the_server_is_up() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let room = "early-room";
     let mut bot = Bot::start(&["--max-backoff", "2", &room_link(&base, room, PASSWORD)]);
@@ -394,26 +391,74 @@ async fn the_bot_keeps_trying_with_a_capped_backoff_until_the_server_is_up() {
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
+    let _server = serve_on(port, dir.path(), &["--no-ai"]);
+    bot.line("joined").await;
+    bot.line("elected").await;
+    let mut ann = join(&base, room, "Ann").await;
+    wait(&mut ann, "the bot in the room", bot_is_elected).await;
+}
+
+/// `synq serve` on `port` with `dir` (a restart keeps both), killed when dropped.
+fn serve_on(port: u16, dir: &std::path::Path, args: &[&str]) -> KillOnDrop {
     let mut server = Command::new(env!("CARGO_BIN_EXE_synq"))
-        .args(["serve", "--no-ai", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start synq serve");
     let stdout = server.stdout.take().expect("stdout");
-    // Killed even if the test fails.
-    let _server = KillOnDrop(server);
+    let server = KillOnDrop(server);
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("the listening line");
-    assert!(line.contains(&base), "{line}");
-    bot.line("joined").await;
+    assert!(line.contains(&format!(":{port}")), "{line}");
+    server
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Its server is killed and comes back on the same address: the bot's session rejoins by
+/// itself, with the new server's AI capability, and answers the next post.
+#[tokio::test]
+async fn the_bot_rejoins_after_its_server_restarts_and_answers_again() {
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::text(&["Back", " again."]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let ai = [
+        "--ai-url",
+        upstream.base_url.as_str(),
+        "--ai-model",
+        FAKE_MODEL,
+    ];
+    let server = serve_on(port, dir.path(), &ai);
+    let room = "restart-room";
+    let mut bot = Bot::start(&[&room_link(&base, room, PASSWORD)]);
     bot.line("elected").await;
+
+    drop(server);
+    bot.line("connection lost").await;
+    let _server = serve_on(port, dir.path(), &ai);
+    bot.line("reconnected").await;
+
     let mut ann = join(&base, room, "Ann").await;
-    wait(&mut ann, "the bot in the room", bot_is_elected).await;
+    wait(&mut ann, "the bot in the room, elected", bot_is_elected).await;
+    ann.post("are you there?").expect("post");
+    wait(&mut ann, "the answer", |m| {
+        answers(m) == [("Back again.".to_string(), AiState::Done)]
+    })
+    .await;
+    assert_eq!(upstream.request_count(), 1);
 }
 
 struct KillOnDrop(Child);
