@@ -703,7 +703,8 @@ impl Model for ChatModel {
     // 3: the prompt (held in the relay's replicated requests) became chat turns, and the
     // relay's statuses (`RelayResponse::Status`, `ChatModel::statuses`) were added.
     // 4: the room persists its history and settings (`ChatTimer`, `crate::saved`); from
-    // here on, a room keeps them when this changes.
+    // here on, a room keeps them when this changes. Also in 4: a relay service (synq
+    // bot, preference above 0) takes the election over and is not a person for `auto`.
     const SCHEMA: &'static str = "synq-chat/4";
 
     fn init(_: &mut Cx<'_, Self>) -> Self {
