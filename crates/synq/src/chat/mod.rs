@@ -283,9 +283,41 @@ fn act(p: &Participant, input: &mut ui::Input, shown: &ui::Shown, action: ui::Ac
             return publish(p, input, ChatInput::SetInstructions(text));
         }
         ui::Action::ShowInstructions => ui::instructions_hint(&shown.instructions),
+        // Needs a download: `screen` does it.
+        ui::Action::Earlier => return false,
     };
     input.hint = Some(hint);
     false
+}
+
+/// `/earlier`: loads the archive page before `oldest` into `earlier`; what to say.
+async fn load_earlier(
+    p: &Participant,
+    me: &synq_model::ViewId,
+    earlier: &mut Vec<ui::Row>,
+    oldest: &mut Option<String>,
+) -> String {
+    let Some(Some(name)) = p.read(|m| m.page_before(oldest.as_deref()).map(|p| p.name.clone()))
+    else {
+        return "Nothing earlier: the room's archive has no older messages.".to_owned();
+    };
+    let entries = match p.handle().read_file(&name).await {
+        Ok(file) => synq_chat::archived_entries(&file).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match entries {
+        Ok(entries) => {
+            let rows = ui::rows_of(&synq_chat::view::archived_rows(&entries, me));
+            let n = rows.len();
+            earlier.splice(0..0, rows);
+            *oldest = Some(name);
+            format!("{n} earlier messages above (/earlier for more).")
+        }
+        Err(e) => format!(
+            "Could not load earlier messages: {}",
+            ui::sanitize(&e, false)
+        ),
+    }
 }
 
 /// Sends `what` to the room; a failure shows as the hint. Never asks to leave.
@@ -354,15 +386,26 @@ async fn screen(
     let mut status = Status::Connected;
     let mut input = ui::Input::default();
     let mut alive = true;
+    // `/earlier`: the archive's rows loaded so far, the oldest page among them, and the
+    // room's newest page then (a new page or a reset starts over).
+    let mut earlier: Vec<ui::Row> = Vec::new();
+    let mut oldest: Option<String> = None;
+    let mut newest: Option<String> = None;
     loop {
         for event in p.take_events() {
             if let Some(s) = Status::after(&event, &room.name, &room.server) {
                 status = s;
             }
         }
-        let shown = p
+        let mut shown = p
             .read(|m| ui::shown(m, &me, name, invite))
             .unwrap_or_default();
+        if shown.newest_page != newest {
+            earlier.clear();
+            oldest = None;
+            newest = shown.newest_page.clone();
+        }
+        shown.earlier = earlier.clone();
         let header = ui::Header {
             room: &room.name,
             server: &room.server,
@@ -376,7 +419,9 @@ async fn screen(
             event = keys.recv() => match event {
                 Some(Ok(Event::Key(key))) => {
                     let action = input.on_key(key);
-                    if act(p, &mut input, &shown, action) {
+                    if action == ui::Action::Earlier {
+                        input.hint = Some(load_earlier(p, &me, &mut earlier, &mut oldest).await);
+                    } else if act(p, &mut input, &shown, action) {
                         return Ok(());
                     }
                 }

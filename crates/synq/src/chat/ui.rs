@@ -63,28 +63,17 @@ pub struct Shown {
     /// The messages `/reply N` answers, newest first: their entry and how a reply quotes
     /// them ("Ann: first words").
     pub repliable: Vec<(u64, String)>,
+    /// The room's newest archive page, if any (what `/earlier` loads first).
+    pub newest_page: Option<String>,
+    /// Rows `/earlier` loaded from the archive, shown above the history.
+    pub earlier: Vec<Row>,
 }
 
 /// The room as synq-chat's view model shows it; `invite` is the room's link (the
 /// browser has it in its address bar).
 pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str, invite: &str) -> Shown {
     let page = view::page(m, me, my_name, Some(invite));
-    let rows = page
-        .rows
-        .iter()
-        .map(|r| Row {
-            kind: match r.kind {
-                view::RowKind::Post { mine } => RowKind::Post { mine },
-                view::RowKind::Ai { state } => RowKind::Ai {
-                    streaming: state.in_progress(),
-                },
-                view::RowKind::Notice => RowKind::Notice,
-            },
-            name: sanitize(&r.name, false),
-            text: sanitize(&r.text, true),
-            quote: r.quote.as_deref().map(|q| sanitize(q, false)),
-        })
-        .collect();
+    let rows = rows_of(&page.rows);
     Shown {
         welcome: sanitize(&page.welcome, false),
         rows,
@@ -97,7 +86,27 @@ pub fn shown(m: &ChatModel, me: &ViewId, my_name: &str, invite: &str) -> Shown {
             .repliable()
             .map(|r| (r.id, sanitize(&r.who_said(), false)))
             .collect(),
+        newest_page: page.newest_page,
+        earlier: Vec::new(),
     }
+}
+
+/// synq-chat's rows as the screen draws them (made harmless for a terminal).
+pub fn rows_of(rows: &[view::Row]) -> Vec<Row> {
+    rows.iter()
+        .map(|r| Row {
+            kind: match r.kind {
+                view::RowKind::Post { mine } => RowKind::Post { mine },
+                view::RowKind::Ai { state } => RowKind::Ai {
+                    streaming: state.in_progress(),
+                },
+                view::RowKind::Notice => RowKind::Notice,
+            },
+            name: sanitize(&r.name, false),
+            text: sanitize(&r.text, true),
+            quote: r.quote.as_deref().map(|q| sanitize(q, false)),
+        })
+        .collect()
 }
 
 /// Messages `/reply` lists.
@@ -151,6 +160,8 @@ pub enum Action {
     SetInstructions(String),
     /// `/instructions`: show the room's instructions.
     ShowInstructions,
+    /// `/earlier`: load the archive page before the oldest shown.
+    Earlier,
 }
 
 /// What `/help` shows, one command a line.
@@ -161,6 +172,7 @@ pub const HELP: &str = "\
 /again                          ask the AI again for its latest answer (replaces it)
 /reply [N] TEXT                 reply to message N, 1 the latest (/reply alone lists them;
                                 a reply to the AI asks the AI)
+/earlier                        load earlier messages from the room's archive
 /reset                          clear the chat for everyone
 /quit or Esc                    leave (//text posts /text)";
 
@@ -246,6 +258,7 @@ impl Input {
             ("reset", "") => Action::Reset,
             ("stop", "") => Action::Stop,
             ("again", "") => Action::Again,
+            ("earlier", "") => Action::Earlier,
             ("reply", "") => Action::ListReplies,
             ("reply", rest) => {
                 let (first, text) = rest
@@ -403,7 +416,7 @@ fn history_text(shown: &Shown) -> Text<'static> {
         shown.welcome.clone(),
         Style::new().fg(Color::Cyan).add_modifier(Modifier::ITALIC),
     )];
-    for row in &shown.rows {
+    for row in shown.earlier.iter().chain(&shown.rows) {
         let (name_style, text_style) = match row.kind {
             RowKind::Post { mine: true } => (Style::new().bold().fg(Color::Green), Style::new()),
             RowKind::Post { mine: false } => (Style::new().bold().fg(Color::Blue), Style::new()),
@@ -520,6 +533,7 @@ mod tests {
             typed(&mut input, "/instructions -"),
             Action::SetInstructions(String::new())
         );
+        assert_eq!(typed(&mut input, "/earlier"), Action::Earlier);
         assert_eq!(typed(&mut input, "/help"), Action::None);
         let help = input.hint.clone().unwrap_or_default();
         for command in [
@@ -528,6 +542,7 @@ mod tests {
             "/stop",
             "/again",
             "/reply",
+            "/earlier",
             "/reset",
             "/quit",
         ] {
@@ -614,6 +629,13 @@ mod tests {
             instructions: String::new(),
             answering: true,
             repliable: Vec::new(),
+            newest_page: None,
+            earlier: vec![Row {
+                kind: RowKind::Post { mine: false },
+                name: "Cy".into(),
+                text: "from the archive".into(),
+                quote: None,
+            }],
         };
         let text: Vec<String> = history_text(&shown)
             .lines
@@ -624,6 +646,7 @@ mod tests {
             text,
             [
                 "Welcome, Ann! AI is here.",
+                "Cy: from the archive",
                 "Ann: hi",
                 "AI: Hel",
                 &format!("  lo{STREAMING_MARKER}"),
