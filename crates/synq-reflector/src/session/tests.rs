@@ -651,6 +651,10 @@ fn messages_are_journaled_in_the_batch_that_sends_them() {
     assert!(off.s.records().is_empty());
 }
 
+fn save_args(url: &str) -> SaveArgs {
+    SaveArgs::parse(Some(&raw(json!({ "url": url })))).expect("SAVE args")
+}
+
 #[test]
 fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id() {
     let mut h = Harness::new("room");
@@ -660,11 +664,10 @@ fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id(
         Some(json!("a")),
         json!({"appId": "app", "persistentId": "pid"}),
     );
-    let save = |url: &str| SaveArgs::parse(Some(&raw(json!({ "url": url })))).expect("args");
     h.s.handle(
         Input::Save {
             conn: 1,
-            args: save("u"),
+            args: save_args(PERSISTED),
         },
         h.at(10),
     );
@@ -672,7 +675,7 @@ fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id(
         h.s.take_effects(),
         vec![Effect::Persist {
             key: "unknown_dev_id.app.pid".into(),
-            url: "u".into()
+            url: PERSISTED.into()
         }]
     );
     let mut h = Harness::new("room");
@@ -680,7 +683,7 @@ fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id(
     h.s.handle(
         Input::Save {
             conn: 1,
-            args: save("u"),
+            args: save_args(PERSISTED),
         },
         h.at(10),
     );
@@ -688,6 +691,56 @@ fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id(
         h.s.take_effects(),
         vec![Effect::Close(1, CloseCode::BadAppId)]
     );
+}
+
+#[test]
+fn a_save_must_name_the_apps_persistent_data_in_this_servers_store() {
+    let mut h = Harness::new("room");
+    h.join_with(
+        0,
+        1,
+        Some(json!("a")),
+        json!({"appId": "app", "persistentId": "pid"}),
+    );
+    // The next version's joiners would be told to download these.
+    for bad in [
+        "http://evil.example/files/apps/app/pid/save/abc",
+        "http://h:8080/files/apps/app/other/save/abc",
+        "http://h:8080/files/apps/other/pid/save/abc",
+        "http://h:8080/files/apps/app/pid/data/abc",
+        "http://h:8080/files/snapshots/room/1.snap",
+        "http://h:8080/files/apps/app/pid/save/../../x",
+        "http://h:8080/apps/app/pid/save/abc",
+        "file:///etc/passwd",
+        "",
+    ] {
+        h.s.handle(
+            Input::Save {
+                conn: 1,
+                args: save_args(bad),
+            },
+            h.at(10),
+        );
+        assert_eq!(h.s.take_effects(), vec![], "{bad:?} must not be recorded");
+    }
+    assert_eq!(h.metrics.saves_refused.load(Relaxed), 9);
+    assert_eq!(h.s.client(1), Some(true), "the sender stays");
+    for good in [PERSISTED, "https://H:8080/files/apps/app/pid/save/abc"] {
+        h.s.handle(
+            Input::Save {
+                conn: 1,
+                args: save_args(good),
+            },
+            h.at(20),
+        );
+        assert_eq!(
+            h.s.take_effects(),
+            vec![Effect::Persist {
+                key: "unknown_dev_id.app.pid".into(),
+                url: good.into()
+            }]
+        );
+    }
 }
 
 #[test]
