@@ -27,6 +27,10 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   fi
 fi
 (cd interop/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+# The Multisynq interop test loads the browser build of @multisynq/client 1.1.0 (its
+# bundled/multisynq-client.min.js) in that Chromium. npm also installs the package's Node
+# dependencies (about 500 MB, mostly @stdlib/stdlib), which the test does not use.
+(cd interop/multisynq && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 
 # `synq chat`'s interactive screen is tested in a tmux pane (skipped without tmux).
 if ! command -v tmux >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -97,7 +97,9 @@ pub struct SnapshotRef<'a> {
 #[derive(Debug, Clone)]
 pub struct Sync<'a> {
     pub snapshot: Option<SnapshotRef<'a>>,
-    /// URL of persisted data, used only when there is no snapshot.
+    /// URL of the persisted data the session started from: the SYNC's `url` (with
+    /// `persisted: true`) when there is no snapshot, and, in a fallback that is the
+    /// session's start (empty url), the fallback's url (with `persisted: true`).
     pub persisted_url: Option<&'a str>,
     pub time: u64,
     pub seq: u32,
@@ -162,13 +164,24 @@ impl Sync<'_> {
             f.push_str(",\"persisted\":true");
         }
         if let Some(fb) = &self.fallback {
+            // Replaying from the start of a session that started from persisted data
+            // means loading that data first: the fallback names it.
+            let (url, persisted) = match (fb.url, self.persisted_url) {
+                ("", Some(p)) => (p, true),
+                (u, _) => (u, false),
+            };
             let _ = write!(
                 f,
-                ",\"fallback\":{{\"url\":{},\"time\":{},\"seq\":{}}}",
-                quote(fb.url),
+                ",\"fallback\":{{\"url\":{},\"time\":{},\"seq\":{}",
+                quote(url),
                 fb.time_raw,
                 fb.seq
             );
+            f.push_str(if persisted {
+                ",\"persisted\":true}"
+            } else {
+                "}"
+            });
         }
         f.push_str("}}");
         (head, f)

@@ -75,12 +75,15 @@ pub struct SyncArgs {
     pub fallback: Option<Fallback>,
 }
 
-/// synq's fallback of a SYNC: an older snapshot, or (url empty) a replay from the start.
+/// synq's fallback of a SYNC: an older snapshot, or (url empty) a replay from the start,
+/// or (`persisted`) a replay from the persisted data the session started from, at `url`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fallback {
     pub url: String,
     pub time: Option<f64>,
     pub seq: u32,
+    /// `url` is the persisted data the session started from, not a snapshot.
+    pub persisted: bool,
 }
 
 /// The `args` of an INFO.
@@ -288,6 +291,7 @@ impl SyncArgs {
                 url: string_of(f, "url")?,
                 time: f.get("time").and_then(Value::as_f64),
                 seq: seq_of(f.get("seq"))?,
+                persisted: f.get("persisted") == Some(&Value::Bool(true)),
             })
         });
         Ok(SyncArgs {
@@ -459,7 +463,8 @@ mod tests {
             Some(Fallback {
                 url: String::new(),
                 time: Some(0.0),
-                seq: 4294967280
+                seq: 4294967280,
+                persisted: false,
             })
         );
         assert_eq!(s.messages.len(), 2);
@@ -488,6 +493,43 @@ mod tests {
         };
         assert!(p.persisted);
         assert_eq!(p.url, "http://h/p.json");
+
+        // After the first snapshot of a session that started from persisted data, the
+        // fallback to its start is that data.
+        let started_persisted = Sync {
+            snapshot: Some(SnapshotRef {
+                time_raw: "7244.5",
+                seq: 4294967284,
+                url: "http://h/files/snapshots/sid/x.snap",
+            }),
+            persisted_url: Some("http://h/p.json"),
+            time: 14005,
+            seq: 4294967286,
+            tove: None,
+            reflector: "r",
+            timeline: "t",
+            flags_json: "{}",
+            fallback: Some(SnapshotRef {
+                time_raw: "0",
+                seq: 4294967280,
+                url: "",
+            }),
+        }
+        .frame("\"s\"", std::iter::empty());
+        let ServerFrame::Sync(p) = ServerFrame::parse(&started_persisted).unwrap() else {
+            panic!("not a SYNC");
+        };
+        assert_eq!(p.url, "http://h/files/snapshots/sid/x.snap");
+        assert!(!p.persisted, "the SYNC's own url is the snapshot");
+        assert_eq!(
+            p.fallback,
+            Some(Fallback {
+                url: "http://h/p.json".into(),
+                time: Some(0.0),
+                seq: 4294967280,
+                persisted: true,
+            })
+        );
     }
 
     #[test]

@@ -240,7 +240,12 @@ fn exercise_client_frame(text: &str) {
             reflector: "fuzz",
             timeline: "t",
             flags_json: "{}",
-            fallback: None,
+            // a fallback to the start names the persisted data
+            fallback: Some(SnapshotRef {
+                time_raw: "0",
+                seq: 0,
+                url: "",
+            }),
         }
         .frame(&id, std::iter::empty());
         assert_json(&f, "Sync::frame (persisted)");

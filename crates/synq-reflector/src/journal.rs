@@ -41,28 +41,48 @@ pub struct Header {
     /// `synq_protocol::identity`). Absent in Croquet sessions and older journals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_verifier: Option<String>,
+    /// The URL of the persistent data an earlier session of the same app saved, as it
+    /// was when this session was created: this session starts from it, and every joiner
+    /// is told so until the first snapshot (as Croquet's reflector does). Absent when
+    /// there was none, and in older journals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted_url: Option<String>,
 }
 
 impl Header {
     /// The name of the persistent data of the app and persistent id this session was
     /// created with (Croquet's `persistentId`), as a safe file name; `None` if it has none.
     pub fn persistent_key(&self) -> Option<String> {
-        let app = self.app_id.as_deref()?;
-        let pid = self.persistent_id.as_deref()?;
-        let dev = self.developer_id.as_deref().unwrap_or("unknown_dev_id");
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '~'
-                    }
-                })
-                .collect()
-        };
-        Some(format!("{}.{}.{}", clean(dev), clean(app), clean(pid)))
+        persistent_key(
+            self.app_id.as_deref(),
+            self.persistent_id.as_deref(),
+            self.developer_id.as_deref(),
+        )
     }
+}
+
+/// The name of the persistent data of an app (Croquet's `appId`, `persistentId` and
+/// `developerId`), as a safe file name; `None` without an app id or persistent id.
+pub fn persistent_key(
+    app_id: Option<&str>,
+    persistent_id: Option<&str>,
+    developer_id: Option<&str>,
+) -> Option<String> {
+    let app = app_id?;
+    let pid = persistent_id?;
+    let dev = developer_id.unwrap_or("unknown_dev_id");
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '~'
+                }
+            })
+            .collect()
+    };
+    Some(format!("{}.{}.{}", clean(dev), clean(app), clean(pid)))
 }
 
 /// An accepted snapshot. As a fallback, an empty `url` means "replay from the session's
@@ -431,6 +451,7 @@ mod tests {
             app_id: None,
             persistent_id: None,
             developer_id: None,
+            persisted_url: None,
         }
     }
 
@@ -452,6 +473,29 @@ mod tests {
         assert_eq!(r.messages.len(), 2);
         assert_eq!(r.last_seq, Some(4294967282));
         assert_eq!(r.time, 20);
+    }
+
+    #[test]
+    fn the_persisted_url_is_kept_and_older_headers_still_load() {
+        let old = r#"{"timeline":"tl","tove":null,"tick_ms":50.0,"delay_ms":null,"app_id":"a","persistent_id":"p","developer_id":null}"#;
+        let h: Header = serde_json::from_str(old).unwrap();
+        assert_eq!(h.persisted_url, None);
+        assert_eq!(h.persistent_key().as_deref(), Some("unknown_dev_id.a.p"));
+        let without = serde_json::to_string(&header()).unwrap();
+        assert!(!without.contains("persisted_url"), "{without}");
+        let dir = tempfile::tempdir().unwrap();
+        let with = Header {
+            persisted_url: Some("http://h/files/apps/a/p/save/x".into()),
+            ..header()
+        };
+        {
+            let (mut j, _) = Journal::open(dir.path(), Durability::Write).unwrap();
+            let mut rec = Records::default();
+            rec.header(&with);
+            j.write(&mut rec).unwrap();
+        }
+        let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+        assert_eq!(r.header, Some(with));
     }
 
     #[test]

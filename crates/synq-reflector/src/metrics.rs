@@ -26,6 +26,7 @@ pub struct Metrics {
     pub sessions_refused: AtomicU64,
     pub session_failures: AtomicU64,
     pub snapshots_refused: AtomicU64,
+    pub saves_refused: AtomicU64,
     pub stored_bytes: AtomicI64,
     pub syncs_writing: AtomicI64,
     pub syncs_waiting: AtomicI64,
@@ -144,6 +145,11 @@ impl Metrics {
                 "synq_snapshots_refused_total",
                 "SNAPs refused (not from a participant, unknown seq, future time, foreign URL, too often).",
                 &self.snapshots_refused,
+            ),
+            (
+                "synq_saves_refused_total",
+                "SAVEs (persistent data) refused: a URL outside this server's file store for the session's app.",
+                &self.saves_refused,
             ),
         ];
         for (name, help, v) in counters {

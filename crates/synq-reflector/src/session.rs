@@ -47,7 +47,8 @@ pub(crate) enum Input {
         host: Option<Arc<str>>,
         args: Box<JoinArgs>,
         /// The URL of the persistent data recorded for this session's app, if
-        /// [`Session::persisted_key`] asked for it.
+        /// [`Session::persisted_key`] asked for it: kept only by the JOIN that creates the
+        /// session.
         persisted_url: Option<String>,
     },
     Send {
@@ -357,27 +358,19 @@ impl Session {
         std::mem::take(&mut self.departed)
     }
 
-    /// The persistent data a JOIN of `args` would be told about, as the key to look it up
-    /// by (the task reads it and passes it in [`Input::Join`]): only a session that has
-    /// not begun (no message, no snapshot) starts from an earlier session's data.
+    /// The key of the persistent data a JOIN of `args` would create the session from
+    /// (the task reads the URL recorded under it and passes it in [`Input::Join`]). `None`
+    /// once the session exists: what it started from was fixed, and journaled, when it was
+    /// created — a later SAVE is for the app's next session, not this one (as in Croquet).
     pub(crate) fn persisted_key(&self, args: &JoinArgs) -> Option<String> {
-        if self.snapshot.is_some() || !self.messages.is_empty() || self.seq != INITIAL_SEQ {
+        if self.header.is_some() {
             return None;
         }
-        match &self.header {
-            Some(h) => h.persistent_key(),
-            None => Header {
-                timeline: String::new(),
-                tove: None,
-                tick_ms: None,
-                delay_ms: None,
-                app_id: args.app_id.clone(),
-                persistent_id: args.persistent_id.clone(),
-                developer_id: args.developer_id.clone(),
-                room_verifier: None,
-            }
-            .persistent_key(),
-        }
+        crate::journal::persistent_key(
+            args.app_id.as_deref(),
+            args.persistent_id.as_deref(),
+            args.developer_id.as_deref(),
+        )
     }
 
     /// The earliest time [`Session::poll`] has something to do.

@@ -919,3 +919,78 @@ async fn a_snapshot_storm_rewrites_the_journal_once() {
         .expect("healthz");
     assert!(healthz.status().is_success());
 }
+
+/// A Croquet client of app `com.example.app` (persistent id `pid`) in `session`: its
+/// connection, after its SYNC's `args`.
+async fn croquet_app_client(server: &Serve, session: &str) -> (Ws, Value) {
+    let mut ws = connect(server, session).await;
+    let args = json!({"name": "app/room", "version": 1, "apiKey": "none", "user": "u",
+        "appId": "com.example.app", "persistentId": "pid"});
+    send(
+        &mut ws,
+        json!({"id": session, "action": "JOIN", "args": args}),
+    )
+    .await;
+    loop {
+        let f = next_json(&mut ws, PATIENCE).await;
+        if f["action"] == "SYNC" {
+            return (ws, f["args"].clone());
+        }
+    }
+}
+
+/// Sends `frame` and, to know it was handled, a message after it on the same connection,
+/// which is sequenced after it: returns once that message comes back.
+async fn handled(ws: &mut Ws, session: &str, frame: Value) {
+    send(ws, frame).await;
+    send(
+        ws,
+        json!({"id": session, "action": "SEND", "args": [0, 0, "after"]}),
+    )
+    .await;
+    loop {
+        let f = next_json(ws, PATIENCE).await;
+        if f["action"] == "RECV" && f["args"][2] == "after" {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_save_cannot_point_the_apps_next_version_at_another_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path(), &[]);
+    let (mut mallory, _) = croquet_app_client(&server, "app-v1").await;
+    let addr = server.addr;
+    // The next code version's joiners would be told to download these.
+    for url in [
+        "http://evil.example/files/apps/com.example.app/pid/save/x".to_string(),
+        format!("http://{addr}/files/apps/com.example.app/other-pid/save/x"),
+        format!("http://{addr}/files/snapshots/app-v1/x.snap"),
+    ] {
+        let save =
+            json!({"id": "app-v1", "action": "SAVE", "args": {"url": url, "persistTime": 1}});
+        handled(&mut mallory, "app-v1", save).await;
+    }
+    assert!(
+        metrics(&server)
+            .await
+            .contains("synq_saves_refused_total 3"),
+        "each SAVE was refused"
+    );
+    let (_, sync) = croquet_app_client(&server, "app-v2").await;
+    assert_eq!(
+        (&sync["url"], sync.get("persisted")),
+        (&json!(""), None),
+        "the next version starts empty: {sync}"
+    );
+    // Persistent data of this app in this server's store is recorded, for the version after.
+    let own = format!("http://{addr}/files/apps/com.example.app/pid/save/0000000001_abc");
+    let save = json!({"id": "app-v1", "action": "SAVE", "args": {"url": own, "persistTime": 1}});
+    handled(&mut mallory, "app-v1", save).await;
+    let (_, sync) = croquet_app_client(&server, "app-v3").await;
+    assert_eq!(
+        (&sync["url"], &sync["persisted"]),
+        (&json!(own), &json!(true))
+    );
+}

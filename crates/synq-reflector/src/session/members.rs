@@ -94,11 +94,12 @@ impl Session {
                 persistent_id: args.persistent_id.clone(),
                 developer_id: args.developer_id.clone(),
                 room_verifier,
+                persisted_url,
             };
             self.tick = tick_period(header.tick_ms, self.config.min_tick);
             self.records.header(&header);
             // The name is the room's name in synq: not for logs that others may read.
-            tracing::info!(session = %self.id, tick = ?self.tick, "session created");
+            tracing::info!(session = %self.id, tick = ?self.tick, persisted = ?header.persisted_url, "session created");
             tracing::debug!(session = %self.id, name = ?args.name, "session name");
             self.header = Some(header);
         }
@@ -108,12 +109,6 @@ impl Session {
         self.flags_json = serde_json::to_string(&self.flags).unwrap_or_else(|_| "{}".into());
         self.idle_due = None;
 
-        let persisted_url =
-            if self.snapshot.is_none() && self.messages.is_empty() && self.seq == INITIAL_SEQ {
-                persisted_url
-            } else {
-                None
-            };
         let time = self.clock.now(now);
         let header = self.header.as_ref();
         // Croquet clients get the messages after the snapshot; synq clients all retained
@@ -131,7 +126,10 @@ impl Session {
                 seq: s.seq,
                 url: &s.url,
             }),
-            persisted_url: persisted_url.as_deref(),
+            // Until the first snapshot every joiner starts from the data the session
+            // started from (a snapshot takes priority); a synq joiner's fallback to the
+            // session's start is that data too (see `frames::Sync`).
+            persisted_url: header.and_then(|h| h.persisted_url.as_deref()),
             time,
             seq: self.seq,
             tove: header.and_then(|h| h.tove.as_deref()),

@@ -3,30 +3,46 @@
 
 use super::*;
 
+/// The file-store key `url` names, if it is `http(s)://HOST/files/KEY` with HOST the
+/// `Host` the client reached this server as (whatever host a client names, only this
+/// server's store is trusted).
+fn own_store_key(url: &str, host: Option<&str>) -> Option<crate::store::BlobKey> {
+    let host = host?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let (url_host, path) = rest.split_once('/')?;
+    if !url_host.eq_ignore_ascii_case(host) {
+        return None;
+    }
+    crate::store::BlobKey::parse(path.strip_prefix("files/")?).ok()
+}
+
 /// Whether `url` names a snapshot of session `id` in the file store of the server the
 /// client reached as `host`: `http(s)://HOST/files/PATH`, where PATH is one of the paths
 /// Croquet and synq clients store snapshots at, for this session (see `files::owner`).
 pub(super) fn snapshot_url_ok(url: &str, host: Option<&str>, id: &str) -> bool {
-    let Some(host) = host else {
-        return false;
-    };
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let Some((url_host, path)) = rest.split_once('/') else {
-        return false;
-    };
-    let Some(key) = path
-        .strip_prefix("files/")
-        .and_then(|k| crate::store::BlobKey::parse(k).ok())
-    else {
-        return false;
-    };
-    url_host.eq_ignore_ascii_case(host)
-        && crate::store::owner(&key) == Some(crate::store::Owner::Session(id))
+    own_store_key(url, host)
+        .is_some_and(|key| crate::store::owner(&key) == Some(crate::store::Owner::Session(id)))
+}
+
+/// Whether `url` names persistent data of the app `app_id`, `persistent_id` in the file
+/// store of the server the client reached as `host`:
+/// `http(s)://HOST/files/apps/<appId>/<persistentId>/save/<name>`, where Croquet's client
+/// uploads it (`persistentPath`). The next session of the app is told to download it, so
+/// a participant must not be able to point it anywhere else.
+pub(super) fn persisted_url_ok(
+    url: &str,
+    host: Option<&str>,
+    app_id: &str,
+    persistent_id: &str,
+) -> bool {
+    own_store_key(url, host).is_some_and(|key| {
+        matches!(
+            key.as_str().split('/').collect::<Vec<_>>()[..],
+            ["apps", a, p, "save", _] if a == app_id && p == persistent_id
+        )
+    })
 }
 
 impl Session {
@@ -161,13 +177,36 @@ impl Session {
         if !self.is_participant(conn) {
             return;
         }
-        let Some(key) = self.header.as_ref().and_then(Header::persistent_key) else {
+        let Some((key, header)) = self
+            .header
+            .as_ref()
+            .and_then(|h| Some((h.persistent_key()?, h)))
+        else {
             tracing::warn!(session = %self.id, conn, "SAVE refused: the session's JOIN had no appId/persistentId");
             self.close(conn, CloseCode::BadAppId);
             return;
         };
         if a.dissident {
             tracing::warn!(session = %self.id, conn, "dissident persistent data ignored");
+            return;
+        }
+        let host = self.clients.get(&conn).and_then(|c| c.host.clone());
+        let (app_id, persistent_id) = (
+            header.app_id.as_deref().unwrap_or_default(),
+            header.persistent_id.as_deref().unwrap_or_default(),
+        );
+        // Ignored, not closed: an honest client whose uploads go to another host (a proxy
+        // that rewrites Host) would otherwise be cut off at every persist, and closing
+        // costs an attacker nothing. What matters is that the url is never handed out.
+        if !persisted_url_ok(&a.url, host.as_deref(), app_id, persistent_id) {
+            tracing::warn!(
+                session = %self.id,
+                conn,
+                "SAVE refused: url {:?} is not in this server's file store (http(s)://{}/files/apps/{app_id}/{persistent_id}/save/…)",
+                a.url.get(..a.url.floor_char_boundary(200)).unwrap_or(""),
+                host.as_deref().unwrap_or("<host>"),
+            );
+            Metrics::add(&self.metrics.saves_refused, 1);
             return;
         }
         self.effects.push(Effect::Persist { key, url: a.url });

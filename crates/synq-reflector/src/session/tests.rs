@@ -651,6 +651,10 @@ fn messages_are_journaled_in_the_batch_that_sends_them() {
     assert!(off.s.records().is_empty());
 }
 
+fn save_args(url: &str) -> SaveArgs {
+    SaveArgs::parse(Some(&raw(json!({ "url": url })))).expect("SAVE args")
+}
+
 #[test]
 fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id() {
     let mut h = Harness::new("room");
@@ -660,11 +664,10 @@ fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id(
         Some(json!("a")),
         json!({"appId": "app", "persistentId": "pid"}),
     );
-    let save = |url: &str| SaveArgs::parse(Some(&raw(json!({ "url": url })))).expect("args");
     h.s.handle(
         Input::Save {
             conn: 1,
-            args: save("u"),
+            args: save_args(PERSISTED),
         },
         h.at(10),
     );
@@ -672,7 +675,7 @@ fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id(
         h.s.take_effects(),
         vec![Effect::Persist {
             key: "unknown_dev_id.app.pid".into(),
-            url: "u".into()
+            url: PERSISTED.into()
         }]
     );
     let mut h = Harness::new("room");
@@ -680,7 +683,7 @@ fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id(
     h.s.handle(
         Input::Save {
             conn: 1,
-            args: save("u"),
+            args: save_args(PERSISTED),
         },
         h.at(10),
     );
@@ -688,6 +691,56 @@ fn save_records_persistent_data_only_for_sessions_with_an_app_and_persistent_id(
         h.s.take_effects(),
         vec![Effect::Close(1, CloseCode::BadAppId)]
     );
+}
+
+#[test]
+fn a_save_must_name_the_apps_persistent_data_in_this_servers_store() {
+    let mut h = Harness::new("room");
+    h.join_with(
+        0,
+        1,
+        Some(json!("a")),
+        json!({"appId": "app", "persistentId": "pid"}),
+    );
+    // The next version's joiners would be told to download these.
+    for bad in [
+        "http://evil.example/files/apps/app/pid/save/abc",
+        "http://h:8080/files/apps/app/other/save/abc",
+        "http://h:8080/files/apps/other/pid/save/abc",
+        "http://h:8080/files/apps/app/pid/data/abc",
+        "http://h:8080/files/snapshots/room/1.snap",
+        "http://h:8080/files/apps/app/pid/save/../../x",
+        "http://h:8080/apps/app/pid/save/abc",
+        "file:///etc/passwd",
+        "",
+    ] {
+        h.s.handle(
+            Input::Save {
+                conn: 1,
+                args: save_args(bad),
+            },
+            h.at(10),
+        );
+        assert_eq!(h.s.take_effects(), vec![], "{bad:?} must not be recorded");
+    }
+    assert_eq!(h.metrics.saves_refused.load(Relaxed), 9);
+    assert_eq!(h.s.client(1), Some(true), "the sender stays");
+    for good in [PERSISTED, "https://H:8080/files/apps/app/pid/save/abc"] {
+        h.s.handle(
+            Input::Save {
+                conn: 1,
+                args: save_args(good),
+            },
+            h.at(20),
+        );
+        assert_eq!(
+            h.s.take_effects(),
+            vec![Effect::Persist {
+                key: "unknown_dev_id.app.pid".into(),
+                url: good.into()
+            }]
+        );
+    }
 }
 
 #[test]
@@ -731,6 +784,206 @@ fn a_fresh_session_asks_for_its_apps_persistent_data_and_tells_the_joiner() {
     assert!(
         matches!(&sent[..], [Sent::Sync(1, f)] if f["args"].to_string().contains("\"p\"")),
         "{sent:?}"
+    );
+}
+
+// --- sessions that start from persisted data ---
+
+const PERSISTED: &str = "http://h:8080/files/apps/app/pid/save/abc";
+
+impl Harness {
+    /// The session `id` as the journal in `dir` left it (a restart of the server).
+    fn resume(id: &str, dir: &std::path::Path) -> (Harness, crate::journal::Journal) {
+        let config = ReflectorConfig::new("/nonexistent/never-touched");
+        let (journal, rec) =
+            crate::journal::Journal::open(dir, crate::config::Durability::Write).expect("journal");
+        let metrics = Arc::new(Metrics::default());
+        let t0 = Instant::now();
+        let s = Session::new(
+            Arc::new(config),
+            Arc::clone(&metrics),
+            id.into(),
+            rec,
+            Records::default(),
+            t0,
+        );
+        (Harness { s, t0, metrics }, journal)
+    }
+
+    /// A JOIN of app "app", persistent id "pid", handed the persisted data `persisted` as
+    /// the task does: only while the session does not exist yet.
+    fn join_app(&mut self, ms: u64, conn: ConnId, user: Value) {
+        let args = json!({"version": 1, "apiKey": "k", "appId": "app", "persistentId": "pid", "user": user});
+        let args = JoinArgs::parse(Some(&raw(args))).expect("JOIN args");
+        let persisted_url = self.s.persisted_key(&args).map(|key| {
+            assert_eq!(key, "unknown_dev_id.app.pid");
+            PERSISTED.to_owned()
+        });
+        let input = Input::Join {
+            conn,
+            host: Some(Arc::from(HOST)),
+            args: Box::new(args),
+            persisted_url,
+        };
+        self.s.handle(input, self.at(ms));
+    }
+
+    /// The SYNC `conn` got, from what was sent since the last call.
+    fn sync_of(&mut self, conn: ConnId) -> Value {
+        let sent = self.sent();
+        sent.iter()
+            .find_map(|s| match s {
+                Sent::Sync(c, f) if *c == conn => Some(f["args"].clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no SYNC for {conn}: {sent:?}"))
+    }
+
+    /// Writes the batch's records (and a snapshot's compaction) to `journal`.
+    fn write(&mut self, journal: &mut crate::journal::Journal) {
+        if let Some(image) = self.s.records().take_compaction() {
+            journal.install(&image).expect("install");
+        }
+        journal.write(self.s.records()).expect("write");
+    }
+}
+
+fn payloads(sync: &Value) -> Vec<Value> {
+    sync["messages"]
+        .as_array()
+        .map(|m| m.iter().map(|m| m[2].clone()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_joiner_starts_from_the_persisted_data_until_the_first_snapshot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut h, mut journal) = Harness::resume("room", dir.path());
+    h.join_app(0, 1, json!("a"));
+    let first = h.sync_of(1);
+    assert_eq!(
+        (&first["url"], &first["persisted"]),
+        (&json!(PERSISTED), &json!(true))
+    );
+    h.poll(200);
+    h.send(300, 1, "m1");
+    h.sent();
+    // The bug this guards against: a second joiner before any snapshot replayed the
+    // messages from an empty start, so its state differed from the first joiner's.
+    h.join_app(400, 2, json!("b"));
+    let second = h.sync_of(2);
+    assert_eq!(
+        (&second["url"], &second["persisted"]),
+        (&json!(PERSISTED), &json!(true))
+    );
+    let replay = payloads(&second);
+    assert_eq!(replay.len(), 2, "{second}");
+    assert_eq!(
+        (&replay[0]["what"], &replay[1]),
+        (&json!("users"), &json!("m1"))
+    );
+    h.write(&mut journal);
+
+    // A restart keeps what the session started from (it is in the journal's header).
+    drop(journal);
+    let (mut r, mut journal) = Harness::resume("room", dir.path());
+    assert_eq!(
+        r.s.persisted_key(
+            &JoinArgs::parse(Some(&raw(
+                json!({"version": 1, "apiKey": "k", "appId": "app", "persistentId": "pid"})
+            )))
+            .expect("args")
+        ),
+        None,
+        "the data is not looked up again"
+    );
+    r.join_app(0, 3, json!("c"));
+    let third = r.sync_of(3);
+    assert_eq!(
+        (&third["url"], &third["persisted"]),
+        (&json!(PERSISTED), &json!(true))
+    );
+    assert!(payloads(&third).contains(&json!("m1")), "{third}");
+
+    // Once a snapshot is registered, joiners load it instead (it contains the data).
+    r.poll(200);
+    r.send(300, 3, "m2");
+    let snapshot = format!("http://{HOST}/files/snapshots/room/1.snap");
+    r.snap(400, 3, 300.0, r.s.seq(), &snapshot);
+    r.write(&mut journal);
+    r.join_app(500, 4, json!("d"));
+    let fourth = r.sync_of(4);
+    assert_eq!(fourth["url"], snapshot.as_str());
+    assert_eq!(fourth.get("persisted"), None, "{fourth}");
+    drop(journal);
+    let (mut r, _journal) = Harness::resume("room", dir.path());
+    r.join_app(0, 5, json!("e"));
+    assert_eq!(
+        r.sync_of(5)["url"],
+        snapshot.as_str(),
+        "also after a restart"
+    );
+}
+
+#[test]
+fn a_synq_session_that_started_from_persisted_data_falls_back_to_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut h, mut journal) = Harness::resume("synq2-room", dir.path());
+    h.join_app(0, 1, synq_user("p1", "key"));
+    assert_eq!(h.sync_of(1)["url"], PERSISTED);
+    h.poll(200);
+    let args = SendArgs::parse(Some(&raw(json!([0, 0, "c2VhbGVk", 12])))).expect("args");
+    h.s.handle(
+        Input::Send {
+            conn: 1,
+            args,
+            tags: None,
+        },
+        h.at(300),
+    );
+    let snapshot = format!("http://{HOST}/files/snapshots/synq2-room/1.snap");
+    h.snap(400, 1, 300.0, h.s.seq(), &snapshot);
+    h.write(&mut journal);
+    h.join_app(500, 2, synq_user("p2", "key"));
+    let sync = h.sync_of(2);
+    assert_eq!(sync["url"], snapshot.as_str());
+    // If the snapshot does not load, replaying "from the start" means from the data the
+    // session started from, not from an empty model.
+    let persisted_start =
+        json!({"url": PERSISTED, "time": 0, "seq": INITIAL_SEQ, "persisted": true});
+    assert_eq!(sync["fallback"], persisted_start);
+    assert_eq!(
+        payloads(&sync).len(),
+        2,
+        "every message since the start: {sync}"
+    );
+    drop(journal);
+    let (mut r, _journal) = Harness::resume("synq2-room", dir.path());
+    r.join_app(0, 3, synq_user("p3", "key"));
+    assert_eq!(
+        r.sync_of(3)["fallback"],
+        persisted_start,
+        "also after a restart"
+    );
+
+    // Without persisted data, the fallback is the plain replay from the start.
+    let mut plain = Harness::new("synq2-room");
+    plain.join_with(0, 1, Some(synq_user("p1", "key")), json!({}));
+    plain.poll(200);
+    let args = SendArgs::parse(Some(&raw(json!([0, 0, "c2VhbGVk", 12])))).expect("args");
+    plain.s.handle(
+        Input::Send {
+            conn: 1,
+            args,
+            tags: None,
+        },
+        plain.at(300),
+    );
+    plain.snap(400, 1, 300.0, plain.s.seq(), &snapshot);
+    plain.join_with(500, 2, Some(synq_user("p2", "key")), json!({}));
+    assert_eq!(
+        plain.sync_of(2)["fallback"],
+        json!({"url": "", "time": 0, "seq": INITIAL_SEQ})
     );
 }
 
