@@ -610,7 +610,10 @@ impl<M: Model> Controller<M> {
                 if f.url.is_empty() {
                     return Some((String::new(), f.seq));
                 }
-                self.own_snapshot_url(&f.url).map(|u| (u, f.seq))
+                // An older snapshot, or the persisted data the session started from.
+                self.own_snapshot_url(&f.url)
+                    .or_else(|| self.own_persisted_url(&f.url))
+                    .map(|u| (u, f.seq))
             });
             // Snapshots are fetched from this client's own server only, whatever host the
             // SNAP named: the reflector's word decides which file, not where from.

@@ -26,6 +26,7 @@ struct NotesV1 {
 
 impl Model for NotesV1 {
     type Input = String;
+    /// "Changed", for the views (and the test) to look again.
     type Output = ();
     type Timer = ();
     type ViewData = ();
@@ -37,6 +38,7 @@ impl Model for NotesV1 {
 
     fn input(&mut self, cx: &mut Cx<'_, Self>, _: &ViewId, note: String) {
         self.notes.push(note);
+        cx.emit(());
         if !self.saving {
             self.saving = true;
             cx.future(300, ());
@@ -80,8 +82,9 @@ impl Model for NotesV2 {
         }
     }
 
-    fn input(&mut self, _: &mut Cx<'_, Self>, from: &ViewId, note: String) {
+    fn input(&mut self, cx: &mut Cx<'_, Self>, from: &ViewId, note: String) {
         self.notes.push((from.0.clone(), note));
+        cx.emit(());
     }
 }
 
