@@ -34,7 +34,6 @@ pub(crate) struct FilesState {
     pub ctx: Arc<Ctx>,
     pub store_quota: Arc<StoreQuota>,
     pub address_quota: Arc<AddressQuota>,
-    pub apps: Arc<AppIndex>,
 }
 
 const ALLOWED_HEADERS: &str = "DNT,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,X-Croquet-App,X-Croquet-Id,X-Croquet-Session,X-Croquet-Version,X-Croquet-Path";
@@ -134,10 +133,12 @@ pub(crate) async fn get(State(st): State<FilesState>, Path(path): Path<String>) 
     }
 }
 
-/// Which (appId, persistentId) pairs have sessions on disk. Finding out reads every
-/// session's journal header, so found pairs are remembered and a search for an unknown
-/// pair runs at most once per [`AppIndex::RESCAN`] (an attacker's made-up pairs cost one
-/// scan a second, not one per request).
+/// Which (appId, persistentId) pairs have sessions here. The pairs of JOINs are remembered
+/// as they arrive (the clients that upload a room's persisted data and files have just
+/// joined it); others, of sessions on disk, are found by reading every session's journal
+/// header, found pairs are remembered, and such a search runs at most once per
+/// [`AppIndex::RESCAN`] (an attacker's made-up pairs cost one scan a second, not one per
+/// request).
 #[derive(Default)]
 pub(crate) struct AppIndex {
     known: Mutex<HashSet<(String, String)>>,
@@ -173,6 +174,18 @@ impl AppIndex {
             known.insert(pair);
         }
         found
+    }
+
+    /// A JOIN named this pair.
+    pub(crate) fn remember(&self, app_id: &str, persistent_id: &str) {
+        let pair = (app_id.to_owned(), persistent_id.to_owned());
+        let mut known = self.lock_known();
+        if !known.contains(&pair) {
+            if known.len() >= Self::MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(pair);
+        }
     }
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
@@ -252,7 +265,7 @@ pub(crate) async fn put(
         Some(Owner::App {
             app_id,
             persistent_id,
-        }) => st.apps.contains(&st.ctx, app_id, persistent_id).await,
+        }) => st.ctx.apps.contains(&st.ctx, app_id, persistent_id).await,
         None => false,
     };
     if !known {

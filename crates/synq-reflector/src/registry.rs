@@ -49,6 +49,8 @@ pub(crate) struct Ctx {
     pub sync_gate: crate::sync_gate::SyncGate,
     sessions: Mutex<Sessions>,
     next_conn: AtomicU64,
+    /// The (appId, persistentId) pairs whose files the file store takes.
+    pub apps: crate::files::AppIndex,
 }
 
 #[derive(Default)]
@@ -93,6 +95,7 @@ impl Ctx {
             metrics,
             sessions: Mutex::new(Sessions::default()),
             next_conn: AtomicU64::new(1),
+            apps: crate::files::AppIndex::default(),
         }
     }
 
@@ -143,6 +146,9 @@ impl Ctx {
         conn: ConnHandle,
         args: JoinArgs,
     ) -> Result<SessionHandle, CloseCode> {
+        if let (Some(app), Some(pid)) = (&args.app_id, &args.persistent_id) {
+            self.apps.remember(app, pid);
+        }
         let mut sessions = self.sessions();
         let live = sessions
             .by_id

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::config::ReflectorConfig;
-use crate::files::{self, AppIndex, FilesState};
+use crate::files::{self, FilesState};
 use crate::metrics::Metrics;
 use crate::origin;
 use crate::quota::{AddressQuota, StoreQuota};
@@ -120,7 +120,6 @@ impl Reflector {
                 limits.upload_quota_bytes,
                 limits.upload_quota_window,
             )),
-            apps: Arc::new(AppIndex::default()),
         };
         // Uploads stream through `files::put`, which enforces the size cap itself.
         let files = Router::new()

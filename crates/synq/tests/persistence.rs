@@ -89,7 +89,7 @@ impl Model for NotesV2 {
 }
 
 fn serve(data_dir: &Path) -> Serve {
-    common::serve(data_dir, &["--client-rate-limit", "0", "--no-ai"])
+    common::serve_with(data_dir, &["--client-rate-limit", "0", "--no-ai"], &[])
 }
 
 fn config(base: &str, password: &str) -> ClientConfig {
@@ -135,7 +135,7 @@ async fn event<M: Model, R>(
 #[tokio::test]
 async fn a_new_version_of_the_model_starts_from_what_the_old_one_persisted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = serve(dir.path());
+    let mut server = serve(dir.path());
     let mut ann = joined::<NotesV1>(&server.base).await;
     for note in ["milk", "eggs"] {
         ann.publish(note.to_owned()).expect("publish");
@@ -167,6 +167,9 @@ async fn a_new_version_of_the_model_starts_from_what_the_old_one_persisted() {
     );
     let saved = ann.read(|m| m.notes.clone()).expect("model");
     assert_eq!(saved, ["milk", "eggs"]);
+    // The reflector has recorded it (the SAVE follows the upload) before it is stopped.
+    let registered = server.stderr_containing("persistent data registered");
+    assert!(registered.contains("/save/"), "{registered}");
     drop(ann);
 
     // The server restarts (same data directory), and the app is upgraded.
