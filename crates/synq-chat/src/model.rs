@@ -684,7 +684,7 @@ impl ChatModel {
 }
 
 /// Cuts `text` to at most `max` bytes at a character boundary.
-fn cut(mut text: String, max: usize) -> String {
+pub(crate) fn cut(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {

@@ -10,7 +10,7 @@ use synq_model::ViewId;
 
 use crate::model::{
     AiMode, AiState, ArchivePage, ChatModel, Entry, EntryKind, MAX_ARCHIVE_PAGES, MAX_HISTORY,
-    MAX_INSTRUCTIONS_BYTES,
+    MAX_INSTRUCTIONS_BYTES, cut,
 };
 
 /// A room as it is persisted (first written by `synq-chat/4`).
@@ -105,14 +105,7 @@ impl SavedRoom {
             .unwrap_or(0)
             .max(self.last_entry);
         let mode = AiMode::parse(&self.ai_mode).unwrap_or_default();
-        let mut instructions = self.instructions;
-        if instructions.len() > MAX_INSTRUCTIONS_BYTES {
-            let mut end = MAX_INSTRUCTIONS_BYTES;
-            while !instructions.is_char_boundary(end) {
-                end -= 1;
-            }
-            instructions.truncate(end);
-        }
+        let instructions = cut(self.instructions, MAX_INSTRUCTIONS_BYTES);
         let skip = self.archive.len().saturating_sub(MAX_ARCHIVE_PAGES);
         let archive = self.archive.into_iter().skip(skip).collect();
         (history, last, mode, instructions, archive)

@@ -1069,20 +1069,10 @@ impl<M: Model> Controller<M> {
             ),
             _ => format!("synq-persist@{}", p.time()),
         };
-        let payload = json!({"vote": vote, "viewId": self.me.as_str()}).to_string();
         let seq = self.last_seq.unwrap_or(0);
-        let frame = TuttiRequest {
-            send_time: p.time() as f64,
-            payload: &payload,
-            first_msg: None,
-            wants_vote: true,
-            tally_target: json!(["synqPersist"]),
-            tutti_key: &tutti_key,
-        }
-        .encode(&self.session_id);
-        self.effects.push_back(Effect::Send(frame));
-        self.remember_vote(
+        self.send_vote(
             tutti_key,
+            "synqPersist",
             PendingSnapshot {
                 voted,
                 bytes,
@@ -1094,7 +1084,20 @@ impl<M: Model> Controller<M> {
         );
     }
 
-    fn remember_vote(&mut self, key: String, pending: PendingSnapshot) {
+    /// Sends this replica's vote (TUTTI `key`, tally target `target`) and keeps what it
+    /// voted on until the tally.
+    fn send_vote(&mut self, key: String, target: &str, pending: PendingSnapshot) {
+        let payload = json!({"vote": pending.vote, "viewId": self.me.as_str()}).to_string();
+        let frame = TuttiRequest {
+            send_time: pending.time as f64,
+            payload: &payload,
+            first_msg: None,
+            wants_vote: true,
+            tally_target: json!([target]),
+            tutti_key: &key,
+        }
+        .encode(&self.session_id);
+        self.effects.push_back(Effect::Send(frame));
         self.pending_snapshots.insert(key, pending);
         while self.pending_snapshots.len() > 4 {
             self.pending_snapshots.pop_first();
@@ -1176,20 +1179,9 @@ impl<M: Model> Controller<M> {
             }
         };
         let vote = self.key.vote(&snap.hash.0);
-        let tutti_key = format!("synq-snapshot@{seq}");
-        let payload = json!({"vote": vote, "viewId": self.me.as_str()}).to_string();
-        let frame = TuttiRequest {
-            send_time: time as f64,
-            payload: &payload,
-            first_msg: None,
-            wants_vote: true,
-            tally_target: json!(["synqSnapshot"]),
-            tutti_key: &tutti_key,
-        }
-        .encode(&self.session_id);
-        self.effects.push_back(Effect::Send(frame));
-        self.remember_vote(
-            tutti_key,
+        self.send_vote(
+            format!("synq-snapshot@{seq}"),
+            "synqSnapshot",
             PendingSnapshot {
                 voted: Voted::Snapshot,
                 bytes: snap.bytes,

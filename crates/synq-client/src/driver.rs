@@ -491,47 +491,39 @@ fn upload<T: Transport>(
     url: String,
     body: Vec<u8>,
 ) -> crate::transport::BoxFut<'static, Result<(), String>> {
-    let attempts: Vec<_> = [0u64, 1200]
-        .into_iter()
-        .map(|ms| {
-            (
-                transport.sleep(Duration::from_millis(ms)),
-                transport.put(url.clone(), body.clone()),
-            )
-        })
-        .collect();
-    Box::pin(async move {
-        let mut last = String::new();
-        for (pause, put) in attempts {
-            pause.await;
-            match put.await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    })
+    retried(transport, &[0, 1200], |t| t.put(url.clone(), body.clone()))
 }
 
 fn download<T: Transport>(
     transport: &T,
     url: String,
 ) -> crate::transport::BoxFut<'static, Result<Vec<u8>, String>> {
-    let attempts: Vec<_> = [0u64, 100, 1000, 5000]
-        .into_iter()
-        .map(|ms| {
+    retried(transport, &[0, 100, 1000, 5000], |t| t.get(url.clone()))
+}
+
+/// `attempt` after each pause in `pauses_ms` until one succeeds; the last error otherwise.
+/// The attempts are made up front (futures start when awaited): the transport is only
+/// borrowed here.
+fn retried<T: Transport, R: 'static>(
+    transport: &T,
+    pauses_ms: &[u64],
+    attempt: impl Fn(&T) -> crate::transport::BoxFut<'static, Result<R, String>>,
+) -> crate::transport::BoxFut<'static, Result<R, String>> {
+    let attempts: Vec<_> = pauses_ms
+        .iter()
+        .map(|&ms| {
             (
                 transport.sleep(Duration::from_millis(ms)),
-                transport.get(url.clone()),
+                attempt(transport),
             )
         })
         .collect();
     Box::pin(async move {
         let mut last = String::new();
-        for (pause, get) in attempts {
+        for (pause, attempt) in attempts {
             pause.await;
-            match get.await {
-                Ok(bytes) => return Ok(bytes),
+            match attempt.await {
+                Ok(r) => return Ok(r),
                 Err(e) => last = e,
             }
         }
