@@ -374,3 +374,70 @@ fn inputs_lost_with_the_connection_are_resent_after_the_rejoin_and_applied_once(
     }
     assert_eq!(posts(&a), ["lost?"]);
 }
+
+/// A SYNC that names the room's persisted data (a new session of a later model version):
+/// the replica starts from it once downloaded and opened with the room's key; data from
+/// another host is not fetched, and data that does not open starts the room empty, on
+/// every replica alike.
+#[test]
+fn a_new_session_starts_from_the_rooms_persisted_data() {
+    let room = crate::wire::room_id("app", "room");
+    let persisted_sync = |c: &Controller<Room>, url: &str| {
+        let s = Script::new(c);
+        Sync {
+            snapshot: None,
+            persisted_url: Some(url),
+            time: s.time,
+            seq: s.seq,
+            tove: Some(&s.tove),
+            reflector: "script",
+            timeline: "t1",
+            flags_json: "{}",
+            fallback: None,
+        }
+        .frame(&s.id_json, std::iter::empty())
+    };
+    let saved = format!("http://elsewhere:9/files/apps/app/{room}/save/0000000001_ab");
+    let data = br#"{"schema":"synq-demo-room/0","time":1,"data":{"posts":[]}}"#;
+
+    // Downloaded from this client's own store, whatever host the SYNC named.
+    let mut a = controller_with("pw", "ann");
+    let sync = persisted_sync(&a, &saved);
+    feed(&mut a, &sync);
+    let own = format!("http://127.0.0.1:1/files/apps/app/{room}/save/0000000001_ab");
+    assert_eq!(a.take_effects(), [Effect::Download(own)]);
+    assert!(
+        a.replica().is_none(),
+        "nothing runs before the data is here"
+    );
+    let key = SessionKey::derive("pw", &room, a.session_id(), 1);
+    let sealed = key.seal(Purpose::Persisted, data).expect("seal");
+    a.on_snapshot(&sealed).expect("started");
+    assert!(a.replica().is_some());
+    assert!(a.take_events().contains(&SessionEvent::Restored {
+        schema: "synq-demo-room/0".into()
+    }));
+
+    // Sealed for another room (or tampered with): the room starts empty, and says why.
+    let mut b = controller_with("pw", "bob");
+    let sync = persisted_sync(&b, &saved);
+    feed(&mut b, &sync);
+    b.take_effects();
+    let other = SessionKey::derive("pw", "another-room", b.session_id(), 1);
+    let foreign = other.seal(Purpose::Persisted, data).expect("seal");
+    b.on_snapshot(&foreign).expect("started empty");
+    assert!(b.replica().is_some());
+    assert!(
+        b.take_events()
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Rejected(why) if why.contains("starting empty")))
+    );
+
+    // Another app's or room's files are not this room's data: not even downloaded.
+    let mut c = controller_with("pw", "cy");
+    let wrong = "http://127.0.0.1:1/files/apps/app/0123/save/x";
+    let sync = persisted_sync(&c, wrong);
+    feed(&mut c, &sync);
+    assert!(c.take_effects().is_empty(), "nothing downloaded");
+    assert!(c.replica().is_some(), "started empty");
+}
