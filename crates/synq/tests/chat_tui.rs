@@ -506,3 +506,37 @@ async fn the_ai_commands_on_the_interactive_screen() {
     }
     tmux.cmd(&["send-keys", "-t", "chat", "Escape"]);
 }
+
+/// `/earlier` on the screen: past 100 entries the oldest go to the room's archive, and
+/// `/earlier` shows them above the history again (scrolled back to, as a reader would).
+#[tokio::test]
+async fn earlier_messages_come_back_from_the_archive_on_the_screen() {
+    if !Tmux::available() {
+        eprintln!("tmux is not installed: skipping the interactive test");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::serve(dir.path(), &["--no-ai", "--client-rate-limit", "0"]);
+    let link = format!("{}/?q=archive#pw=secret", server.base);
+    let program = format!("{} chat '{link}' --name Tess", env!("CARGO_BIN_EXE_synq"));
+    let tmux = Tmux::start("earlier", &program);
+    tmux.wait_for("Welcome, Tess!").await;
+    tmux.enter("/earlier");
+    tmux.wait_for("Nothing earlier").await;
+    tmux.enter("/ai off");
+    tmux.wait_for("Tess set the AI to stay silent").await;
+    // 1 join + 1 setting + 110 posts: the oldest 25 entries leave the history.
+    for i in 0..110 {
+        tmux.enter(&format!("note {i}"));
+    }
+    tmux.wait_for("Tess: note 109").await;
+    tmux.enter("/earlier");
+    tmux.wait_for("25 earlier messages above").await;
+    for _ in 0..15 {
+        tmux.cmd(&["send-keys", "-t", "chat", "PageUp"]);
+    }
+    let top = tmux.wait_for("Tess: note 0").await;
+    assert!(top.contains("Tess joined"), "{top}");
+    tmux.enter("/earlier");
+    tmux.wait_for("Nothing earlier").await;
+}
