@@ -5,8 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{Value, json};
-use sha2::Digest;
-use synq_model::{Event, Model, Persisted, Replica, ViewId};
+use synq_model::{Event, Model, Persisted, Replica, SnapshotHash, ViewId};
 use synq_protocol::action::{
     self, JoinRequest, JoinUser, SaveRequest, SendRequest, SendTags, SnapRequest, TickConfig,
     TuttiRequest,
@@ -585,15 +584,16 @@ impl<M: Model> Controller<M> {
             _ => None,
         };
         if let Some(url) = persisted_url {
-            self.phase = Phase::Loading {
-                persisted: true,
-                snapshot_seq: sync_seq,
-                held: messages,
-                time,
-                fallback: None,
-            };
-            self.loaded_snapshot = None;
-            self.effects.push_back(Effect::Download(url));
+            self.load(
+                url,
+                Phase::Loading {
+                    persisted: true,
+                    snapshot_seq: sync_seq,
+                    held: messages,
+                    time,
+                    fallback: None,
+                },
+            );
         } else if url.is_empty() || persisted {
             let (replica, _) = Replica::<M>::new(self.session_id.as_bytes(), 0);
             self.replica = Some(replica);
@@ -623,17 +623,35 @@ impl<M: Model> Controller<M> {
                     url.get(..url.floor_char_boundary(200)).unwrap_or("")
                 ))
             })?;
-            self.phase = Phase::Loading {
-                persisted: false,
-                snapshot_seq,
-                held: messages,
-                time,
-                fallback,
-            };
-            self.loaded_snapshot = Some(url.clone());
-            self.effects.push_back(Effect::Download(url));
+            self.load(
+                url,
+                Phase::Loading {
+                    persisted: false,
+                    snapshot_seq,
+                    held: messages,
+                    time,
+                    fallback,
+                },
+            );
         }
         Ok(())
+    }
+
+    /// Downloads `url`, the file of `loading` (a snapshot, or the room's persisted
+    /// data), holding the stream's messages meanwhile.
+    fn load(&mut self, url: String, loading: Phase) {
+        // A snapshot is what this replica was loaded from; persisted data is the
+        // session's start, as a replay's is.
+        let persisted = matches!(
+            loading,
+            Phase::Loading {
+                persisted: true,
+                ..
+            }
+        );
+        self.loaded_snapshot = (!persisted).then(|| url.clone());
+        self.phase = loading;
+        self.effects.push_back(Effect::Download(url));
     }
 
     /// `url` (any host) as the same snapshot of this session in this client's own file
@@ -793,15 +811,16 @@ impl<M: Model> Controller<M> {
         ));
         if let Some(url) = persisted_start {
             // The session started from the room's persisted data: so does the replay.
-            self.phase = Phase::Loading {
-                persisted: true,
-                snapshot_seq: seq,
-                held,
-                time,
-                fallback: None,
-            };
-            self.loaded_snapshot = None;
-            self.effects.push_back(Effect::Download(url));
+            self.load(
+                url,
+                Phase::Loading {
+                    persisted: true,
+                    snapshot_seq: seq,
+                    held,
+                    time,
+                    fallback: None,
+                },
+            );
         } else if url.is_empty() {
             let (replica, _) = Replica::<M>::new(self.session_id.as_bytes(), 0);
             self.replica = Some(replica);
@@ -813,15 +832,16 @@ impl<M: Model> Controller<M> {
             }
             self.finish_sync(time)?;
         } else {
-            self.phase = Phase::Loading {
-                persisted: false,
-                snapshot_seq: seq,
-                held,
-                time,
-                fallback: None,
-            };
-            self.loaded_snapshot = Some(url.clone());
-            self.effects.push_back(Effect::Download(url));
+            self.load(
+                url,
+                Phase::Loading {
+                    persisted: false,
+                    snapshot_seq: seq,
+                    held,
+                    time,
+                    fallback: None,
+                },
+            );
         }
         Ok(())
     }
@@ -1028,23 +1048,21 @@ impl<M: Model> Controller<M> {
     /// After every event and tick: the model's outputs for the views, and what it
     /// persisted (voted on, as snapshots are: replicas that are catching up drop it).
     fn emit(&mut self, outputs: Vec<M::Output>) {
-        if self.synced {
-            self.events
-                .extend(outputs.into_iter().map(SessionEvent::Output));
-        }
-        let persisted = self.replica.as_mut().and_then(Replica::take_persisted);
-        if let (true, Some(p)) = (self.synced, persisted) {
-            self.vote_on(Voted::Persisted, &p);
-        }
-        let files = self
+        // Taken in any case, so that what a replica made while catching up is dropped.
+        let (persisted, files) = self
             .replica
             .as_mut()
-            .map(Replica::take_files)
-            .unwrap_or_default();
-        if self.synced {
-            for (name, file) in files {
-                self.vote_on(Voted::File(name), &file);
-            }
+            .map_or((None, Vec::new()), |r| (r.take_persisted(), r.take_files()));
+        if !self.synced {
+            return;
+        }
+        self.events
+            .extend(outputs.into_iter().map(SessionEvent::Output));
+        if let Some(p) = persisted {
+            self.vote_on(Voted::Persisted, &p);
+        }
+        for (name, file) in files {
+            self.vote_on(Voted::File(name), &file);
         }
     }
 
@@ -1059,8 +1077,8 @@ impl<M: Model> Controller<M> {
                 return;
             }
         };
-        let hash: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-        let vote = self.key.vote(&hash);
+        let hash = SnapshotHash::of(&bytes);
+        let vote = self.key.vote(&hash.0);
         let tutti_key = match &voted {
             Voted::File(name) => format!(
                 "synq-file@{}/{}",
@@ -1076,7 +1094,7 @@ impl<M: Model> Controller<M> {
             PendingSnapshot {
                 voted,
                 bytes,
-                hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
+                hash: hash.to_hex(),
                 vote,
                 time: p.time(),
                 seq,
@@ -1241,76 +1259,61 @@ impl<M: Model> Controller<M> {
         if uploader.as_deref() != Some(self.me.as_str()) {
             return;
         }
-        if let Voted::File(name) = &pending.voted {
-            let body = match self.key.seal_file(name, &pending.bytes) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.reject(format!("could not encrypt the file {name:?}: {e}"));
-                    return;
-                }
-            };
-            let url = self.file_url(name);
-            self.effects.push_back(Effect::Upload {
-                url,
-                body,
-                then: None,
-            });
-            return;
-        }
-        if pending.voted == Voted::Persisted {
-            let body = match self.key.seal(Purpose::Persisted, &pending.bytes) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.reject(format!("could not encrypt the persisted data: {e}"));
-                    return;
-                }
-            };
-            let url = format!(
-                "{}/save/{:010}_{}",
-                self.persisted_base(),
-                pending.time,
-                &pending.vote[..32.min(pending.vote.len())]
-            );
-            let then = SaveRequest {
-                url: &url,
-                dissident: false,
-            }
-            .encode(&self.session_id);
-            self.effects.push_back(Effect::Upload {
-                url,
-                body,
-                then: Some(then),
-            });
-            return;
-        }
-        let body = match self.key.seal(Purpose::Snapshot, &pending.bytes) {
+        // What is sealed how, and where it goes; then the same upload for all three.
+        let vote = &pending.vote[..32.min(pending.vote.len())];
+        let (sealed, what, url) = match &pending.voted {
+            Voted::File(name) => (
+                self.key.seal_file(name, &pending.bytes),
+                format!("the file {name:?}"),
+                self.file_url(name),
+            ),
+            Voted::Persisted => (
+                self.key.seal(Purpose::Persisted, &pending.bytes),
+                "the persisted data".to_owned(),
+                format!("{}/save/{:010}_{vote}", self.persisted_base(), pending.time),
+            ),
+            Voted::Snapshot => (
+                self.key.seal(Purpose::Snapshot, &pending.bytes),
+                "the snapshot".to_owned(),
+                format!(
+                    "{}/snapshots/{}/{:010}_{}-{vote}.snap",
+                    self.config.files_url.trim_end_matches('/'),
+                    self.session_id,
+                    pending.time,
+                    pending.seq,
+                ),
+            ),
+        };
+        let body = match sealed {
             Ok(b) => b,
             Err(e) => {
-                self.reject(format!("could not encrypt the snapshot: {e}"));
+                self.reject(format!("could not encrypt {what}: {e}"));
                 return;
             }
         };
-        let url = format!(
-            "{}/snapshots/{}/{:010}_{}-{}.snap",
-            self.config.files_url.trim_end_matches('/'),
-            self.session_id,
-            pending.time,
-            pending.seq,
-            &pending.vote[..32.min(pending.vote.len())]
-        );
-        let then = SnapRequest {
-            time: pending.time as f64,
-            seq: pending.seq,
-            hash: &pending.vote,
-            url: &url,
-            dissident: false,
-        }
-        .encode(&self.session_id);
-        self.effects.push_back(Effect::Upload {
-            url,
-            body,
-            then: Some(then),
-        });
+        // Persisted data is SAVEd and a snapshot SNAPped once uploaded; a file is only
+        // stored.
+        let then = match pending.voted {
+            Voted::File(_) => None,
+            Voted::Persisted => Some(
+                SaveRequest {
+                    url: &url,
+                    dissident: false,
+                }
+                .encode(&self.session_id),
+            ),
+            Voted::Snapshot => Some(
+                SnapRequest {
+                    time: pending.time as f64,
+                    seq: pending.seq,
+                    hash: &pending.vote,
+                    url: &url,
+                    dissident: false,
+                }
+                .encode(&self.session_id),
+            ),
+        };
+        self.effects.push_back(Effect::Upload { url, body, then });
     }
 
     /// The driver uploaded a snapshot, persisted data or a file (and sent its SNAP or
