@@ -136,7 +136,7 @@ impl SessionKey {
             aead: XChaCha20Poly1305::new((&enc).into()),
             vote_key: expand(master, b"vote", Some(session_id)),
             file_key: expand(master, b"file", None),
-            room_key: room.iter().map(|b| format!("{b:02x}")).collect(),
+            room_key: hex(&room),
             session_id: session_id.to_owned(),
             room_id: room_id.to_owned(),
         }
@@ -239,13 +239,7 @@ impl SessionKey {
     /// room, so that only those with the password can tell (or take first) the name of a
     /// file the model will write. 32 hex digits.
     pub fn file_storage_name(&self, name: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.file_key)
-            .expect("HMAC accepts any key length");
-        mac.update(name.as_bytes());
-        mac.finalize().into_bytes()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex(&hmac(&self.file_key, name.as_bytes())[..16])
     }
 
     /// A view's data, sealed for that view id only.
@@ -263,22 +257,27 @@ impl SessionKey {
     /// The value a replica votes with for a snapshot: HMAC of its hash, so that the
     /// reflector, which tallies votes, learns nothing about the state.
     pub fn vote(&self, snapshot_hash: &[u8; 32]) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.vote_key)
-            .expect("HMAC accepts any key length");
-        mac.update(snapshot_hash);
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex(&hmac(&self.vote_key, snapshot_hash))
     }
+}
+
+/// HMAC-SHA256 of `data` under `key`.
+fn hmac(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Random bytes as lowercase hex (view proofs, session names).
 pub fn random_hex(bytes: usize) -> Result<String, CryptoError> {
     let mut buf = vec![0u8; bytes];
     getrandom::getrandom(&mut buf).map_err(|e| CryptoError::Random(e.to_string()))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&buf))
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use synq_protocol::identity::SYNQ_SESSION_PREFIX;
 
+use crate::crypto::hex;
+
 /// The plaintext of a message payload (postcard, then sealed).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Wire {
@@ -34,8 +36,7 @@ pub fn session_id(app_id: &str, session_name: &str, schema: &str) -> String {
         .chain_update(b"\0")
         .chain_update(schema.as_bytes())
         .finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{SYNQ_SESSION_PREFIX}{hex}")
+    format!("{SYNQ_SESSION_PREFIX}{}", hex(&digest[..16]))
 }
 
 /// The room of an app and a session name, whatever the model version: the sessions of
@@ -49,7 +50,7 @@ pub fn room_id(app_id: &str, session_name: &str) -> String {
         .chain_update(b"\0")
         .chain_update(session_name.as_bytes())
         .finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest[..16])
 }
 
 #[cfg(test)]
