@@ -47,8 +47,18 @@ pub struct Cx<'a, M: Model> {
     pub(crate) timers: &'a mut Timers<M::Timer>,
     pub(crate) outputs: &'a mut Vec<M::Output>,
     pub(crate) views: &'a BTreeMap<ViewId, M::ViewData>,
-    pub(crate) persist: &'a mut Option<Persisted>,
-    pub(crate) files: &'a mut Vec<(String, Persisted)>,
+    pub(crate) saves: &'a mut Saves,
+}
+
+/// What the model handed to [`Cx::persist`] and [`Cx::write_file`] until the client takes
+/// it. Not replica state: every replica makes it at the same event, and no snapshot holds
+/// it.
+#[derive(Default)]
+pub(crate) struct Saves {
+    /// The last [`Cx::persist`].
+    pub(crate) persist: Option<Persisted>,
+    /// [`Cx::write_file`]s, by name, in the order written.
+    pub(crate) files: Vec<(String, Persisted)>,
 }
 
 impl<M: Model> Cx<'_, M> {
@@ -114,7 +124,7 @@ impl<M: Model> Cx<'_, M> {
     /// client a vote and one client an upload, so call it from a timer that gathers
     /// changes (a few seconds) rather than on every input.
     pub fn persist(&mut self, data: &impl serde::Serialize) -> Result<(), PersistError> {
-        *self.persist = Some(Persisted::new(M::SCHEMA, self.now, data)?);
+        self.saves.persist = Some(Persisted::new(M::SCHEMA, self.now, data)?);
         Ok(())
     }
 
@@ -130,7 +140,7 @@ impl<M: Model> Cx<'_, M> {
         data: &impl serde::Serialize,
     ) -> Result<(), PersistError> {
         let file = Persisted::new(M::SCHEMA, self.now, data)?;
-        self.files.push((name.to_owned(), file));
+        self.saves.files.push((name.to_owned(), file));
         Ok(())
     }
 

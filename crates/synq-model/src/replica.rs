@@ -7,7 +7,7 @@ use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cx::{Cx, Timers};
+use crate::cx::{Cx, Saves, Timers};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotHash};
 use crate::{Model, Persisted, ViewId};
 
@@ -71,12 +71,7 @@ pub(crate) struct State<M: Model> {
 /// One replica of model `M`.
 pub struct Replica<M: Model> {
     state: State<M>,
-    /// What the model last handed to [`Cx::persist`], until the client takes it. Not
-    /// state: every replica sees it at the same event, and a snapshot does not hold it.
-    persist: Option<Persisted>,
-    /// Files the model wrote ([`Cx::write_file`]), until the client takes them; like
-    /// `persist`, not state.
-    files: Vec<(String, Persisted)>,
+    saves: Saves,
 }
 
 /// What applying one event did.
@@ -108,8 +103,7 @@ impl<M: Model> Replica<M> {
         let mut rng = ChaCha8Rng::from_seed(digest);
         let mut timers = Timers::default();
         let mut outputs = Vec::new();
-        let mut persist = None;
-        let mut files = Vec::new();
+        let mut saves = Saves::default();
         let views = BTreeMap::new();
         let model = {
             let mut cx = Cx::<M> {
@@ -118,8 +112,7 @@ impl<M: Model> Replica<M> {
                 timers: &mut timers,
                 outputs: &mut outputs,
                 views: &views,
-                persist: &mut persist,
-                files: &mut files,
+                saves: &mut saves,
             };
             match from {
                 Some(from) => M::init_persisted(&mut cx, from),
@@ -137,27 +130,20 @@ impl<M: Model> Replica<M> {
             last_input: BTreeMap::new(),
             model,
         };
-        (
-            Self {
-                state,
-                persist,
-                files,
-            },
-            outputs,
-        )
+        (Self { state, saves }, outputs)
     }
 
     /// What the model handed to [`Cx::persist`] since the last call, if anything. The
     /// client calls this after every event and tick, so every replica finds it at the
     /// same point of the stream.
     pub fn take_persisted(&mut self) -> Option<Persisted> {
-        self.persist.take()
+        self.saves.persist.take()
     }
 
     /// The files the model wrote ([`Cx::write_file`]) since the last call, by name, in
     /// the order written; taken like [`Replica::take_persisted`].
     pub fn take_files(&mut self) -> Vec<(String, Persisted)> {
-        std::mem::take(&mut self.files)
+        std::mem::take(&mut self.saves.files)
     }
 
     /// The model, for views to read.
@@ -215,8 +201,7 @@ impl<M: Model> Replica<M> {
             model,
             ..
         } = &mut self.state;
-        let persist = &mut self.persist;
-        let files = &mut self.files;
+        let saves = &mut self.saves;
         let accepted = match event {
             Event::Input { from, n, input } => {
                 let last = last_input.get(&from).copied().unwrap_or(0);
@@ -230,8 +215,7 @@ impl<M: Model> Replica<M> {
                         timers,
                         outputs: &mut outputs,
                         views,
-                        persist,
-                        files,
+                        saves,
                     };
                     model.input(&mut cx, &from, input);
                     true
@@ -253,8 +237,7 @@ impl<M: Model> Replica<M> {
                         timers,
                         outputs: &mut outputs,
                         views,
-                        persist,
-                        files,
+                        saves,
                     };
                     model.view_join(&mut cx, &view, &data);
                     true
@@ -280,8 +263,7 @@ impl<M: Model> Replica<M> {
                         timers,
                         outputs: &mut outputs,
                         views,
-                        persist,
-                        files,
+                        saves,
                     };
                     model.view_exit(&mut cx, &view);
                     true
@@ -318,8 +300,7 @@ impl<M: Model> Replica<M> {
             model,
             ..
         } = &mut self.state;
-        let persist = &mut self.persist;
-        let files = &mut self.files;
+        let saves = &mut self.saves;
         while let Some((due, timer)) = timers.pop_due(time) {
             *now = (*now).max(due);
             let mut cx = Cx::<M> {
@@ -328,8 +309,7 @@ impl<M: Model> Replica<M> {
                 timers,
                 outputs,
                 views,
-                persist,
-                files,
+                saves,
             };
             model.timer(&mut cx, timer);
         }
@@ -358,8 +338,7 @@ impl<M: Model> Replica<M> {
         let state: State<M> = Snapshot::decode(bytes)?;
         Ok(Self {
             state,
-            persist: None,
-            files: Vec::new(),
+            saves: Saves::default(),
         })
     }
 }
