@@ -277,8 +277,6 @@ pub struct ArchivePage {
     /// The first and last entry ids in it.
     pub first: u64,
     pub last: u64,
-    /// Reflector time of its first entry.
-    pub at: u64,
 }
 
 /// The chat room.
@@ -352,7 +350,15 @@ impl ChatModel {
 
     /// How many people are in the room: participants other than services.
     pub fn people(&self) -> usize {
-        self.users.keys().filter(|v| !self.is_service(v)).count()
+        self.people_names().count()
+    }
+
+    /// The names of the people in the room, in view-id order (services left out).
+    fn people_names(&self) -> impl Iterator<Item = &String> {
+        self.users
+            .iter()
+            .filter(|(v, _)| !self.is_service(v))
+            .map(|(_, n)| n)
     }
 
     /// The view that relays AI requests.
@@ -435,7 +441,6 @@ impl ChatModel {
             name: name.clone(),
             first: first.id,
             last: last.id,
-            at: first.at,
         };
         // Plain strings and numbers: JSON always takes them.
         if cx
@@ -477,12 +482,7 @@ impl ChatModel {
     /// [`ChatModel::prompt`] with the history before its `end`th entry.
     fn prompt_before(&self, end: usize, name: &str, text: &str) -> AiRequest {
         // The people: a relay service (a bot) is no one to talk to.
-        let present: Vec<String> = self
-            .users
-            .iter()
-            .filter(|(v, _)| !self.is_service(v))
-            .map(|(_, n)| n.clone())
-            .collect();
+        let present: Vec<String> = self.people_names().cloned().collect();
         // The prompt shows at most the last PROMPT_HISTORY entries (prompt::window).
         let start = end.saturating_sub(prompt::PROMPT_HISTORY);
         let history: Vec<Entry> = self.history.range(start..end).cloned().collect();
