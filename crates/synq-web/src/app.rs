@@ -302,13 +302,7 @@ fn wire_controls(doc: &Document, handle: &SessionHandle<ChatModel>, ui: &Ui) -> 
                 }
                 earlier.state.borrow_mut().busy = false;
                 earlier.button.set_disabled(false);
-                let more = handle
-                    .read(|m| {
-                        m.page_before(earlier.state.borrow().oldest.as_deref())
-                            .is_some()
-                    })
-                    .unwrap_or(false);
-                earlier.button.set_hidden(!more);
+                earlier.offer_more(&handle);
             });
         }
     })?;
@@ -551,6 +545,17 @@ struct Earlier {
     state: Rc<RefCell<EarlierState>>,
 }
 
+impl Earlier {
+    /// Shows the button while the archive has a page before the oldest one shown.
+    fn offer_more(&self, handle: &SessionHandle<ChatModel>) {
+        let oldest = self.state.borrow().oldest.clone();
+        let more = handle
+            .read(|m| m.page_before(oldest.as_deref()).is_some())
+            .unwrap_or(false);
+        self.button.set_hidden(!more);
+    }
+}
+
 /// The page's elements, and what they show now.
 struct Ui {
     doc: Document,
@@ -670,12 +675,8 @@ impl Ui {
                 }
                 earlier.newest = page.newest_page.clone();
             }
-            let more = earlier.oldest.is_none() && page.newest_page.is_some()
-                || handle
-                    .read(|m| m.page_before(earlier.oldest.as_deref()).is_some())
-                    .unwrap_or(false);
-            self.earlier.button.set_hidden(!more);
         }
+        self.earlier.offer_more(handle);
         let mut prev: Node = self.earlier.rows.clone().into();
         for row in page.rows {
             let nodes = match self.rows.entry(row.id) {
