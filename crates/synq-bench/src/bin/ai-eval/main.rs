@@ -75,6 +75,14 @@ struct Args {
     /// CPU threads of the embedded model (default: candle's, the physical cores).
     #[arg(long, requires = "model_path")]
     threads: Option<usize>,
+    /// Sampling temperature; 0 (the default) is greedy, so that answers do not change
+    /// from run to run. The chat asks the embedded model at its default, 0.7: measure that
+    /// with several `--seed`s.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// The sampling seed of every request (with `--temperature` above 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Upper bound on each answer's tokens.
     #[arg(long, default_value_t = 200)]
     max_tokens: u32,
@@ -121,12 +129,9 @@ struct Score {
     prompt: &'static str,
     hygiene: bool,
     temperature: f32,
+    seed: u64,
     max_tokens: u32,
 }
-
-/// Greedy decoding, for answers that do not change from run to run.
-const TEMPERATURE: f32 = 0.0;
-const SEED: u64 = 0;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -197,7 +202,8 @@ async fn main() -> anyhow::Result<()> {
         model,
         prompt: args.prompt.name(),
         hygiene,
-        temperature: TEMPERATURE,
+        temperature: args.temperature,
+        seed: args.seed,
         max_tokens: args.max_tokens,
     };
     println!("{}", serde_json::to_string(&score)?);
@@ -264,7 +270,7 @@ async fn backend(args: &Args) -> anyhow::Result<(Arc<dyn ChatBackend>, String)> 
     };
     let options = LocalOptions {
         threads: args.threads,
-        default_temperature: TEMPERATURE,
+        default_temperature: args.temperature,
         ..LocalOptions::default()
     };
     let name = path
@@ -339,8 +345,8 @@ async fn evaluate(source: &Source, s: &Loaded, args: &Args, hygiene: bool) -> an
         .collect();
     let chat = ChatRequest::new(messages)
         .max_tokens(args.max_tokens)
-        .temperature(TEMPERATURE)
-        .seed(SEED);
+        .temperature(args.temperature)
+        .seed(args.seed);
     let started = Instant::now();
     let (raw, ttft, error) = match source {
         Source::Backend(backend) => ask(&**backend, chat).await,
