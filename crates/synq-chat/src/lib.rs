@@ -23,6 +23,6 @@ pub use model::{
     MAX_HISTORY, MAX_INSTRUCTIONS_BYTES, MAX_STATUS_BYTES, PERSIST_AFTER_MS, addresses_ai,
     queue_status,
 };
-pub use prompt::{AiRequest, PROMPT_HISTORY, PromptMessage, PromptRole};
+pub use prompt::{AiRequest, PROMPT_HISTORY, PromptMessage, PromptRole, Sampling};
 pub use relay::MAX_ANSWER_TOKENS;
 pub use saved::archived_entries;

@@ -7,7 +7,7 @@ use synq_model::{Cx, Model, Persisted, ViewId};
 use synq_relay::{Applied, Candidacy, Elected, Relay, RelayRequest, RelayResponse};
 
 use crate::hygiene;
-use crate::prompt::{self, AiRequest, PromptInput};
+use crate::prompt::{self, AiRequest, PromptInput, Sampling};
 use crate::saved::SavedRoom;
 
 /// The app id under which every chat participant (browser page, `synq chat`) joins: rooms
@@ -635,7 +635,9 @@ impl ChatModel {
             return;
         }
         self.relay.cancel(request);
-        let prompt = self.prompt_before(post_index, &asker, &text);
+        let mut prompt = self.prompt_before(post_index, &asker, &text);
+        // Asked again: another answer, not the likeliest one once more.
+        prompt.sampling = Sampling::Varied;
         let (id, emit) = self.relay.request(self.elected.elected(), prompt);
         // The fair-use notice may have moved entries; find it again by id.
         let entry_id = self.history[index].id;
@@ -705,7 +707,7 @@ impl Model for ChatModel {
     // 4: the room persists its history and settings (`ChatTimer`, `crate::saved`); from
     // here on, a room keeps them when this changes. Also in 4: a relay service (synq
     // bot, preference above 0) takes the election over and is not a person for `auto`.
-    const SCHEMA: &'static str = "synq-chat/4";
+    const SCHEMA: &'static str = "synq-chat/5";
 
     fn init(_: &mut Cx<'_, Self>) -> Self {
         ChatModel::default()

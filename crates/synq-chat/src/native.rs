@@ -36,7 +36,9 @@ fn chat_request(request: AiRequest) -> ChatRequest {
             content: m.content,
         })
         .collect();
-    ChatRequest::new(messages).max_tokens(MAX_ANSWER_TOKENS)
+    ChatRequest::new(messages)
+        .max_tokens(MAX_ANSWER_TOKENS)
+        .temperature(request.sampling.temperature())
 }
 
 /// The answer as the relay publishes it: text, and the place in the AI service's queue as

@@ -53,6 +53,7 @@ impl RelayService<AiRequest> for GatewayService {
         Box::pin(async move {
             let token = session.ai_token();
             // The gateway serves its own model whatever `model` says.
+            let temperature = Some(request.sampling.temperature());
             let body = ChatCompletionRequest {
                 model: "default".into(),
                 messages: request
@@ -66,7 +67,7 @@ impl RelayService<AiRequest> for GatewayService {
                 max_tokens: MAX_ANSWER_TOKENS,
                 stream: true,
                 stream_options: None,
-                temperature: None,
+                temperature,
                 top_p: None,
                 seed: None,
             };

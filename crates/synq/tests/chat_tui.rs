@@ -441,6 +441,14 @@ async fn the_ai_commands_on_the_interactive_screen() {
         requests[2]["messages"], requests[1]["messages"],
         "the same question again"
     );
+    // The first answer is the likeliest (greedy); asked again, another is drawn.
+    let temperature = |r: &serde_json::Value| r["temperature"].as_f64();
+    assert_eq!(temperature(&requests[1]), Some(0.0), "{}", requests[1]);
+    assert!(
+        temperature(&requests[2]).is_some_and(|t| (t - 0.7).abs() < 1e-3),
+        "{}",
+        requests[2]
+    );
 
     // Replies, while the AI answers only when addressed: to a person, it is for people;
     // to the AI's answer, it asks the AI. Both show what they reply to.

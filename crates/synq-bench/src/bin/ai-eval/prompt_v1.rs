@@ -47,5 +47,8 @@ pub fn build(present: &[String], history: &[Entry], name: &str, text: &str) -> A
         role: PromptRole::User,
         content: format!("{name}: {text}"),
     });
-    AiRequest { messages }
+    AiRequest {
+        messages,
+        sampling: Default::default(),
+    }
 }

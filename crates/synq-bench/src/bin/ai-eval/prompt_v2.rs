@@ -68,5 +68,6 @@ pub fn build(input: &PromptInput<'_>) -> AiRequest {
                 content: request,
             },
         ],
+        sampling: Default::default(),
     }
 }
