@@ -213,6 +213,14 @@ async fn two_browsers_share_the_ai_controls() {
                         requests[3]["messages"], requests[2]["messages"],
                         "Again asks the same question"
                     );
+                    // The first answer is the likeliest (greedy); Again draws another.
+                    let temperature = |r: &serde_json::Value| r["temperature"].as_f64();
+                    assert_eq!(temperature(&requests[2]), Some(0.0), "{}", requests[2]);
+                    assert!(
+                        temperature(&requests[3]).is_some_and(|t| (t - 0.7).abs() < 1e-3),
+                        "{}",
+                        requests[3]
+                    );
                     assert!(
                         contents(&requests[3])
                             .iter()
