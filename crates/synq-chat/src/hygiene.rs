@@ -81,6 +81,64 @@ pub fn shown(raw: &str, names: &[&str], done: bool) -> Shown {
     Shown { text, ended }
 }
 
+/// Sentences of a post with fewer words may be repeated (a "Yes, thanks." is no echo).
+pub const MIN_ECHOED_WORDS: usize = 4;
+
+/// Whether `answer` repeats, as a sentence of its own, a sentence of at least
+/// [`MIN_ECHOED_WORDS`] words of one of `posts`, word for word (case, punctuation and the
+/// word "AI" aside): a small model echoing the question, or speaking a person's line
+/// without a label. A sentence that only contains a post's words, as a summary's does,
+/// is fine.
+pub fn repeats_a_post(answer: &str, posts: &[&str]) -> bool {
+    let answer = sentences(answer);
+    posts.iter().any(|post| {
+        sentences(post)
+            .iter()
+            .any(|p| p.split(' ').count() >= MIN_ECHOED_WORDS && answer.contains(p))
+    })
+}
+
+/// The sentences of `text` (ended by `.`, `!`, `?` or a new line), as [`words`].
+fn sentences(text: &str) -> Vec<String> {
+    text.split(['.', '!', '?', '\n'])
+        .map(words)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The words of `text`, lowercase, without punctuation, apostrophes or the word "AI", one
+/// space apart ("I'd" is "id"). ASCII rules only, so that every replica (whatever its
+/// Rust's Unicode tables) splits alike; other characters belong to words.
+fn words(text: &str) -> String {
+    let kept: String = text
+        .chars()
+        .filter(|c| !matches!(c, '\'' | '\u{2019}'))
+        .map(|c| {
+            let typographic = matches!(
+                c,
+                '\u{a0}'
+                    | '\u{a1}'
+                    | '\u{bf}'
+                    | '\u{2013}'
+                    | '\u{2014}'
+                    | '\u{2018}'
+                    | '\u{201c}'
+                    | '\u{201d}'
+                    | '\u{2026}'
+            );
+            if typographic || (c.is_ascii() && !c.is_ascii_alphanumeric()) {
+                ' '
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    kept.split_whitespace()
+        .filter(|w| *w != "ai")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The length of a speaker label at the start of `line` (`Name:`, `**Name**:`, with the
 /// spaces after it), if it has one.
 fn label_len(line: &str, labels: &[&str]) -> Option<usize> {
@@ -190,5 +248,30 @@ mod tests {
             clean("# Title\n**bold** and __this__\n```\ncode\n```", NAMES),
             "Title\nbold and this\ncode"
         );
+    }
+
+    #[test]
+    fn an_answer_that_parrots_a_post_is_told_from_one_that_uses_its_words() {
+        let posts = [
+            "Picnic on Saturday, who brings what?",
+            "AI, who said they would bring the drinks?",
+        ];
+        // The question echoed, with or without the "AI," and in other case and quotes.
+        assert!(repeats_a_post(
+            "AI, who said they would bring the drinks?",
+            &posts
+        ));
+        assert!(repeats_a_post(
+            "\u{201c}Who said they\u{2019}d bring the drinks\u{201d}... who said they would bring the DRINKS!",
+            &posts
+        ));
+        // A sentence of its own that contains the post's words is an answer.
+        assert!(!repeats_a_post(
+            "Eli said they would bring the drinks.",
+            &posts
+        ));
+        // Short sentences may be repeated.
+        assert!(!repeats_a_post("Yes, thanks.", &["Yes, thanks."]));
+        assert!(!repeats_a_post("", &posts));
     }
 }

@@ -1,6 +1,6 @@
 //! `ChatModel`: the replicated state of a chat room in which an AI takes part.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use synq_model::{Cx, Model, Persisted, ViewId};
@@ -298,6 +298,9 @@ pub struct ChatModel {
     persisting: bool,
     /// The archive's pages, oldest first.
     archive: VecDeque<ArchivePage>,
+    /// Pending requests asked with [`Sampling::Varied`] (Again, or once more after an
+    /// echo): whatever they answer is the answer.
+    varied: BTreeSet<u64>,
 }
 
 impl ChatModel {
@@ -557,7 +560,7 @@ impl ChatModel {
     /// Streams `all` (the raw answer so far) into its entry through the hygiene filter;
     /// when the model started another speaker's turn, the answer ends there and its
     /// call is stopped.
-    fn stream(&mut self, id: u64, all: String, done: bool) {
+    fn stream(&mut self, cx: &mut Cx<'_, Self>, id: u64, all: String, done: bool) {
         let names = self.speaker_names();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let shown = hygiene::shown(&all, &names, done);
@@ -565,6 +568,14 @@ impl ChatModel {
         self.statuses.remove(&id);
         if shown.ended {
             self.relay.cancel(id);
+        }
+        if finished
+            && !self.varied.remove(&id)
+            && self.mode != AiMode::Off
+            && self.echoes_a_post(id, &shown.text)
+            && self.ask_again_after_echo(cx, id)
+        {
+            return;
         }
         if let Some(e) = self.ai_entry(id)
             && let EntryKind::Ai { text, state, .. } = &mut e.kind
@@ -631,16 +642,34 @@ impl ChatModel {
         if self.mode == AiMode::Off {
             return;
         }
+        // The fair-use notice may move entries; the answer is found again by its id.
+        let entry_id = self.history[index].id;
         if !self.fair_use(cx, from, name) {
             return;
         }
         self.relay.cancel(request);
-        let mut prompt = self.prompt_before(post_index, &asker, &text);
+        self.varied.remove(&request);
+        self.reask(cx, entry_id, post_index, &asker, &text, Some(name));
+    }
+
+    /// Asks for another draw of the answer in entry `entry_id` to the post at
+    /// `post_index`, in its place; `by` is who asked (none for the room's own retry).
+    fn reask(
+        &mut self,
+        cx: &mut Cx<'_, Self>,
+        entry_id: u64,
+        post_index: usize,
+        asker: &str,
+        post: &str,
+        by: Option<&str>,
+    ) {
+        let mut prompt = self.prompt_before(post_index, asker, post);
         // Asked again: another answer, not the likeliest one once more.
         prompt.sampling = Sampling::Varied;
         let (id, emit) = self.relay.request(self.elected.elected(), prompt);
-        // The fair-use notice may have moved entries; find it again by id.
-        let entry_id = self.history[index].id;
+        let relay = &self.relay;
+        self.varied.retain(|r| relay.is_pending(*r));
+        self.varied.insert(id);
         if let Some(e) = self.history.iter_mut().find(|e| e.id == entry_id)
             && let EntryKind::Ai {
                 request,
@@ -655,11 +684,60 @@ impl ChatModel {
             text.clear();
             *state = AiState::Waiting;
             *stopped_by = None;
-            *regenerated_by = Some(name.to_owned());
+            if let Some(by) = by {
+                *regenerated_by = Some(by.to_owned());
+            }
         }
         if let Some(r) = emit {
             cx.emit(ChatOutput::Request(r));
         }
+    }
+
+    /// The posts an answer must not parrot: the asked post and the people's posts that
+    /// its prompt showed.
+    fn echoes_a_post(&self, request: u64, answer: &str) -> bool {
+        let Some(index) = self
+            .history
+            .iter()
+            .rposition(|e| matches!(e.kind, EntryKind::Ai { request: r, .. } if r == request))
+        else {
+            return false;
+        };
+        let start = index.saturating_sub(prompt::PROMPT_HISTORY + 1);
+        let posts: Vec<&str> = self
+            .history
+            .range(start..index)
+            .filter_map(|e| match &e.kind {
+                EntryKind::Post { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        hygiene::repeats_a_post(answer, &posts)
+    }
+
+    /// A first answer that parrots a post (small models echo the question) is not shown:
+    /// the same question is asked once more, drawn with [`Sampling::Varied`].
+    /// Whether it was asked (not when the post has left the history).
+    fn ask_again_after_echo(&mut self, cx: &mut Cx<'_, Self>, request: u64) -> bool {
+        let Some((entry_id, post)) = self.history.iter().rev().find_map(|e| match e.kind {
+            EntryKind::Ai {
+                request: r, post, ..
+            } if r == request => Some((e.id, post)),
+            _ => None,
+        }) else {
+            return false;
+        };
+        let Some(post_index) = self.history.iter().position(|e| e.id == post) else {
+            return false;
+        };
+        let EntryKind::Post {
+            name: asker, text, ..
+        } = self.history[post_index].kind.clone()
+        else {
+            return false;
+        };
+        self.reask(cx, entry_id, post_index, &asker, &text, None);
+        true
     }
 
     fn elected_changed(&mut self, cx: &mut Cx<'_, Self>, elected: Option<ViewId>) {
@@ -825,8 +903,8 @@ impl Model for ChatModel {
             }
             ChatInput::Relay(response) => {
                 match self.relay.respond(from, self.elected.elected(), response) {
-                    Some(Applied::Streaming { id, text }) => self.stream(id, text, false),
-                    Some(Applied::Done { id, text }) => self.stream(id, text, true),
+                    Some(Applied::Streaming { id, text }) => self.stream(cx, id, text, false),
+                    Some(Applied::Done { id, text }) => self.stream(cx, id, text, true),
                     Some(Applied::Failed { id, reason }) => {
                         let reason = cut(reason, 200);
                         if let Some(e) = self.ai_entry(id) {

@@ -642,6 +642,64 @@ fn again_replaces_the_answer_in_place_with_who_asked() {
 }
 
 #[test]
+fn a_first_answer_that_parrots_the_question_is_asked_once_more() {
+    let mut room = ann_and_bob();
+    room.post("bob", "@AI who said they would bring the drinks?");
+    let first = room.requests().remove(0);
+    assert_eq!(first.request.sampling, Sampling::Focused);
+    // The echo streams, and when it is complete, the same question is asked again.
+    room.respond(
+        "ann",
+        delta(first.id, "Bob: AI, who said they would bring the drinks?"),
+    );
+    room.respond("ann", RelayResponse::Done { id: first.id });
+    let again = room.requests();
+    assert_eq!(again.len(), 1, "asked once more");
+    assert_eq!(again[0].request.messages, first.request.messages);
+    assert_eq!(again[0].request.sampling, Sampling::Varied);
+    let texts = room.texts();
+    assert!(
+        !texts
+            .iter()
+            .any(|t| t.contains("would bring the drinks?") && t.starts_with("AI")),
+        "the echo is not shown: {texts:?}"
+    );
+    // Not someone's regeneration: nobody is named.
+    assert!(room.m().history().all(|e| !matches!(
+        &e.kind,
+        EntryKind::Ai {
+            regenerated_by: Some(_),
+            ..
+        }
+    )));
+    // Whatever the second draw says is the answer, even another echo: never a loop.
+    room.respond(
+        "ann",
+        delta(again[0].id, "Who said they would bring the drinks?"),
+    );
+    room.respond("ann", RelayResponse::Done { id: again[0].id });
+    assert!(room.requests().is_empty(), "asked once more at most");
+    let texts = room.texts();
+    assert!(
+        texts.contains(&"AI: Who said they would bring the drinks?".to_string()),
+        "{texts:?}"
+    );
+    // An answer that uses the post's words is an answer.
+    room.post("bob", "@AI who said they would bring the drinks?");
+    let third = room.requests().remove(0);
+    room.respond(
+        "ann",
+        delta(third.id, "Eli said they would bring the drinks."),
+    );
+    room.respond("ann", RelayResponse::Done { id: third.id });
+    assert!(room.requests().is_empty());
+    assert!(
+        room.texts()
+            .contains(&"AI: Eli said they would bring the drinks.".to_string())
+    );
+}
+
+#[test]
 fn fair_use_limits_ai_requests_per_person_per_minute_with_a_notice() {
     let mut room = ann_and_bob();
     for i in 0..AI_REQUESTS_PER_MINUTE {

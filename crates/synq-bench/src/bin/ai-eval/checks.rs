@@ -115,46 +115,14 @@ pub fn speaks_as_human(text: &str, people: &[String]) -> Option<String> {
 }
 
 /// Sentences this short (in words, "AI" not counted) may be repeated by a fair answer.
-const MIN_REPEATED_WORDS: usize = 4;
-
-/// A person's post (the one asked about, or one of the history) one of whose sentences
-/// the answer repeats word for word as a sentence of its own: the model speaking as that
-/// person, or echoing the question. (A sentence that only contains a post's words, as a
-/// summary's "the picnic is in the city park by the lake" does, is fine.)
+/// A person's post (the one asked about, or one of the history) that the answer parrots
+/// ([`synq_chat::hygiene::repeats_a_post`]: the chat asks once more when a first answer
+/// does).
 fn repeated_post<'a>(text: &str, s: &'a Loaded) -> Option<&'a str> {
-    let answer = sentences(text);
-    let sit = &s.situation;
-    let history = sit.history.iter().filter_map(|h| h.text.as_deref());
-    std::iter::once(sit.post.as_str())
-        .chain(history)
-        .find(|post| {
-            sentences(post)
-                .iter()
-                .any(|p| p.split(' ').count() >= MIN_REPEATED_WORDS && answer.contains(p))
-        })
-}
-
-/// The sentences of `text` (ended by `.`, `!`, `?` or a new line), as [`words`].
-fn sentences(text: &str) -> Vec<String> {
-    text.split(['.', '!', '?', '\n'])
-        .map(words)
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// The words of `text`, lowercase, without punctuation or the word "AI", one space apart
-/// ("I'd" is "id").
-fn words(text: &str) -> String {
-    let kept: String = text
-        .chars()
-        .filter(|c| *c != '\'')
-        .flat_map(char::to_lowercase)
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect();
-    kept.split_whitespace()
-        .filter(|w| *w != "ai")
-        .collect::<Vec<_>>()
-        .join(" ")
+    s.posts()
+        .into_iter()
+        .rev()
+        .find(|post| synq_chat::hygiene::repeats_a_post(text, &[post]))
 }
 
 static HTML_TAG: LazyLock<Regex> = LazyLock::new(|| {

@@ -32,7 +32,7 @@ use serde_json::Value;
 use synq_ai::local::{LocalBackend, LocalOptions};
 use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
 use synq_ai::{ChatBackend, ChatMessage, ChatRequest, Role};
-use synq_chat::prompt::{self, AiRequest, PromptInput, PromptMessage, PromptRole};
+use synq_chat::prompt::{self, AiRequest, PromptInput, PromptMessage, PromptRole, Sampling};
 
 use situations::Loaded;
 
@@ -86,6 +86,10 @@ struct Args {
     /// Upper bound on each answer's tokens.
     #[arg(long, default_value_t = 200)]
     max_tokens: u32,
+    /// Show a first answer that parrots a post as it is, instead of asking once more at
+    /// temperature 0.7 as the chat does (`synq_chat::hygiene::repeats_a_post`).
+    #[arg(long)]
+    no_echo_retry: bool,
     /// Add the prompt's messages to each situation's line.
     #[arg(long)]
     show_prompt: bool,
@@ -319,6 +323,9 @@ struct Line {
     /// The model's answer, when hygiene changed it.
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<String>,
+    /// The first answer (raw), when it parroted a post and was asked for once more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    echoed: Option<String>,
     /// What decided each failed check.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     notes: Vec<String>,
@@ -331,7 +338,7 @@ struct Line {
 /// Asks the backend and checks the answer.
 async fn evaluate(source: &Source, s: &Loaded, args: &Args, hygiene: bool) -> anyhow::Result<Line> {
     let request = prompt_for(s, args.prompt)?;
-    let messages = request
+    let messages: Vec<ChatMessage> = request
         .messages
         .iter()
         .map(|m| ChatMessage {
@@ -343,13 +350,34 @@ async fn evaluate(source: &Source, s: &Loaded, args: &Args, hygiene: bool) -> an
             content: m.content.clone(),
         })
         .collect();
-    let chat = ChatRequest::new(messages)
-        .max_tokens(args.max_tokens)
-        .temperature(args.temperature)
-        .seed(args.seed);
+    let chat = |temperature: f32| {
+        ChatRequest::new(messages.clone())
+            .max_tokens(args.max_tokens)
+            .temperature(temperature)
+            .seed(args.seed)
+    };
+    let people = s.people();
+    let names: Vec<&str> = people.iter().map(String::as_str).collect();
     let started = Instant::now();
+    let mut echoed = None;
     let (raw, ttft, error) = match source {
-        Source::Backend(backend) => ask(&**backend, chat).await,
+        Source::Backend(backend) => {
+            let (raw, ttft, error) = ask(&**backend, chat(args.temperature)).await;
+            // As the chat does: a first answer that parrots a post is asked once more.
+            let posts = s.posts();
+            let echo = error.is_none()
+                && synq_chat::hygiene::repeats_a_post(
+                    &synq_chat::hygiene::clean(&raw, &names),
+                    &posts,
+                );
+            if echo && !args.no_echo_retry {
+                echoed = Some(raw);
+                let (raw, _, error) = ask(&**backend, chat(Sampling::Varied.temperature())).await;
+                (raw, ttft, error)
+            } else {
+                (raw, ttft, error)
+            }
+        }
         Source::Recorded(answers) => match answers.get(&s.situation.name) {
             Some(raw) => (raw.clone(), None, None),
             None => bail!(
@@ -360,8 +388,6 @@ async fn evaluate(source: &Source, s: &Loaded, args: &Args, hygiene: bool) -> an
     };
     let total = started.elapsed();
 
-    let people = s.people();
-    let names: Vec<&str> = people.iter().map(String::as_str).collect();
     let shown = if hygiene {
         synq_chat::hygiene::clean(&raw, &names)
     } else {
@@ -378,6 +404,7 @@ async fn evaluate(source: &Source, s: &Loaded, args: &Args, hygiene: bool) -> an
         pass: outcome.pass(),
         failed: outcome.failed,
         raw: (shown != raw).then_some(raw),
+        echoed,
         answer: shown,
         notes: outcome.notes,
         ttft_ms: ttft.map(|t| t.as_millis() as u64),

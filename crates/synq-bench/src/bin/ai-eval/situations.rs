@@ -146,6 +146,16 @@ impl Loaded {
         }
         names.into_iter().map(str::to_owned).collect()
     }
+
+    /// The people's posts: the history's and the one asked about, last.
+    pub fn posts(&self) -> Vec<&str> {
+        let s = &self.situation;
+        s.history
+            .iter()
+            .filter_map(|h| h.text.as_deref())
+            .chain([s.post.as_str()])
+            .collect()
+    }
 }
 
 /// Parses and checks a situations file.
