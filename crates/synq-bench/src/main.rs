@@ -121,6 +121,38 @@ fn cpu_split(pid: &str, hz: f64) -> Option<(f64, f64)> {
     Some((utime / hz, stime / hz))
 }
 
+/// Open file descriptors of a process.
+fn open_fds(pid: &str) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Descriptors this process needs besides its clients' sockets (stdio, the runtime's
+/// epoll and wake-up descriptors, a spawned server's pipe, /proc reads).
+const OWN_FDS: u64 = 32;
+
+/// Raises the open-files soft limit to the hard limit and checks that `clients` sockets
+/// fit under it: one process cannot open more, and a run that hits the limit half-way
+/// would measure nothing.
+fn open_files_for(clients: usize) -> anyhow::Result<()> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("synq-bench: cannot raise the open-files limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let need = clients as u64 + OWN_FDS;
+    if need > limit {
+        bail!(
+            "{clients} clients need about {need} open files, but this process may open {limit} \
+             (the hard limit; raise it with `ulimit -Hn` as root or LimitNOFILE=, or run \
+             several synq-bench processes with fewer sessions each)"
+        );
+    }
+    eprintln!("synq-bench: open-files limit {limit}");
+    Ok(())
+}
+
 /// Resident memory of a process (VmRSS), in KiB.
 fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -719,6 +751,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be positive");
     }
+    open_files_for(args.sessions.saturating_mul(args.clients))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.timeout);
     let hz = clock_ticks_per_second();
     let mut spawned = None;
@@ -804,6 +837,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
     let started = ctx.t0.elapsed();
     let server_cpu0 = server_pid.as_deref().and_then(|p| cpu_split(p, hz));
     let rss_joined = server_pid.as_deref().and_then(rss_kib);
+    let fds_joined = server_pid.as_deref().and_then(open_fds);
     let own_cpu0 = cpu_seconds("self", hz);
     let mut end = started;
     if joined_all {
@@ -837,6 +871,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
     let server_cpu1 = server_pid.as_deref().and_then(|p| cpu_split(p, hz));
     let own_cpu1 = cpu_seconds("self", hz);
     let rss_end = server_pid.as_deref().and_then(rss_kib);
+    let fds_end = server_pid.as_deref().and_then(open_fds);
 
     // Everyone stops; late reports (partial counts) are still collected.
     let _ = stop_tx.send(true);
@@ -928,6 +963,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         },
         "server_kib_per_session": rss_before.zip(rss_joined)
             .map(|(a, b)| round((b as f64 - a as f64) / args.sessions.max(1) as f64, 1)),
+        "server_fds": {"joined": fds_joined, "end": fds_end},
         "join_s": round(join_s, 2),
         "server_args": args.server_args,
         "errors": n_errors,
