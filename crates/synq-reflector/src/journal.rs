@@ -13,14 +13,16 @@
 //!
 //! File descriptors: a journal holds its file open only while its session writes often
 //! (a write less than [`KEEP_OPEN`] after the one before), and until [`KEEP_OPEN`] after
-//! the last of those writes ([`Journal::open_until`], [`Journal::close_idle`]). Otherwise
-//! each write opens the file, appends and closes it. An idle session writes its time once
-//! a second at most, so ten thousand idle sessions hold no descriptor for their journals,
-//! and the process's open-files limit is left to the connections.
+//! the last of those writes ([`Journal::open_until`], [`Journal::close_idle`]); and at
+//! most [`MAX_KEPT_OPEN`] journals of the process do so at once. Otherwise each write
+//! opens the file, appends and closes it. An idle session writes its time once a second
+//! at most, so ten thousand idle sessions hold no descriptor for their journals, and the
+//! process's open-files limit is left to the connections.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,28 @@ const FILE_NAME: &str = "journal";
 /// the previous one. Longer than a busy session's gaps between batches; shorter than an
 /// idle session's (its time record, once a second).
 pub const KEEP_OPEN: Duration = Duration::from_millis(500);
+
+/// How many journals of the process may keep their file open between writes. Many
+/// sessions starting at once (thousands of clients reconnecting after a restart) each
+/// write a few times in quick succession; without a cap their files would take the
+/// descriptors that connections need.
+pub const MAX_KEPT_OPEN: usize = 64;
+
+/// Journals that keep their file open now (file descriptors are the process's).
+static KEPT_OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes one of the [`MAX_KEPT_OPEN`] places, if one is free.
+fn take_place() -> bool {
+    KEPT_OPEN
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_KEPT_OPEN).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+fn give_back_place() {
+    KEPT_OPEN.fetch_sub(1, Ordering::AcqRel);
+}
 
 /// The session fields fixed when the session was created.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,10 +177,13 @@ pub fn message_time_seq(args: &str) -> Option<(u64, u32)> {
 
 pub struct Journal {
     dir: PathBuf,
-    /// Open while the session writes often (see [`KEEP_OPEN`]); opened on demand.
+    /// Open between writes while the session writes often (see [`KEEP_OPEN`]), holding
+    /// one of the [`MAX_KEPT_OPEN`] places; opened on demand.
     file: Option<File>,
     /// When the last write was made.
     last_write: Option<Instant>,
+    /// The file is kept open between writes, in one of the [`MAX_KEPT_OPEN`] places.
+    kept: bool,
     /// A compaction replaced the file but the journal could not be reopened: no later
     /// write may append to what was there before.
     broken: bool,
@@ -303,6 +330,7 @@ impl Journal {
                 dir: dir.to_owned(),
                 file: None,
                 last_write: None,
+                kept: false,
                 broken: false,
                 durability,
             },
@@ -344,23 +372,35 @@ impl Journal {
             .last_write
             .is_some_and(|t| now.saturating_duration_since(t) < KEEP_OPEN);
         self.last_write = Some(now);
-        if !busy || result.is_err() {
-            self.file = None;
+        let keep = busy && result.is_ok() && (self.kept || take_place());
+        if !keep {
+            self.close();
         }
+        self.kept = keep;
         result.map_err(io_at(&path))
+    }
+
+    /// Closes the file, giving back its place if it held one.
+    fn close(&mut self) {
+        self.file = None;
+        if std::mem::take(&mut self.kept) {
+            give_back_place();
+        }
     }
 
     /// Until when the file is kept open (`None`: it is closed). The session's task closes
     /// it then with [`Journal::close_idle`].
     pub fn open_until(&self) -> Option<Instant> {
-        self.file.as_ref()?;
+        if !self.kept {
+            return None;
+        }
         self.last_write.map(|t| t + KEEP_OPEN)
     }
 
     /// Closes the file if nothing was written for [`KEEP_OPEN`].
     pub fn close_idle(&mut self, now: Instant) {
         if self.open_until().is_some_and(|t| t <= now) {
-            self.file = None;
+            self.close();
         }
     }
 
@@ -381,13 +421,19 @@ impl Journal {
             f.sync_data().map_err(io_at(&tmp))?;
         }
         drop(f);
-        self.file = None;
+        self.close();
         if let Err(e) = std::fs::rename(&tmp, &path) {
             self.broken = true;
             return Err(io_at(&path)(e));
         }
         // The next write opens the new file.
         Ok(())
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -605,6 +651,7 @@ mod tests {
         assert!(j.is_open(), "not yet quiet long enough");
         j.close_idle(last + KEEP_OPEN);
         assert_eq!(descriptors_on(&path), 0, "closed once quiet");
+        assert!(!j.is_open());
         assert_eq!(j.open_until(), None);
         // The next write opens it again and appends.
         rec.message("[100,4294967291,\"late\",0]");
