@@ -91,6 +91,11 @@ struct Args {
     /// Worker threads of the load generator [default: number of CPUs].
     #[arg(long)]
     threads: Option<usize>,
+    /// Clients connecting and joining at the same time; the others wait for a turn.
+    /// Thousands of simultaneous connects overflow the listen backlog: SYNs are dropped
+    /// and retried seconds later, and some handshakes outlast the server's header timeout.
+    #[arg(long, default_value_t = 256)]
+    join_concurrency: usize,
 }
 
 /// The user-time and system-time clock rate of /proc/PID/stat.
@@ -265,6 +270,8 @@ struct Ctx {
     results: mpsc::UnboundedSender<ClientResult>,
     start: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
+    /// Turns to connect and join (--join-concurrency).
+    joining: tokio::sync::Semaphore,
 }
 
 /// Waits until the flag is set (or its sender is gone).
@@ -380,6 +387,8 @@ type ClientOutcome = Result<(ClientResult, Option<Halves>), (anyhow::Error, Opti
 /// Connects, JOINs, and waits for SYNC and for the announcement that counts all clients
 /// of the session.
 async fn join(ctx: &Ctx, session: &str, global: u64) -> anyhow::Result<Halves> {
+    // Until SYNC: waiting for the session's other clients must not hold a turn.
+    let mut turn = Some(ctx.joining.acquire().await?);
     let args = &ctx.args;
     let url = format!("{}/{}", args.url.trim_end_matches('/'), session);
     let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
@@ -404,6 +413,9 @@ async fn join(ctx: &Ctx, session: &str, global: u64) -> anyhow::Result<Halves> {
         let frame = frame.as_str();
         if !synced {
             synced = is_sync(frame);
+            if synced {
+                drop(turn.take());
+            }
         } else if users_active(frame) == Some(args.clients as u64) {
             break;
         }
@@ -420,15 +432,38 @@ async fn run_client(
 ) -> ClientOutcome {
     let args = &ctx.args;
     let mut stop = ctx.stop.clone();
-    let (sink, mut stream) = tokio::select! {
+    let (mut sink, mut stream) = tokio::select! {
         r = join(ctx, session, global) => r.map_err(|e| (e, None))?,
         _ = wait_flag(&mut stop) => return Err((anyhow::anyhow!("stopped before joining"), None)),
     };
     let _ = ctx.ready.send(());
     let mut start = ctx.start.clone();
+    // Until the start, read and drop what comes (ticks, announcements of later joiners),
+    // as a real client would: a backlog of ticks read after the start would be counted as
+    // ticks of the measured interval (a run of 19,800 clients takes a minute to join on a
+    // busy machine). PULSE as in the idle phase, so that no inactivity timeout hits.
+    let waiting = async {
+        let mut pulse = pulse_interval();
+        loop {
+            tokio::select! {
+                m = stream.next() => match m {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                _ = pulse.tick() => {
+                    if sink.send(Message::Text(action::pulse().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Ended or closed: the client's first read after the start reports it.
+        std::future::pending::<()>().await;
+    };
     tokio::select! {
         _ = wait_flag(&mut start) => {}
         _ = wait_flag(&mut stop) => {}
+        () = waiting => {}
     }
     if *stop.borrow() {
         return Err((anyhow::anyhow!("stopped before the start"), None));
@@ -587,6 +622,14 @@ async fn send_loop(
     Ok(sink)
 }
 
+/// A PULSE every 20 s, the first 20 s from now (the server's inactivity timeout is 60 s).
+fn pulse_interval() -> tokio::time::Interval {
+    tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(20),
+        Duration::from_secs(20),
+    )
+}
+
 /// Idle mode: count ticks until stopped; PULSE now and then so that no inactivity timeout hits.
 async fn idle(
     ctx: &Ctx,
@@ -595,10 +638,7 @@ async fn idle(
 ) -> ClientOutcome {
     let mut r = ClientResult::default();
     let mut stop = ctx.stop.clone();
-    let mut pulse = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(20),
-        Duration::from_secs(20),
-    );
+    let mut pulse = pulse_interval();
     loop {
         tokio::select! {
             m = stream.next() => match m {
@@ -793,6 +833,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         results: results_tx,
         start: start_rx,
         stop: stop_rx,
+        joining: tokio::sync::Semaphore::new(args.join_concurrency.max(1)),
     });
     let mut tasks = Vec::with_capacity(total);
     for s in 0..args.sessions {
@@ -822,7 +863,13 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
                 None => break false,
             },
             r = results_rx.recv() => match r {
-                Some(r) => { results.push(r); break false; }
+                Some(r) => {
+                    if let Some(e) = &r.error {
+                        eprintln!("synq-bench: a client failed while joining: {e}");
+                    }
+                    results.push(r);
+                    break false;
+                }
                 None => break false,
             },
             _ = tokio::time::sleep_until(deadline) => break false,
