@@ -146,8 +146,10 @@ impl Island {
         self.session.kept(now());
     }
 
-    /// The session ends: its time is journaled.
-    pub(crate) async fn close(mut self) {
+    /// The session ends: its time is journaled. By reference: an `Island` moved into this
+    /// future would be held twice by the session's task for its whole life (a task is as
+    /// large as its largest state).
+    pub(crate) async fn close(&mut self) {
         self.install_compaction().await;
         let time = self.session.finish(now());
         self.commit_journal();
