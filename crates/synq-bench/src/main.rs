@@ -438,11 +438,16 @@ async fn run_client(
     };
     let _ = ctx.ready.send(());
     let mut start = ctx.start.clone();
-    // Until the start, read and drop what comes (ticks, announcements of later joiners),
-    // as a real client would: a backlog of ticks read after the start would be counted as
-    // ticks of the measured interval (a run of 19,800 clients takes a minute to join on a
-    // busy machine). PULSE as in the idle phase, so that no inactivity timeout hits.
+    // Idle mode: until the start, read and drop what comes (ticks, announcements of later
+    // joiners), as a real client would: a backlog of ticks read after the start would be
+    // counted as ticks of the measured interval (a run of 19,800 clients takes a minute to
+    // join on a busy machine). PULSE as in the idle phase, so that no inactivity timeout
+    // hits. Not with messages: a client that has not yet seen the start would drop the
+    // first messages of a client that has.
     let waiting = async {
+        if args.idle_seconds.is_none() {
+            std::future::pending::<()>().await;
+        }
         let mut pulse = pulse_interval();
         loop {
             tokio::select! {
