@@ -91,6 +91,11 @@ struct Args {
     /// Worker threads of the load generator [default: number of CPUs].
     #[arg(long)]
     threads: Option<usize>,
+    /// Clients connecting and joining at the same time; the others wait for a turn.
+    /// Thousands of simultaneous connects overflow the listen backlog: SYNs are dropped
+    /// and retried seconds later, and some handshakes outlast the server's header timeout.
+    #[arg(long, default_value_t = 256)]
+    join_concurrency: usize,
 }
 
 /// The user-time and system-time clock rate of /proc/PID/stat.
@@ -119,6 +124,38 @@ fn cpu_split(pid: &str, hz: f64) -> Option<(f64, f64)> {
     let utime: f64 = f.next()?.parse().ok()?;
     let stime: f64 = f.next()?.parse().ok()?;
     Some((utime / hz, stime / hz))
+}
+
+/// Open file descriptors of a process.
+fn open_fds(pid: &str) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Descriptors this process needs besides its clients' sockets (stdio, the runtime's
+/// epoll and wake-up descriptors, a spawned server's pipe, /proc reads).
+const OWN_FDS: u64 = 32;
+
+/// Raises the open-files soft limit to the hard limit and checks that `clients` sockets
+/// fit under it: one process cannot open more, and a run that hits the limit half-way
+/// would measure nothing.
+fn open_files_for(clients: usize) -> anyhow::Result<()> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("synq-bench: cannot raise the open-files limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let need = clients as u64 + OWN_FDS;
+    if need > limit {
+        bail!(
+            "{clients} clients need about {need} open files, but this process may open {limit} \
+             (the hard limit; raise it with `ulimit -Hn` as root or LimitNOFILE=, or run \
+             several synq-bench processes with fewer sessions each)"
+        );
+    }
+    eprintln!("synq-bench: open-files limit {limit}");
+    Ok(())
 }
 
 /// Resident memory of a process (VmRSS), in KiB.
@@ -233,6 +270,8 @@ struct Ctx {
     results: mpsc::UnboundedSender<ClientResult>,
     start: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
+    /// Turns to connect and join (--join-concurrency).
+    joining: tokio::sync::Semaphore,
 }
 
 /// Waits until the flag is set (or its sender is gone).
@@ -348,6 +387,8 @@ type ClientOutcome = Result<(ClientResult, Option<Halves>), (anyhow::Error, Opti
 /// Connects, JOINs, and waits for SYNC and for the announcement that counts all clients
 /// of the session.
 async fn join(ctx: &Ctx, session: &str, global: u64) -> anyhow::Result<Halves> {
+    // Until SYNC: waiting for the session's other clients must not hold a turn.
+    let mut turn = Some(ctx.joining.acquire().await?);
     let args = &ctx.args;
     let url = format!("{}/{}", args.url.trim_end_matches('/'), session);
     let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
@@ -372,6 +413,9 @@ async fn join(ctx: &Ctx, session: &str, global: u64) -> anyhow::Result<Halves> {
         let frame = frame.as_str();
         if !synced {
             synced = is_sync(frame);
+            if synced {
+                drop(turn.take());
+            }
         } else if users_active(frame) == Some(args.clients as u64) {
             break;
         }
@@ -388,15 +432,43 @@ async fn run_client(
 ) -> ClientOutcome {
     let args = &ctx.args;
     let mut stop = ctx.stop.clone();
-    let (sink, mut stream) = tokio::select! {
+    let (mut sink, mut stream) = tokio::select! {
         r = join(ctx, session, global) => r.map_err(|e| (e, None))?,
         _ = wait_flag(&mut stop) => return Err((anyhow::anyhow!("stopped before joining"), None)),
     };
     let _ = ctx.ready.send(());
     let mut start = ctx.start.clone();
+    // Idle mode: until the start, read and drop what comes (ticks, announcements of later
+    // joiners), as a real client would: a backlog of ticks read after the start would be
+    // counted as ticks of the measured interval (a run of 19,800 clients takes a minute to
+    // join on a busy machine). PULSE as in the idle phase, so that no inactivity timeout
+    // hits. Not with messages: a client that has not yet seen the start would drop the
+    // first messages of a client that has.
+    let waiting = async {
+        if args.idle_seconds.is_none() {
+            std::future::pending::<()>().await;
+        }
+        let mut pulse = pulse_interval();
+        loop {
+            tokio::select! {
+                m = stream.next() => match m {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                _ = pulse.tick() => {
+                    if sink.send(Message::Text(action::pulse().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Ended or closed: the client's first read after the start reports it.
+        std::future::pending::<()>().await;
+    };
     tokio::select! {
         _ = wait_flag(&mut start) => {}
         _ = wait_flag(&mut stop) => {}
+        () = waiting => {}
     }
     if *stop.borrow() {
         return Err((anyhow::anyhow!("stopped before the start"), None));
@@ -555,6 +627,14 @@ async fn send_loop(
     Ok(sink)
 }
 
+/// A PULSE every 20 s, the first 20 s from now (the server's inactivity timeout is 60 s).
+fn pulse_interval() -> tokio::time::Interval {
+    tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(20),
+        Duration::from_secs(20),
+    )
+}
+
 /// Idle mode: count ticks until stopped; PULSE now and then so that no inactivity timeout hits.
 async fn idle(
     ctx: &Ctx,
@@ -563,10 +643,7 @@ async fn idle(
 ) -> ClientOutcome {
     let mut r = ClientResult::default();
     let mut stop = ctx.stop.clone();
-    let mut pulse = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(20),
-        Duration::from_secs(20),
-    );
+    let mut pulse = pulse_interval();
     loop {
         tokio::select! {
             m = stream.next() => match m {
@@ -719,6 +796,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be positive");
     }
+    open_files_for(args.sessions.saturating_mul(args.clients))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.timeout);
     let hz = clock_ticks_per_second();
     let mut spawned = None;
@@ -760,6 +838,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         results: results_tx,
         start: start_rx,
         stop: stop_rx,
+        joining: tokio::sync::Semaphore::new(args.join_concurrency.max(1)),
     });
     let mut tasks = Vec::with_capacity(total);
     for s in 0..args.sessions {
@@ -789,7 +868,13 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
                 None => break false,
             },
             r = results_rx.recv() => match r {
-                Some(r) => { results.push(r); break false; }
+                Some(r) => {
+                    if let Some(e) = &r.error {
+                        eprintln!("synq-bench: a client failed while joining: {e}");
+                    }
+                    results.push(r);
+                    break false;
+                }
                 None => break false,
             },
             _ = tokio::time::sleep_until(deadline) => break false,
@@ -804,6 +889,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
     let started = ctx.t0.elapsed();
     let server_cpu0 = server_pid.as_deref().and_then(|p| cpu_split(p, hz));
     let rss_joined = server_pid.as_deref().and_then(rss_kib);
+    let fds_joined = server_pid.as_deref().and_then(open_fds);
     let own_cpu0 = cpu_seconds("self", hz);
     let mut end = started;
     if joined_all {
@@ -837,6 +923,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
     let server_cpu1 = server_pid.as_deref().and_then(|p| cpu_split(p, hz));
     let own_cpu1 = cpu_seconds("self", hz);
     let rss_end = server_pid.as_deref().and_then(rss_kib);
+    let fds_end = server_pid.as_deref().and_then(open_fds);
 
     // Everyone stops; late reports (partial counts) are still collected.
     let _ = stop_tx.send(true);
@@ -928,6 +1015,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         },
         "server_kib_per_session": rss_before.zip(rss_joined)
             .map(|(a, b)| round((b as f64 - a as f64) / args.sessions.max(1) as f64, 1)),
+        "server_fds": {"joined": fds_joined, "end": fds_end},
         "join_s": round(join_s, 2),
         "server_args": args.server_args,
         "errors": n_errors,

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -14,10 +13,9 @@ use synq_protocol::client::{
     ArgsError, JoinArgs, SaveArgs, SendArgs, SendTags, SnapArgs, TickConfig, TuttiArgs,
 };
 use synq_protocol::{Action, ClientEnvelope, CloseCode, frames};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::handle::{Command, ConnHandle, Direct};
+use crate::handle::{Command, ConnHandle, Direct, Inbox};
 use crate::metrics::Metrics;
 use crate::registry::{Ctx, SessionHandle};
 use crate::sync_frame::SyncFrame;
@@ -37,15 +35,12 @@ pub(crate) async fn run(
 ) {
     let conn_id = ctx.next_conn_id();
     Metrics::add_i(&ctx.metrics.clients, 1);
-    // The channel allocates its slots in small blocks as frames are queued, not up front.
-    let (direct_tx, mut direct) = mpsc::channel(ctx.config.client_backlog.max(16));
-    let overflowed = Arc::new(AtomicBool::new(false));
-    let handle = ConnHandle::new(
+    // The queue takes memory only for the frames pending.
+    let (handle, mut direct) = ConnHandle::new(
         conn_id,
         crate::peer::group(peer),
         host.map(Arc::from),
-        direct_tx,
-        Arc::clone(&overflowed),
+        ctx.config.client_backlog.max(16),
     );
     let mut conn = Conn {
         limiter: RateLimiter::new(ctx.config.client_rate_limit, ctx.config.client_burst),
@@ -56,9 +51,11 @@ pub(crate) async fn run(
     };
     let exit = match session_id {
         None => Exit::Close(CloseCode::OutdatedProtocol),
-        Some(_) => conn.serve(&mut socket, &mut direct, &overflowed).await,
+        Some(_) => conn.serve(&mut socket, &mut direct).await,
     };
-    finish(socket, exit, &ctx).await;
+    // Boxed, as the write below: the task's future is as large as its largest state, and
+    // an idle connection would carry their room for its whole life.
+    Box::pin(finish(socket, exit, &ctx)).await;
     if let Some(s) = conn.session.take() {
         s.send(Command::Closed { conn: conn_id });
     }
@@ -103,12 +100,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(
-        &mut self,
-        socket: &mut WebSocket,
-        direct: &mut mpsc::Receiver<Direct>,
-        overflowed: &AtomicBool,
-    ) -> Exit {
+    async fn serve(&mut self, socket: &mut WebSocket, direct: &mut Inbox) -> Exit {
         let connected = Instant::now();
         let mut last_activity = connected;
         // One timer for the whole connection, moved only when needed: re-creating it on
@@ -124,15 +116,12 @@ impl Conn {
             if timer.deadline() != deadline && (timer.is_elapsed() || deadline < timer.deadline()) {
                 timer.as_mut().reset(deadline);
             }
-            if overflowed.load(Ordering::Relaxed) {
+            if direct.overflowed() {
                 tracing::warn!(conn = self.handle.id, session = %self.session_id, limit = self.ctx.config.client_backlog, "closing client: it fell more than --client-backlog frames behind");
                 return Exit::Close(CloseCode::ClientUnresponsive);
             }
             let event = tokio::select! {
-                d = direct.recv() => match d {
-                    Some(d) => Event::Out(d),
-                    None => return Exit::Done,
-                },
+                d = direct.recv() => Event::Out(d),
                 () = session_ended(&self.session) => {
                     // Sessions only end by themselves once nobody is connected: this one
                     // failed. A rejoin starts it afresh from its journal.
@@ -151,7 +140,9 @@ impl Conn {
             };
             match event {
                 Event::Out(item) => {
-                    if let Some(exit) = self.write_batch(socket, direct, item).await {
+                    // Boxed: 1.5 KB that an idle connection's task would otherwise
+                    // carry all the time; one allocation per batch of frames.
+                    if let Some(exit) = Box::pin(self.write_batch(socket, direct, item)).await {
                         return exit;
                     }
                 }
@@ -214,7 +205,7 @@ impl Conn {
     async fn write_batch(
         &mut self,
         socket: &mut WebSocket,
-        direct: &mut mpsc::Receiver<Direct>,
+        direct: &mut Inbox,
         first: Direct,
     ) -> Option<Exit> {
         let mut next = (first, None);
@@ -240,7 +231,7 @@ impl Conn {
     async fn write_some(
         &mut self,
         socket: &mut WebSocket,
-        direct: &mut mpsc::Receiver<Direct>,
+        direct: &mut Inbox,
         first: Direct,
         mut turn: Option<SyncTurn>,
     ) -> Written {
@@ -265,8 +256,8 @@ impl Conn {
                     break;
                 }
                 item = match direct.try_recv() {
-                    Ok(d) => d,
-                    Err(_) => break,
+                    Some(d) => d,
+                    None => break,
                 };
             }
             match socket.flush().await {

@@ -1,6 +1,8 @@
 //! One session's task ("island" in Croquet's reflector): the I/O around a [`Session`].
 //! It owns the session's journal, its command receiver, its one timer and the handles of
-//! its connections (the fan-out); the session's rules are all in [`Session`].
+//! its connections (the fan-out); the session's rules are all in [`Session`]. The timer
+//! also closes the journal's file once the session stops writing (see
+//! [`crate::journal::KEEP_OPEN`]).
 //!
 //! Work is done in batches: the task takes every command that is waiting, hands them to
 //! the session, writes the journal once for the whole batch, and only then sends what the
@@ -104,9 +106,14 @@ impl Island {
         let timer = tokio::time::sleep_until(far());
         tokio::pin!(timer);
         loop {
+            // The session's next deadline, or closing a journal file that fell quiet.
+            let journal_due = self.journal.as_ref().and_then(Journal::open_until);
             let due = self
                 .session
                 .next_deadline()
+                .into_iter()
+                .chain(journal_due)
+                .min()
                 .map_or_else(far, Instant::from_std);
             if timer.deadline() != due {
                 timer.as_mut().reset(due);
@@ -125,6 +132,9 @@ impl Island {
             self.session.poll(now(), self.audience());
             self.install_compaction().await;
             self.flush();
+            if let Some(j) = &mut self.journal {
+                j.close_idle(now());
+            }
             if self.session.is_idle(now()) {
                 return Ended::Idle;
             }
@@ -136,8 +146,10 @@ impl Island {
         self.session.kept(now());
     }
 
-    /// The session ends: its time is journaled.
-    pub(crate) async fn close(mut self) {
+    /// The session ends: its time is journaled. By reference: an `Island` moved into this
+    /// future would be held twice by the session's task for its whole life (a task is as
+    /// large as its largest state).
+    pub(crate) async fn close(&mut self) {
         self.install_compaction().await;
         let time = self.session.finish(now());
         self.commit_journal();
@@ -228,7 +240,7 @@ impl Island {
 
     fn commit_journal(&mut self) {
         if let Some(j) = &mut self.journal
-            && let Err(e) = j.write(self.session.records())
+            && let Err(e) = j.write(self.session.records(), now())
         {
             tracing::error!(session = %self.session.id(), error = %e, "journal write failed; messages are still delivered but may not survive a restart");
             Metrics::add(&self.metrics.journal_errors, 1);

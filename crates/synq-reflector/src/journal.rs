@@ -10,10 +10,20 @@
 //! a client (group commit). After `write` returns the bytes are in the kernel's page
 //! cache, so a crash or `kill -9` of the process cannot lose a broadcast message; with
 //! [`Durability::Fsync`] the batch is also `fdatasync`ed, which survives power loss.
+//!
+//! File descriptors: a journal holds its file open only while its session writes often
+//! (a write less than [`KEEP_OPEN`] after the one before), and until [`KEEP_OPEN`] after
+//! the last of those writes ([`Journal::open_until`], [`Journal::close_idle`]); and at
+//! most [`MAX_KEPT_OPEN`] journals of the process do so at once. Otherwise each write
+//! opens the file, appends and closes it. An idle session writes its time once a second
+//! at most, so ten thousand idle sessions hold no descriptor for their journals, and the
+//! process's open-files limit is left to the connections.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +36,33 @@ const TAG_FALLBACK: u8 = b'F';
 const TAG_TIME: u8 = b'T';
 const RECORD_HEAD: usize = 9;
 const FILE_NAME: &str = "journal";
+
+/// How long a journal keeps its file open after a write that came less than this after
+/// the previous one. Longer than a busy session's gaps between batches; shorter than an
+/// idle session's (its time record, once a second).
+pub const KEEP_OPEN: Duration = Duration::from_millis(500);
+
+/// How many journals of the process may keep their file open between writes. Many
+/// sessions starting at once (thousands of clients reconnecting after a restart) each
+/// write a few times in quick succession; without a cap their files would take the
+/// descriptors that connections need.
+pub const MAX_KEPT_OPEN: usize = 64;
+
+/// Journals that keep their file open now (file descriptors are the process's).
+static KEPT_OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes one of the [`MAX_KEPT_OPEN`] places, if one is free.
+fn take_place() -> bool {
+    KEPT_OPEN
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_KEPT_OPEN).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+fn give_back_place() {
+    KEPT_OPEN.fetch_sub(1, Ordering::AcqRel);
+}
 
 /// The session fields fixed when the session was created.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -140,7 +177,16 @@ pub fn message_time_seq(args: &str) -> Option<(u64, u32)> {
 
 pub struct Journal {
     dir: PathBuf,
+    /// Open between writes while the session writes often (see [`KEEP_OPEN`]), holding
+    /// one of the [`MAX_KEPT_OPEN`] places; opened on demand.
     file: Option<File>,
+    /// When the last write was made.
+    last_write: Option<Instant>,
+    /// The file is kept open between writes, in one of the [`MAX_KEPT_OPEN`] places.
+    kept: bool,
+    /// A compaction replaced the file but the journal could not be reopened: no later
+    /// write may append to what was there before.
+    broken: bool,
     durability: Durability,
 }
 
@@ -263,6 +309,8 @@ impl Journal {
             Err(e) => return Err(io_at(&path)(e)),
         }
         let (recovered, good_len) = replay(&bytes);
+        // Created now, as before, so that a session on disk always has its file; the
+        // descriptor is not kept (the first write opens it again).
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -280,7 +328,10 @@ impl Journal {
         Ok((
             Journal {
                 dir: dir.to_owned(),
-                file: Some(file),
+                file: None,
+                last_write: None,
+                kept: false,
+                broken: false,
                 durability,
             },
             recovered,
@@ -288,18 +339,26 @@ impl Journal {
     }
 
     /// Write `records` (one `write`), sync them if so configured, and clear them (keeping
-    /// their buffer for the next batch).
-    pub fn write(&mut self, records: &mut Records) -> Result<(), JournalError> {
+    /// their buffer for the next batch). `now` decides whether the file stays open: only
+    /// if this write came less than [`KEEP_OPEN`] after the previous one.
+    pub fn write(&mut self, records: &mut Records, now: Instant) -> Result<(), JournalError> {
         if records.buf.is_empty() {
             return Ok(());
         }
         let path = self.dir.join(FILE_NAME);
+        if self.broken {
+            records.buf.clear();
+            return Err(io_at(&path)(io::Error::other("journal is closed")));
+        }
         let file = match &mut self.file {
             Some(f) => f,
-            None => {
-                records.buf.clear();
-                return Err(io_at(&path)(io::Error::other("journal is closed")));
-            }
+            None => match OpenOptions::new().append(true).open(&path) {
+                Ok(f) => self.file.insert(f),
+                Err(e) => {
+                    records.buf.clear();
+                    return Err(io_at(&path)(e));
+                }
+            },
         };
         let result = file.write_all(&records.buf).and_then(|()| {
             if self.durability == Durability::Fsync {
@@ -309,7 +368,45 @@ impl Journal {
             }
         });
         records.buf.clear();
+        let busy = self
+            .last_write
+            .is_some_and(|t| now.saturating_duration_since(t) < KEEP_OPEN);
+        self.last_write = Some(now);
+        let keep = busy && result.is_ok() && (self.kept || take_place());
+        if !keep {
+            self.close();
+        }
+        self.kept = keep;
         result.map_err(io_at(&path))
+    }
+
+    /// Closes the file, giving back its place if it held one.
+    fn close(&mut self) {
+        self.file = None;
+        if std::mem::take(&mut self.kept) {
+            give_back_place();
+        }
+    }
+
+    /// Until when the file is kept open (`None`: it is closed). The session's task closes
+    /// it then with [`Journal::close_idle`].
+    pub fn open_until(&self) -> Option<Instant> {
+        if !self.kept {
+            return None;
+        }
+        self.last_write.map(|t| t + KEEP_OPEN)
+    }
+
+    /// Closes the file if nothing was written for [`KEEP_OPEN`].
+    pub fn close_idle(&mut self, now: Instant) {
+        if self.open_until().is_some_and(|t| t <= now) {
+            self.close();
+        }
+    }
+
+    /// Whether the journal holds its file open.
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Replace the journal file with `image` (write a temporary file, sync it if so
@@ -324,15 +421,19 @@ impl Journal {
             f.sync_data().map_err(io_at(&tmp))?;
         }
         drop(f);
-        self.file = None;
-        std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
-        self.file = Some(
-            OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(io_at(&path))?,
-        );
+        self.close();
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            self.broken = true;
+            return Err(io_at(&path)(e));
+        }
+        // The next write opens the new file.
         Ok(())
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -465,7 +566,7 @@ mod tests {
             rec.header(&header());
             rec.message("[10,4294967281,\"a\",0]");
             rec.message("[20,4294967282,\"b\",0]");
-            j.write(&mut rec).unwrap();
+            j.write(&mut rec, Instant::now()).unwrap();
         }
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(r.header, Some(header()));
@@ -492,10 +593,72 @@ mod tests {
             let (mut j, _) = Journal::open(dir.path(), Durability::Write).unwrap();
             let mut rec = Records::default();
             rec.header(&with);
-            j.write(&mut rec).unwrap();
+            j.write(&mut rec, Instant::now()).unwrap();
         }
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(r.header, Some(with));
+    }
+
+    /// Descriptors of this process open on `path`.
+    fn descriptors_on(path: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    #[test]
+    fn a_journal_written_rarely_holds_no_file_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap().join(FILE_NAME);
+        let t0 = Instant::now();
+        let (mut j, _) = Journal::open(dir.path(), Durability::Fsync).unwrap();
+        assert_eq!(descriptors_on(&path), 0, "not after opening");
+        let mut rec = Records::default();
+        rec.header(&header());
+        rec.message("[10,4294967281,\"a\",0]");
+        j.write(&mut rec, t0).unwrap();
+        // An idle session: its time once a second.
+        for s in 1..=3 {
+            rec.time(1000 * s);
+            j.write(&mut rec, t0 + Duration::from_secs(s)).unwrap();
+            assert_eq!(descriptors_on(&path), 0, "after the write at {s} s");
+            assert_eq!(j.open_until(), None);
+        }
+        let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+        assert_eq!(r.header, Some(header()));
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.time, 3000);
+    }
+
+    #[test]
+    fn a_busy_journal_keeps_its_file_open_until_it_falls_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap().join(FILE_NAME);
+        let t0 = Instant::now();
+        let (mut j, _) = Journal::open(dir.path(), Durability::Write).unwrap();
+        let mut rec = Records::default();
+        for (k, seq) in (4294967281u32..4294967291).enumerate() {
+            rec.message(&format!("[{k},{seq},\"m\",0]"));
+            j.write(&mut rec, t0 + Duration::from_millis(10 * k as u64))
+                .unwrap();
+        }
+        let last = t0 + Duration::from_millis(90);
+        assert_eq!(descriptors_on(&path), 1, "kept open while busy");
+        assert_eq!(j.open_until(), Some(last + KEEP_OPEN));
+        j.close_idle(last + KEEP_OPEN - Duration::from_millis(1));
+        assert!(j.is_open(), "not yet quiet long enough");
+        j.close_idle(last + KEEP_OPEN);
+        assert_eq!(descriptors_on(&path), 0, "closed once quiet");
+        assert!(!j.is_open());
+        assert_eq!(j.open_until(), None);
+        // The next write opens it again and appends.
+        rec.message("[100,4294967291,\"late\",0]");
+        j.write(&mut rec, last + Duration::from_secs(5)).unwrap();
+        let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
+        assert_eq!(r.messages.len(), 11);
+        assert_eq!(r.last_seq, Some(4294967291));
     }
 
     #[test]
@@ -506,7 +669,7 @@ mod tests {
             let mut rec = Records::default();
             rec.message("[10,4294967281,\"a\",0]");
             rec.message("[20,4294967282,\"b\",0]");
-            j.write(&mut rec).unwrap();
+            j.write(&mut rec, Instant::now()).unwrap();
         }
         let path = dir.path().join(FILE_NAME);
         let len = std::fs::metadata(&path).unwrap().len();
@@ -517,7 +680,7 @@ mod tests {
         assert_eq!(r.messages.len(), 1);
         let mut rec = Records::default();
         rec.message("[30,4294967282,\"c\",0]");
-        j.write(&mut rec).unwrap();
+        j.write(&mut rec, Instant::now()).unwrap();
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(
             r.messages.iter().map(|m| m.time).collect::<Vec<_>>(),
@@ -538,7 +701,7 @@ mod tests {
             let (mut j, _) = Journal::open(dir.path(), Durability::Fsync).unwrap();
             let mut rec = Records::default();
             rec.message("[10,4294967281,\"a\",0]");
-            j.write(&mut rec).unwrap();
+            j.write(&mut rec, Instant::now()).unwrap();
             rec.compact(
                 &header(),
                 None,
@@ -549,7 +712,7 @@ mod tests {
             let image = rec.take_compaction().unwrap();
             j.install(&image).unwrap();
             rec.message("[30,4294967283,\"c\",0]");
-            j.write(&mut rec).unwrap();
+            j.write(&mut rec, Instant::now()).unwrap();
         }
         let (_, r) = Journal::open(dir.path(), Durability::Write).unwrap();
         assert_eq!(r.snapshot, Some(snap));

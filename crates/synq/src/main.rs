@@ -228,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => {
-            tracing::debug!(open_files = n, "open-files limit");
+            tracing::info!(open_files = n, "open-files limit raised to the hard limit");
             n
         }
         Err(e) => {
@@ -239,7 +239,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     // Half: a connection may hold a second descriptor (a stored file it streams), and
-    // session journals need theirs; over the cap new connections are closed at once
+    // busy sessions hold their journal's; over the cap new connections are closed at once
     // instead of accept() failing for everyone.
     let max_connections = args.max_connections.unwrap_or_else(|| {
         usize::try_from(open_files / 2)

@@ -844,7 +844,9 @@ impl Harness {
         if let Some(image) = self.s.records().take_compaction() {
             journal.install(&image).expect("install");
         }
-        journal.write(self.s.records()).expect("write");
+        journal
+            .write(self.s.records(), Instant::now())
+            .expect("write");
     }
 }
 
