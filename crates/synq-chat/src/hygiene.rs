@@ -98,6 +98,18 @@ pub fn repeats_a_post(answer: &str, posts: &[&str]) -> bool {
     })
 }
 
+/// Whether `partial`, an answer still streaming, may yet become a repeat of one of
+/// `posts`: its words so far are how one of the posts goes on from the start of one of
+/// its sentences (the last word may be unfinished).
+pub fn may_become_echo(partial: &str, posts: &[&str]) -> bool {
+    let so_far = words(partial);
+    !so_far.is_empty()
+        && posts.iter().any(|post| {
+            let s = sentences(post);
+            (0..s.len()).any(|i| s[i..].join(" ").starts_with(&so_far))
+        })
+}
+
 /// The sentences of `text` (ended by `.`, `!`, `?` or a new line), as [`words`].
 fn sentences(text: &str) -> Vec<String> {
     text.split(['.', '!', '?', '\n'])
@@ -273,5 +285,22 @@ mod tests {
         // Short sentences may be repeated.
         assert!(!repeats_a_post("Yes, thanks.", &["Yes, thanks."]));
         assert!(!repeats_a_post("", &posts));
+    }
+
+    #[test]
+    fn a_streaming_answer_may_become_an_echo_until_it_departs_from_every_post() {
+        let posts = [
+            "Great, thanks. Who brings what?",
+            "AI, who said they would bring the drinks?",
+        ];
+        assert!(may_become_echo("AI, who sa", &posts));
+        assert!(may_become_echo("Who said they would", &posts));
+        assert!(
+            may_become_echo("who brings", &posts),
+            "a later sentence's start"
+        );
+        assert!(!may_become_echo("Eli said", &posts));
+        assert!(!may_become_echo("Who said they would not", &posts));
+        assert!(!may_become_echo("", &posts), "nothing to hold back");
     }
 }

@@ -569,17 +569,31 @@ impl ChatModel {
         if shown.ended {
             self.relay.cancel(id);
         }
-        if finished
-            && !self.varied.remove(&id)
-            && self.mode != AiMode::Off
-            && self.echoes_a_post(id, &shown.text)
-            && self.ask_again_after_echo(cx, id)
-        {
+        let first_draw = !self.varied.contains(&id);
+        if finished {
+            self.varied.remove(&id);
+        }
+        let (echoed, may_echo) = if first_draw && self.mode != AiMode::Off {
+            let posts = self.posts_before(id);
+            if finished {
+                (hygiene::repeats_a_post(&shown.text, &posts), false)
+            } else {
+                (false, hygiene::may_become_echo(&shown.text, &posts))
+            }
+        } else {
+            (false, false)
+        };
+        if echoed && self.ask_again_after_echo(cx, id) {
             return;
         }
         if let Some(e) = self.ai_entry(id)
             && let EntryKind::Ai { text, state, .. } = &mut e.kind
         {
+            if may_echo {
+                // Held back while it may still turn out to parrot a post, so that an
+                // echo, asked again when complete, is never shown.
+                return;
+            }
             *text = shown.text;
             *state = if finished {
                 AiState::Done
@@ -693,26 +707,24 @@ impl ChatModel {
         }
     }
 
-    /// The posts an answer must not parrot: the asked post and the people's posts that
-    /// its prompt showed.
-    fn echoes_a_post(&self, request: u64, answer: &str) -> bool {
+    /// The posts the answer to `request` must not parrot: the asked post and the people's
+    /// posts that its prompt showed.
+    fn posts_before(&self, request: u64) -> Vec<&str> {
         let Some(index) = self
             .history
             .iter()
             .rposition(|e| matches!(e.kind, EntryKind::Ai { request: r, .. } if r == request))
         else {
-            return false;
+            return Vec::new();
         };
         let start = index.saturating_sub(prompt::PROMPT_HISTORY + 1);
-        let posts: Vec<&str> = self
-            .history
+        self.history
             .range(start..index)
             .filter_map(|e| match &e.kind {
                 EntryKind::Post { text, .. } => Some(text.as_str()),
                 _ => None,
             })
-            .collect();
-        hygiene::repeats_a_post(answer, &posts)
+            .collect()
     }
 
     /// A first answer that parrots a post (small models echo the question) is not shown:

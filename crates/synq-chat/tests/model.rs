@@ -647,11 +647,17 @@ fn a_first_answer_that_parrots_the_question_is_asked_once_more() {
     room.post("bob", "@AI who said they would bring the drinks?");
     let first = room.requests().remove(0);
     assert_eq!(first.request.sampling, Sampling::Focused);
-    // The echo streams, and when it is complete, the same question is asked again.
-    room.respond(
-        "ann",
-        delta(first.id, "Bob: AI, who said they would bring the drinks?"),
+    // The echo is held back while it streams, and when it is complete, the same
+    // question is asked again: nobody ever sees it.
+    room.respond("ann", delta(first.id, "Bob: AI, who said they"));
+    let texts = room.texts();
+    assert!(
+        !texts
+            .iter()
+            .any(|t| t.starts_with("AI") && t.contains("who said")),
+        "held back while it may be an echo: {texts:?}"
     );
+    room.respond("ann", delta(first.id, " would bring the drinks?"));
     room.respond("ann", RelayResponse::Done { id: first.id });
     let again = room.requests();
     assert_eq!(again.len(), 1, "asked once more");
@@ -684,13 +690,16 @@ fn a_first_answer_that_parrots_the_question_is_asked_once_more() {
         texts.contains(&"AI: Who said they would bring the drinks?".to_string()),
         "{texts:?}"
     );
-    // An answer that uses the post's words is an answer.
+    // An answer that uses the post's words is an answer, shown as it streams.
     room.post("bob", "@AI who said they would bring the drinks?");
     let third = room.requests().remove(0);
-    room.respond(
-        "ann",
-        delta(third.id, "Eli said they would bring the drinks."),
+    room.respond("ann", delta(third.id, "Eli said"));
+    assert!(
+        room.texts().contains(&"AI: Eli said".to_string()),
+        "{:?}",
+        room.texts()
     );
+    room.respond("ann", delta(third.id, " they would bring the drinks."));
     room.respond("ann", RelayResponse::Done { id: third.id });
     assert!(room.requests().is_empty());
     assert!(
