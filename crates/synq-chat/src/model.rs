@@ -1,6 +1,6 @@
 //! `ChatModel`: the replicated state of a chat room in which an AI takes part.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use synq_model::{Cx, Model, Persisted, ViewId};
@@ -298,9 +298,6 @@ pub struct ChatModel {
     persisting: bool,
     /// The archive's pages, oldest first.
     archive: VecDeque<ArchivePage>,
-    /// Pending requests asked with [`Sampling::Varied`] (Again, or once more after an
-    /// echo): whatever they answer is the answer.
-    varied: BTreeSet<u64>,
 }
 
 impl ChatModel {
@@ -469,11 +466,26 @@ impl ChatModel {
         self.push(cx, EntryKind::Notice { text });
     }
 
-    fn ai_entry(&mut self, request: u64) -> Option<&mut Entry> {
+    /// Where in the history the answer to relay request `request` is.
+    fn ai_index(&self, request: u64) -> Option<usize> {
         self.history
-            .iter_mut()
-            .rev()
-            .find(|e| matches!(e.kind, EntryKind::Ai { request: r, .. } if r == request))
+            .iter()
+            .rposition(|e| matches!(e.kind, EntryKind::Ai { request: r, .. } if r == request))
+    }
+
+    fn ai_entry(&mut self, request: u64) -> Option<&mut Entry> {
+        let index = self.ai_index(request)?;
+        self.history.get_mut(index)
+    }
+
+    /// The post with entry id `post` (what an answer answers): its index, who wrote it
+    /// and its text; `None` once it has left the history.
+    fn asked_post(&self, post: u64) -> Option<(usize, String, String)> {
+        let index = self.history.iter().position(|e| e.id == post)?;
+        match &self.history[index].kind {
+            EntryKind::Post { name, text, .. } => Some((index, name.clone(), text.clone())),
+            _ => None,
+        }
     }
 
     /// The prompt for a post of `text` by `name`: who is in the room, the room's
@@ -559,8 +571,16 @@ impl ChatModel {
 
     /// Streams `all` (the raw answer so far) into its entry through the hygiene filter;
     /// when the model started another speaker's turn, the answer ends there and its
-    /// call is stopped.
-    fn stream(&mut self, cx: &mut Cx<'_, Self>, id: u64, all: String, done: bool) {
+    /// call is stopped. `first_draw`: the request was [`Sampling::Focused`] (not Again,
+    /// nor already asked once more after an echo).
+    fn stream(
+        &mut self,
+        cx: &mut Cx<'_, Self>,
+        id: u64,
+        all: String,
+        done: bool,
+        first_draw: bool,
+    ) {
         let names = self.speaker_names();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let shown = hygiene::shown(&all, &names, done);
@@ -568,10 +588,6 @@ impl ChatModel {
         self.statuses.remove(&id);
         if shown.ended {
             self.relay.cancel(id);
-        }
-        let first_draw = !self.varied.contains(&id);
-        if finished {
-            self.varied.remove(&id);
         }
         let (echoed, may_echo) = if first_draw && self.mode != AiMode::Off {
             let posts = self.posts_before(id);
@@ -638,19 +654,13 @@ impl ChatModel {
         let EntryKind::Ai { post, request, .. } = self.history[index].kind.clone() else {
             return;
         };
-        let Some(post_index) = self.history.iter().position(|e| e.id == post) else {
+        let Some((post_index, asker, text)) = self.asked_post(post) else {
             self.notice(
                 cx,
                 format!(
                     "{name} asked for another answer, but its question is no longer in the history"
                 ),
             );
-            return;
-        };
-        let EntryKind::Post {
-            name: asker, text, ..
-        } = self.history[post_index].kind.clone()
-        else {
             return;
         };
         if self.mode == AiMode::Off {
@@ -662,7 +672,6 @@ impl ChatModel {
             return;
         }
         self.relay.cancel(request);
-        self.varied.remove(&request);
         self.reask(cx, entry_id, post_index, &asker, &text, Some(name));
     }
 
@@ -681,9 +690,6 @@ impl ChatModel {
         // Asked again: another answer, not the likeliest one once more.
         prompt.sampling = Sampling::Varied;
         let (id, emit) = self.relay.request(self.elected.elected(), prompt);
-        let relay = &self.relay;
-        self.varied.retain(|r| relay.is_pending(*r));
-        self.varied.insert(id);
         if let Some(e) = self.history.iter_mut().find(|e| e.id == entry_id)
             && let EntryKind::Ai {
                 request,
@@ -710,11 +716,7 @@ impl ChatModel {
     /// The posts the answer to `request` must not parrot: the asked post and the people's
     /// posts that its prompt showed.
     fn posts_before(&self, request: u64) -> Vec<&str> {
-        let Some(index) = self
-            .history
-            .iter()
-            .rposition(|e| matches!(e.kind, EntryKind::Ai { request: r, .. } if r == request))
-        else {
+        let Some(index) = self.ai_index(request) else {
             return Vec::new();
         };
         let start = index.saturating_sub(prompt::PROMPT_HISTORY + 1);
@@ -729,23 +731,18 @@ impl ChatModel {
 
     /// A first answer that parrots a post (small models echo the question) is not shown:
     /// the same question is asked once more, drawn with [`Sampling::Varied`].
+    ///
     /// Whether it was asked (not when the post has left the history).
     fn ask_again_after_echo(&mut self, cx: &mut Cx<'_, Self>, request: u64) -> bool {
-        let Some((entry_id, post)) = self.history.iter().rev().find_map(|e| match e.kind {
-            EntryKind::Ai {
-                request: r, post, ..
-            } if r == request => Some((e.id, post)),
-            _ => None,
-        }) else {
+        let Some(index) = self.ai_index(request) else {
             return false;
         };
-        let Some(post_index) = self.history.iter().position(|e| e.id == post) else {
+        let entry = &self.history[index];
+        let EntryKind::Ai { post, .. } = entry.kind else {
             return false;
         };
-        let EntryKind::Post {
-            name: asker, text, ..
-        } = self.history[post_index].kind.clone()
-        else {
+        let entry_id = entry.id;
+        let Some((post_index, asker, text)) = self.asked_post(post) else {
             return false;
         };
         self.reask(cx, entry_id, post_index, &asker, &text, None);
@@ -797,6 +794,8 @@ impl Model for ChatModel {
     // 4: the room persists its history and settings (`ChatTimer`, `crate::saved`); from
     // here on, a room keeps them when this changes. Also in 4: a relay service (synq
     // bot, preference above 0) takes the election over and is not a person for `auto`.
+    // 5: requests say how to draw the answer (`Sampling`), and a first answer that
+    // parrots a post is held back and asked once more.
     const SCHEMA: &'static str = "synq-chat/5";
 
     fn init(_: &mut Cx<'_, Self>) -> Self {
@@ -914,9 +913,16 @@ impl Model for ChatModel {
                 self.notice(cx, notice);
             }
             ChatInput::Relay(response) => {
+                // Read before `respond`, which forgets a request once it is done.
+                let first_draw = self
+                    .relay
+                    .get(response.id())
+                    .is_some_and(|r| r.sampling == Sampling::Focused);
                 match self.relay.respond(from, self.elected.elected(), response) {
-                    Some(Applied::Streaming { id, text }) => self.stream(cx, id, text, false),
-                    Some(Applied::Done { id, text }) => self.stream(cx, id, text, true),
+                    Some(Applied::Streaming { id, text }) => {
+                        self.stream(cx, id, text, false, first_draw)
+                    }
+                    Some(Applied::Done { id, text }) => self.stream(cx, id, text, true, first_draw),
                     Some(Applied::Failed { id, reason }) => {
                         let reason = cut(reason, 200);
                         if let Some(e) = self.ai_entry(id) {

@@ -193,6 +193,11 @@ impl<R: Clone> Relay<R> {
         self.pending.contains_key(&id)
     }
 
+    /// The pending request `id`.
+    pub fn get(&self, id: u64) -> Option<&R> {
+        self.pending.get(&id).map(|p| &p.request)
+    }
+
     pub fn pending_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.pending.keys().copied()
     }
