@@ -81,6 +81,8 @@ pub struct ReflectorConfig {
     /// SYNC: given the session id, the `args` JSON of an `AICAP` frame. `None`: no AI
     /// capabilities (e.g. `synq serve --no-ai`).
     pub ai_capability: Option<AiCapabilityIssuer>,
+    /// The cluster this node is part of (`None`: a node of its own, journals in `data_dir`).
+    pub cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 /// Limits of the file store and of which web pages may use the server.
@@ -156,6 +158,7 @@ impl ReflectorConfig {
             max_file_bytes: 64 * 1024 * 1024,
             files: FileLimits::default(),
             ai_capability: None,
+            cluster: None,
         }
     }
 }

@@ -261,7 +261,7 @@ pub(crate) async fn put(
         Err(e) => return bad_key(&path, e),
     };
     let known = match owner(&key) {
-        Some(Owner::Session(id)) => st.ctx.knows_session(id),
+        Some(Owner::Session(id)) => st.ctx.knows_session_anywhere(id).await,
         Some(Owner::App {
             app_id,
             persistent_id,

@@ -18,9 +18,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::cluster::{Claim, Lease};
 use crate::config::ReflectorConfig;
 use crate::handle::{Command, ConnHandle, ConnId, Direct};
-use crate::journal::{Journal, Records, Recovered};
+use crate::journal::{Journal, JournalError, Records, Recovered, SessionJournal};
 use crate::metrics::Metrics;
 use crate::session::{Effect, Input, Out, Session};
 
@@ -28,7 +29,9 @@ pub(crate) struct Island {
     session: Session,
     config: Arc<ReflectorConfig>,
     metrics: Arc<Metrics>,
-    journal: Option<Journal>,
+    journal: Option<Box<dyn SessionJournal>>,
+    /// In a cluster: the lease that lets this node sequence the session.
+    lease: Option<Box<dyn Lease>>,
     /// The connections the session knows, and those refused at JOIN until their close
     /// is sent.
     conns: HashMap<ConnId, ConnHandle>,
@@ -37,12 +40,19 @@ pub(crate) struct Island {
     subscribers: Vec<ConnHandle>,
 }
 
+/// The journal is lost to this node (see [`Ended::Lost`]).
+struct Lost;
+
 /// Why [`Island::run`] returned.
 pub(crate) enum Ended {
     /// The session has had no client for its idle grace period: the registry may retire it.
     Idle,
     /// Nobody can send it commands any more.
     Closed,
+    /// In a cluster: this node may no longer sequence the session (its lease lapsed, or
+    /// another node appended to its journal). Nothing more was sent; the clients must
+    /// reconnect, to the new owner.
+    Lost,
 }
 
 fn now() -> std::time::Instant {
@@ -60,7 +70,7 @@ impl Island {
         let durability = config.durability;
         let opened = tokio::task::spawn_blocking(move || Journal::open(&dir, durability)).await;
         let (journal, rec) = match opened {
-            Ok(Ok((j, r))) => (Some(j), r),
+            Ok(Ok((j, r))) => (Some(Box::new(j) as Box<dyn SessionJournal>), r),
             Ok(Err(e)) => {
                 tracing::error!(session = %id, error = %e, "cannot open session journal; this session will not survive a restart");
                 Metrics::add(&metrics.journal_errors, 1);
@@ -71,6 +81,32 @@ impl Island {
                 (None, Recovered::default())
             }
         };
+        Island::new(config, metrics, id, journal, None, rec)
+    }
+
+    /// The session `id` in a cluster, as this node claimed it.
+    pub(crate) fn claimed(
+        config: Arc<ReflectorConfig>,
+        metrics: Arc<Metrics>,
+        id: String,
+        claim: Claim,
+    ) -> Island {
+        let Claim {
+            lease,
+            journal,
+            recovered,
+        } = claim;
+        Island::new(config, metrics, id, Some(journal), Some(lease), recovered)
+    }
+
+    fn new(
+        config: Arc<ReflectorConfig>,
+        metrics: Arc<Metrics>,
+        id: String,
+        journal: Option<Box<dyn SessionJournal>>,
+        lease: Option<Box<dyn Lease>>,
+        rec: Recovered,
+    ) -> Island {
         if rec.header.is_some() {
             tracing::info!(session = %id, messages = rec.messages.len(), seq = ?rec.last_seq, time = rec.time, snapshot = rec.snapshot.is_some(), "session resumed from journal");
         }
@@ -90,6 +126,7 @@ impl Island {
             config,
             metrics,
             journal,
+            lease,
             conns: HashMap::new(),
             subscribers: Vec::new(),
         }
@@ -107,12 +144,14 @@ impl Island {
         tokio::pin!(timer);
         loop {
             // The session's next deadline, or closing a journal file that fell quiet.
-            let journal_due = self.journal.as_ref().and_then(Journal::open_until);
+            let journal_due = self.journal.as_ref().and_then(|j| j.open_until());
+            let lease_due = self.lease.as_ref().map(|l| l.valid_until());
             let due = self
                 .session
                 .next_deadline()
                 .into_iter()
                 .chain(journal_due)
+                .chain(lease_due)
                 .min()
                 .map_or_else(far, Instant::from_std);
             if timer.deadline() != due {
@@ -130,8 +169,16 @@ impl Island {
                 () = &mut timer => {}
             }
             self.session.poll(now(), self.audience());
-            self.install_compaction().await;
-            self.flush();
+            // Checked after the batch was handled and before anything of it is sent: a
+            // node paused past its lease (another may own the session now) sends nothing.
+            if !self.holds_lease() {
+                return self.lost("its lease lapsed");
+            }
+            if self.install_compaction().await.is_err() || self.flush().await.is_err() {
+                return self.lost(
+                    "another node appended to its journal, or the cluster did not take the batch",
+                );
+            }
             if let Some(j) = &mut self.journal {
                 j.close_idle(now());
             }
@@ -139,6 +186,17 @@ impl Island {
                 return Ended::Idle;
             }
         }
+    }
+
+    /// Whether this node may sequence the session now (always, outside a cluster).
+    fn holds_lease(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| now() < l.valid_until())
+    }
+
+    fn lost(&self, why: &str) -> Ended {
+        tracing::warn!(session = %self.session.id(), "this node no longer sequences the session: {why}; its clients are asked to reconnect");
+        Metrics::add(&self.metrics.cluster_sessions_lost, 1);
+        Ended::Lost
     }
 
     /// The registry did not retire the idle session (a JOIN is waiting).
@@ -150,9 +208,12 @@ impl Island {
     /// future would be held twice by the session's task for its whole life (a task is as
     /// large as its largest state).
     pub(crate) async fn close(&mut self) {
-        self.install_compaction().await;
+        if !self.holds_lease() {
+            return;
+        }
+        let _ = self.install_compaction().await;
         let time = self.session.finish(now());
-        self.commit_journal();
+        let _ = self.commit_journal().await;
         tracing::info!(session = %self.session.id(), time, seq = self.session.seq(), "session closed (idle)");
     }
 
@@ -207,56 +268,59 @@ impl Island {
         }
     }
 
-    /// Replaces the journal file with the compaction a snapshot made, on a blocking
-    /// thread; this session waits (its commands queue), the others and the HTTP server
-    /// go on.
-    async fn install_compaction(&mut self) {
+    /// Replaces the journal with the compaction a snapshot made (a local journal does it on
+    /// a blocking thread; this session waits, its commands queue). `Err`: the journal is
+    /// lost to this node.
+    async fn install_compaction(&mut self) -> Result<(), Lost> {
         let Some(image) = self.session.records().take_compaction() else {
-            return;
+            return Ok(());
         };
-        let Some(mut journal) = self.journal.take() else {
-            return;
+        let Some(journal) = &mut self.journal else {
+            return Ok(());
         };
-        let done = tokio::task::spawn_blocking(move || {
-            let r = journal.install(&image);
-            (journal, r)
-        })
-        .await;
-        let id = self.session.id();
-        match done {
-            Ok((journal, result)) => {
-                self.journal = Some(journal);
-                if let Err(e) = result {
-                    tracing::error!(session = %id, error = %e, "cannot compact the session journal");
-                    Metrics::add(&self.metrics.journal_errors, 1);
-                }
-            }
-            Err(e) => {
-                tracing::error!(session = %id, error = %e, "journal compaction failed; this session will not survive a restart");
-                Metrics::add(&self.metrics.journal_errors, 1);
-            }
-        }
+        let result = journal.replace(image).await;
+        self.journal_result(result, "cannot compact the session journal")
     }
 
-    fn commit_journal(&mut self) {
-        if let Some(j) = &mut self.journal
-            && let Err(e) = j.write(self.session.records(), now())
-        {
-            tracing::error!(session = %self.session.id(), error = %e, "journal write failed; messages are still delivered but may not survive a restart");
-            Metrics::add(&self.metrics.journal_errors, 1);
+    async fn commit_journal(&mut self) -> Result<(), Lost> {
+        let Some(journal) = &mut self.journal else {
+            return Ok(());
+        };
+        let result = journal.append(self.session.records(), now()).await;
+        self.journal_result(
+            result,
+            "journal write failed; messages are still delivered but may not survive a restart",
+        )
+    }
+
+    /// A local journal's failure is logged and the session goes on (its messages are
+    /// still delivered); a lost cluster journal stops the session.
+    fn journal_result(&self, result: Result<(), JournalError>, what: &str) -> Result<(), Lost> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(JournalError::Lost(why)) => {
+                tracing::warn!(session = %self.session.id(), "session journal lost: {why}");
+                Err(Lost)
+            }
+            Err(e) => {
+                tracing::error!(session = %self.session.id(), error = %e, "{what}");
+                Metrics::add(&self.metrics.journal_errors, 1);
+                Ok(())
+            }
         }
     }
 
     /// Make the batch durable, then send what it produced.
-    fn flush(&mut self) {
+    async fn flush(&mut self) -> Result<(), Lost> {
         if self.session.has_outbox() {
-            self.commit_journal();
+            self.commit_journal().await?;
         }
         self.deliver();
         for conn in self.session.take_departed() {
             self.conns.remove(&conn);
             self.subscribers.retain(|c| c.id != conn);
         }
+        Ok(())
     }
 
     // The fan-out is `deliver` and `audience`: nothing else touches `subscribers`.

@@ -164,6 +164,60 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
+    /// This node may no longer write the session: another node appended to its journal
+    /// (it owns the session now), or the cluster's log did not acknowledge the batch. The
+    /// session must stop without sending the batch.
+    #[error("session journal lost: {0}")]
+    Lost(String),
+}
+
+/// A session's journal as the session's task uses it: the local file ([`Journal`]) or a
+/// cluster's replicated log (`synq-cluster`). The task appends each batch and only then
+/// sends it, so whatever an implementation acknowledges must survive what it promises to
+/// survive (a crash of this process, or of this node).
+#[async_trait::async_trait]
+pub trait SessionJournal: Send {
+    /// Appends `records` (the whole batch, as one unit where the store allows) and clears
+    /// them. Returns once they are durable.
+    async fn append(&mut self, records: &mut Records, now: Instant) -> Result<(), JournalError>;
+    /// Replaces everything journaled so far with `image` (a snapshot's compaction).
+    async fn replace(&mut self, image: Vec<u8>) -> Result<(), JournalError>;
+    /// Until when the journal holds a resource between appends (`None`: none); the task
+    /// calls [`SessionJournal::close_idle`] then.
+    fn open_until(&self) -> Option<Instant> {
+        None
+    }
+    /// Releases what is held between appends if nothing was appended for a while.
+    fn close_idle(&mut self, _now: Instant) {}
+}
+
+/// Splits journal bytes (whole records, as [`Records::bytes`] holds them) into chunks of
+/// whole records of at most `max` bytes each (a record longer than `max` is a chunk of
+/// its own): a store with a message size limit keeps every record in one message.
+pub fn record_chunks(bytes: &[u8], max: usize) -> Vec<&[u8]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut pos) = (0, 0);
+    while bytes.len() - pos >= RECORD_HEAD {
+        let len = u32::from_le_bytes([
+            bytes[pos + 1],
+            bytes[pos + 2],
+            bytes[pos + 3],
+            bytes[pos + 4],
+        ]) as usize;
+        let end = (pos + RECORD_HEAD + len).min(bytes.len());
+        if end - start > max && pos > start {
+            chunks.push(&bytes[start..pos]);
+            start = pos;
+        }
+        pos = end;
+    }
+    if pos < bytes.len() {
+        pos = bytes.len();
+    }
+    if pos > start {
+        chunks.push(&bytes[start..pos]);
+    }
+    chunks
 }
 
 /// Parse `[time,seq,` at the start of a message array without a full JSON parse.
@@ -239,6 +293,11 @@ impl Records {
     /// The bytes of the records waiting to be written.
     pub fn bytes(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// Forgets the records waiting (a journal wrote them), keeping the buffer.
+    pub fn clear(&mut self) {
+        self.buf.clear();
     }
 
     /// Makes the compact journal that replaces the file ([`Journal::install`]): the header,
@@ -413,22 +472,71 @@ impl Journal {
     /// configured, rename it over the journal). Blocking file I/O of up to the session's
     /// byte cap: the session runs it on a blocking thread.
     pub fn install(&mut self, image: &[u8]) -> Result<(), JournalError> {
-        let path = self.dir.join(FILE_NAME);
-        let tmp = self.dir.join("journal.tmp");
-        let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
-        f.write_all(image).map_err(io_at(&tmp))?;
-        if self.durability == Durability::Fsync {
-            f.sync_data().map_err(io_at(&tmp))?;
-        }
-        drop(f);
         self.close();
-        if let Err(e) = std::fs::rename(&tmp, &path) {
-            self.broken = true;
-            return Err(io_at(&path)(e));
-        }
         // The next write opens the new file.
-        Ok(())
+        let done = write_image(&self.dir, image, self.durability);
+        self.installed(done)
     }
+
+    /// A failed rename may have left no journal to append to: later writes must fail.
+    fn installed(&mut self, done: Result<(), ImageError>) -> Result<(), JournalError> {
+        let path = self.dir.join(FILE_NAME);
+        match done {
+            Ok(()) => Ok(()),
+            Err(ImageError::Written(e)) => Err(io_at(&path)(e)),
+            Err(ImageError::Renamed(e)) => {
+                self.broken = true;
+                Err(io_at(&path)(e))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionJournal for Journal {
+    async fn append(&mut self, records: &mut Records, now: Instant) -> Result<(), JournalError> {
+        // One `write` of a few KiB into the page cache: not worth a blocking thread.
+        self.write(records, now)
+    }
+
+    /// On a blocking thread (up to the session's byte cap of file I/O): this session
+    /// waits, the others and the HTTP server go on.
+    async fn replace(&mut self, image: Vec<u8>) -> Result<(), JournalError> {
+        self.close();
+        let (dir, durability) = (self.dir.clone(), self.durability);
+        let done = tokio::task::spawn_blocking(move || write_image(&dir, &image, durability))
+            .await
+            .unwrap_or_else(|e| Err(ImageError::Written(io::Error::other(e))));
+        self.installed(done)
+    }
+
+    fn open_until(&self) -> Option<Instant> {
+        Journal::open_until(self)
+    }
+
+    fn close_idle(&mut self, now: Instant) {
+        Journal::close_idle(self, now);
+    }
+}
+
+/// Why a compaction was not installed: before the rename the old journal is intact;
+/// after a failed rename it may not be.
+enum ImageError {
+    Written(io::Error),
+    Renamed(io::Error),
+}
+
+/// Writes `image` to a temporary file (synced if so configured) and renames it over the
+/// journal in `dir`.
+fn write_image(dir: &Path, image: &[u8], durability: Durability) -> Result<(), ImageError> {
+    let tmp = dir.join("journal.tmp");
+    let mut f = File::create(&tmp).map_err(ImageError::Written)?;
+    f.write_all(image).map_err(ImageError::Written)?;
+    if durability == Durability::Fsync {
+        f.sync_data().map_err(ImageError::Written)?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, dir.join(FILE_NAME)).map_err(ImageError::Renamed)
 }
 
 impl Drop for Journal {
@@ -464,7 +572,7 @@ pub fn read_header(dir: &Path) -> Option<Header> {
 }
 
 /// Replay records; returns what they say and the length of the valid prefix.
-fn replay(bytes: &[u8]) -> (Recovered, usize) {
+pub fn replay(bytes: &[u8]) -> (Recovered, usize) {
     let mut r = Recovered::default();
     let mut pos = 0;
     while bytes.len() - pos >= RECORD_HEAD {

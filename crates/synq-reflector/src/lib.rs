@@ -21,9 +21,11 @@
 // time and hash maps freely (clippy.toml's determinism rules are for model code).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod cluster;
 pub mod config;
 mod connection;
 mod files;
+mod forward;
 mod handle;
 mod http;
 mod island;

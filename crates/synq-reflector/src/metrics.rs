@@ -30,6 +30,10 @@ pub struct Metrics {
     pub stored_bytes: AtomicI64,
     pub syncs_writing: AtomicI64,
     pub syncs_waiting: AtomicI64,
+    pub cluster_forwards: AtomicU64,
+    pub cluster_claims: AtomicU64,
+    pub cluster_claims_refused: AtomicU64,
+    pub cluster_sessions_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -150,6 +154,26 @@ impl Metrics {
                 "synq_saves_refused_total",
                 "SAVEs (persistent data) refused: a URL outside this server's file store for the session's app.",
                 &self.saves_refused,
+            ),
+            (
+                "synq_cluster_forwards_total",
+                "Connections forwarded to the node that sequences their session.",
+                &self.cluster_forwards,
+            ),
+            (
+                "synq_cluster_claims_total",
+                "Sessions this node took the lease of (started or took over).",
+                &self.cluster_claims,
+            ),
+            (
+                "synq_cluster_claims_refused_total",
+                "Claims that found the session owned by another node or the cluster unavailable.",
+                &self.cluster_claims_refused,
+            ),
+            (
+                "synq_cluster_sessions_lost_total",
+                "Sessions stopped here because the lease lapsed or another node appended to the journal.",
+                &self.cluster_sessions_lost,
             ),
         ];
         for (name, help, v) in counters {

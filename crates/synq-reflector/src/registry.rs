@@ -121,6 +121,17 @@ impl Ctx {
                 || self.session_dir(id).join("journal").is_file())
     }
 
+    /// [`Ctx::knows_session`], or, in a cluster, whether any node's journal has it.
+    pub(crate) async fn knows_session_anywhere(&self, id: &str) -> bool {
+        if self.knows_session(id) {
+            return true;
+        }
+        match &self.config.cluster {
+            Some(cluster) => valid_session_id(id) && cluster.0.knows(id).await,
+            None => false,
+        }
+    }
+
     /// Whether a session on disk was created by app `app_id` with `persistent_id` (Croquet
     /// uploads persisted data under those, without the session id). Reads every session's
     /// journal header: callers cache and throttle it.
@@ -199,17 +210,23 @@ impl Ctx {
         let own = handle.clone();
         tokio::spawn(async move {
             let run = AssertUnwindSafe(async {
-                let config = Arc::clone(&ctx.config);
-                let metrics = Arc::clone(&ctx.metrics);
-                let mut island =
-                    Island::load(config, metrics, ctx.session_dir(&id), id.clone()).await;
+                let Some(mut island) = ctx.open_island(&id).await else {
+                    // Another node sequences it: the JOINs waiting here are dropped with
+                    // the channel, and their clients asked to reconnect (to the owner).
+                    ctx.forget(&id, &own);
+                    return;
+                };
                 // The registry retires an idle session itself, under its lock, so that a
                 // JOIN cannot reach a session that is ending.
-                while let Ended::Idle = island.run(&mut rx).await {
-                    if ctx.remove_if_idle(&id, &rx) {
-                        break;
+                loop {
+                    match island.run(&mut rx).await {
+                        Ended::Idle if !ctx.remove_if_idle(&id, &rx) => island.kept(),
+                        Ended::Idle | Ended::Closed => break,
+                        Ended::Lost => {
+                            ctx.forget(&id, &own);
+                            return;
+                        }
                     }
-                    island.kept();
                 }
                 island.close().await;
             });
@@ -221,17 +238,44 @@ impl Ctx {
                     .unwrap_or_default();
                 tracing::error!(session = %id, panic = %why, "session failed; its clients are disconnected");
                 Metrics::add(&ctx.metrics.session_failures, 1);
-                let mut sessions = ctx.sessions();
-                if sessions
-                    .by_id
-                    .get(&id)
-                    .is_some_and(|e| e.handle.tx.same_channel(&own.tx))
-                {
-                    sessions.remove(&id);
-                }
+                ctx.forget(&id, &own);
             }
         });
         handle
+    }
+
+    /// The session's island: resumed from its local journal, or, in a cluster, claimed
+    /// (`None`: another node sequences it, or the cluster cannot be reached).
+    async fn open_island(&self, id: &str) -> Option<Island> {
+        let config = Arc::clone(&self.config);
+        let metrics = Arc::clone(&self.metrics);
+        let Some(cluster) = &self.config.cluster else {
+            return Some(Island::load(config, metrics, self.session_dir(id), id.to_owned()).await);
+        };
+        match cluster.0.claim(id).await {
+            Ok(claim) => {
+                Metrics::add(&self.metrics.cluster_claims, 1);
+                Some(Island::claimed(config, metrics, id.to_owned(), claim))
+            }
+            Err(e) => {
+                tracing::info!(session = %id, "not sequencing the session here: {e}; its clients are asked to reconnect");
+                Metrics::add(&self.metrics.cluster_claims_refused, 1);
+                None
+            }
+        }
+    }
+
+    /// Removes the session's entry if it is still the one `own` reaches (a later start
+    /// may have replaced it).
+    fn forget(&self, id: &str, own: &SessionHandle) {
+        let mut sessions = self.sessions();
+        if sessions
+            .by_id
+            .get(id)
+            .is_some_and(|e| e.handle.tx.same_channel(&own.tx))
+        {
+            sessions.remove(id);
+        }
     }
 
     /// Whether the session is running (it has clients, or had them moments ago).

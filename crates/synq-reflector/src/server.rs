@@ -6,12 +6,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::cluster::Placement;
 use crate::config::ReflectorConfig;
 use crate::files::{self, FilesState};
+use crate::forward::Forward;
 use crate::metrics::Metrics;
 use crate::origin;
 use crate::quota::{AddressQuota, StoreQuota};
@@ -138,6 +140,7 @@ impl Reflector {
             .route("/reflector/", get(ws_no_session))
             .with_state(Arc::clone(&self.ctx));
         let metrics = Arc::clone(&self.ctx.metrics);
+        let cluster = self.ctx.config.cluster.clone();
         Router::new()
             .merge(files)
             .merge(ws)
@@ -146,14 +149,28 @@ impl Reflector {
                 "/metrics",
                 get(move || {
                     let m = Arc::clone(&metrics);
+                    let cluster = cluster.clone();
                     async move {
-                        (
-                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                            m.render(),
-                        )
+                        let mut text = m.render();
+                        if let Some(c) = cluster {
+                            text.push_str(&c.0.metrics());
+                        }
+                        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
                     }
                 }),
             )
+    }
+}
+
+impl Reflector {
+    /// Routes of a cluster node's second listener, for its cluster's private network:
+    /// only connections other nodes forward (`/reflector/<sessionId>` with the cluster's
+    /// token). Serve it with [`crate::serve_with`] and limits without a per-address cap:
+    /// all its connections come from the other nodes.
+    pub fn cluster_router(&self) -> Router {
+        Router::new()
+            .route("/reflector/{*path}", get(ws_forwarded))
+            .with_state(Arc::clone(&self.ctx))
     }
 }
 
@@ -174,14 +191,25 @@ fn upgrade(
     if let Err(refusal) = origin::check(headers, &ctx.config.files) {
         return origin::refused(headers, refusal, "WebSocket");
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
-    // The configured limit is enforced on whole messages by the reader, which closes with
-    // 4104 after reading the message (closing with unread input would reset the TCP
-    // connection and lose the close frame). The transport limit is only a backstop.
-    let hard_limit = ctx.config.max_frame_bytes.saturating_mul(4).max(1 << 20);
+    accept(ws, ctx, session, addr.ip(), host_of(headers))
+}
+
+/// The configured limit is enforced on whole messages by the reader, which closes with
+/// 4104 after reading the message (closing with unread input would reset the TCP
+/// connection and lose the close frame). The transport limit is only a backstop.
+fn hard_limit(ctx: &Ctx) -> usize {
+    ctx.config.max_frame_bytes.saturating_mul(4).max(1 << 20)
+}
+
+/// Upgrades to a WebSocket of this node for `session`, from `peer`.
+fn accept(
+    ws: WebSocketUpgrade,
+    ctx: Arc<Ctx>,
+    session: Option<String>,
+    peer: std::net::IpAddr,
+    host: Option<String>,
+) -> Response {
+    let hard_limit = hard_limit(&ctx);
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         // tungstenite zero-fills its read buffer up to this size before every read
@@ -190,29 +218,122 @@ fn upgrade(
         // reflector's CPU (perf, 1 session x 50 clients), at 8 KiB still 7 % when idle
         // ticking. A large frame takes more reads of 2 KiB; clients send small ones.
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| crate::connection::run(socket, session, addr.ip(), host, ctx))
+        .on_upgrade(move |socket| crate::connection::run(socket, session, peer, host, ctx))
         .into_response()
 }
 
-async fn ws_session(
-    State(ctx): State<Arc<Ctx>>,
-    Path(path): Path<String>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    // Croquet: the session id is the last path segment; anything before it is accepted.
+/// Croquet: the session id is the last path segment; anything before it is accepted.
+fn session_of(path: &str) -> Option<String> {
     let id = path.rsplit('/').next().unwrap_or("");
     let id = id.split('?').next().unwrap_or("");
-    let session = if valid_session_id(id) {
+    if valid_session_id(id) {
         Some(id.to_owned())
     } else {
         if !id.is_empty() {
             tracing::warn!(path = ?path.get(..path.floor_char_boundary(200)), "refusing WebSocket with an invalid session id");
         }
         None
-    };
+    }
+}
+
+async fn ws_session(
+    State(ctx): State<Arc<Ctx>>,
+    Path(path): Path<String>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let session = session_of(&path);
+    // In a cluster, a session that is not running here may be sequenced by another node:
+    // the connection goes there (after this node's own checks of the request).
+    if let (Some(cluster), Some(id)) = (&ctx.config.cluster, &session)
+        && !ctx.is_live(id)
+    {
+        match cluster.0.placement(id).await {
+            Ok(Placement::Here) => {}
+            Ok(Placement::Owner { url }) => {
+                if let Err(refusal) = origin::check(&headers, &ctx.config.files) {
+                    return origin::refused(&headers, refusal, "WebSocket");
+                }
+                let target = format!(
+                    "{}{}",
+                    url.replacen("http", "ws", 1).trim_end_matches('/'),
+                    uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+                );
+                let fwd = Forward {
+                    url: target,
+                    peer: addr.ip(),
+                    host: host_of(&headers),
+                    token: cluster.0.token().to_owned(),
+                    max_message: hard_limit(&ctx),
+                };
+                let metrics = Arc::clone(&ctx.metrics);
+                return ws
+                    .max_message_size(fwd.max_message)
+                    .max_frame_size(fwd.max_message)
+                    .on_upgrade(move |socket| crate::forward::run(socket, fwd, metrics))
+                    .into_response();
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "cannot place the session");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the cluster is unavailable\n",
+                )
+                    .into_response();
+            }
+        }
+    }
     upgrade(ws, ctx, session, addr, &headers)
+}
+
+/// A connection another node of the cluster forwarded here (its cluster listener): it
+/// carries the cluster's token, the client's address and the `Host` it asked for. The
+/// forwarding node checked the request's origin; this node sequences the session (or,
+/// if another node took it meanwhile, asks the client to reconnect).
+async fn ws_forwarded(
+    State(ctx): State<Arc<Ctx>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(cluster) = &ctx.config.cluster else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let token = headers
+        .get(crate::forward::TOKEN_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !same_secret(token, cluster.0.token().as_bytes()) {
+        tracing::warn!("refusing a forwarded connection without the cluster's token");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let Some(peer) = headers
+        .get(crate::forward::FOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+    else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let host = headers
+        .get(crate::forward::HOST_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let session = session_of(&path);
+    accept(ws, ctx, session, peer, host)
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn host_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
 }
 
 async fn ws_no_session(
