@@ -1,0 +1,328 @@
+//! Many synq reflector nodes as one service, on NATS JetStream.
+//!
+//! Each session has one owner at a time, the node that holds its lease (a key in a
+//! JetStream key-value bucket, see [`lease`]); the owner journals every batch to the
+//! session's subject of a JetStream stream before broadcasting it (see [`journal`]), so
+//! the node that takes the session over when the owner dies resumes its timeline,
+//! sequence numbers and time from the stream. A node that does not own a session forwards
+//! its connections to the owner (`synq_reflector`'s cluster listener).
+//!
+//! [`NatsCluster`] implements [`synq_reflector::cluster::Cluster`].
+
+#![forbid(unsafe_code)]
+// Not model code: leases run on the wall clock (clippy.toml's determinism rules are for
+// model code).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+mod journal;
+mod lease;
+mod names;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use synq_reflector::cluster::{Claim, Cluster, ClusterError, Placement};
+
+use crate::journal::{OpenError, StreamJournal};
+use crate::lease::{Holder, NatsLease};
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `nats://host:4222` (several, comma-separated, for a NATS cluster).
+    pub nats_url: String,
+    /// This node's name, in leases and logs.
+    pub node: String,
+    /// The base URL other nodes reach this node's cluster listener at
+    /// (`http://10.0.0.2:9091`).
+    pub advertise: String,
+    /// The secret forwarded connections carry; the same on every node.
+    pub token: String,
+    /// A session's lease lapses this long after its owner last renewed it: the longest a
+    /// dead owner's sessions wait for another node.
+    pub lease_ttl: Duration,
+    /// Copies JetStream keeps of journals and leases (1, or 3 on a NATS cluster).
+    pub replicas: usize,
+    /// Prefix of the stream, bucket and subject names (several synq clusters can share
+    /// one NATS).
+    pub prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot set up JetStream ({what}): {message}; is JetStream enabled (nats-server -js)?")]
+    JetStream { what: &'static str, message: String },
+    #[error("invalid cluster name prefix {0:?}: letters, digits, - and _ only")]
+    Prefix(String),
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub renewals: AtomicU64,
+    pub leases_lost: AtomicU64,
+    pub appends: AtomicU64,
+    pub append_micros: AtomicU64,
+}
+
+/// A node's view of a synq cluster on NATS JetStream.
+pub struct NatsCluster {
+    config: ClusterConfig,
+    js: jetstream::Context,
+    kv: kv::Store,
+    stream: stream::Stream,
+    /// This process: a restarted node is another holder.
+    holder: Holder,
+    max_chunk: usize,
+    stats: Arc<Stats>,
+}
+
+impl NatsCluster {
+    /// Connects to NATS and creates the stream and bucket if they do not exist yet.
+    pub async fn connect(config: ClusterConfig) -> Result<NatsCluster, ConnectError> {
+        let prefix = &config.prefix;
+        if prefix.is_empty()
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        {
+            return Err(ConnectError::Prefix(prefix.clone()));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("synq {}", config.node))
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|source| ConnectError::Connect {
+                url: config.nats_url.clone(),
+                source,
+            })?;
+        // Headroom for the headers of a journal message.
+        let max_chunk = client
+            .server_info()
+            .max_payload
+            .saturating_sub(4096)
+            .max(64 * 1024);
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{prefix}-journal"),
+                subjects: vec![format!("{prefix}.journal.>")],
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ConnectError::JetStream {
+                what: "the journal stream",
+                message: e.to_string(),
+            })?;
+        let bucket = format!("{prefix}-owners");
+        let jetstream = |what, e: &dyn std::fmt::Display| ConnectError::JetStream {
+            what,
+            message: e.to_string(),
+        };
+        // The bucket's stream, made as the NATS clients make a key-value bucket's, but
+        // with the stream API that NATS 2.9 and later answer alike (async-nats's own
+        // bucket creation asks for account details that 2.9 words differently).
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("synq session leases: which node sequences each session".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: config.lease_ttl,
+            duplicate_window: config.lease_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| jetstream("the lease bucket", &e))?;
+        let kv = js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| jetstream("the lease bucket", &e))?;
+        let mut config = config;
+        let ttl = kv
+            .status()
+            .await
+            .map_err(|e| jetstream("the lease bucket's status", &e))?
+            .max_age();
+        // It may exist with another lease time: the bucket's own time to live is the one
+        // that counts, for every node.
+        if ttl != config.lease_ttl {
+            tracing::warn!(bucket = %bucket, configured = ?config.lease_ttl, bucket_ttl = ?ttl, "the lease bucket exists with another time to live; using the bucket's (delete the bucket to change it)");
+            config.lease_ttl = ttl;
+        }
+        if ttl.is_zero() {
+            return Err(ConnectError::JetStream {
+                what: "the lease bucket",
+                message: format!("{bucket} has no max_age: leases would never lapse"),
+            });
+        }
+        let instance: u64 = rand::random();
+        let holder = Holder {
+            node: config.node.clone(),
+            instance: format!("{instance:016x}"),
+            url: config.advertise.clone(),
+        };
+        tracing::info!(node = %config.node, nats = %config.nats_url, advertise = %config.advertise, lease_ttl = ?config.lease_ttl, replicas = config.replicas, "joined the synq cluster");
+        Ok(NatsCluster {
+            config,
+            js,
+            kv,
+            stream,
+            holder,
+            max_chunk,
+            stats: Arc::default(),
+        })
+    }
+
+    fn subject(&self, session: &str) -> String {
+        format!(
+            "{}.journal.{}",
+            self.config.prefix,
+            names::session_token(session)
+        )
+    }
+
+    /// The holder of `key`'s lease, if anyone holds it.
+    async fn holder(&self, key: &str) -> Result<Option<(Holder, u64)>, ClusterError> {
+        let entry = self.kv.entry(key).await.map_err(unavailable)?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| {
+                let holder = serde_json::from_slice::<Holder>(&e.value).ok()?;
+                Some((holder, e.revision))
+            }))
+    }
+
+    /// Takes the lease of `key`: creates it, or takes it back from an earlier lease of
+    /// this process. Returns its revision and when the request was sent.
+    async fn take_lease(&self, key: &str, value: &Bytes) -> Result<(u64, Instant), ClusterError> {
+        let sent = Instant::now();
+        match self.kv.create(key, value.clone()).await {
+            Ok(rev) => return Ok((rev, sent)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        match self.holder(key).await? {
+            Some((h, rev)) if h.instance == self.holder.instance => {
+                let sent = Instant::now();
+                let rev = self
+                    .kv
+                    .update(key, value.clone(), rev)
+                    .await
+                    .map_err(|_| ClusterError::OwnedElsewhere)?;
+                Ok((rev, sent))
+            }
+            _ => Err(ClusterError::OwnedElsewhere),
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Cluster for NatsCluster {
+    async fn placement(&self, session: &str) -> Result<Placement, ClusterError> {
+        let key = names::session_token(session);
+        Ok(match self.holder(&key).await? {
+            Some((h, _)) if h.instance != self.holder.instance => Placement::Owner { url: h.url },
+            _ => Placement::Here,
+        })
+    }
+
+    async fn claim(&self, session: &str) -> Result<Claim, ClusterError> {
+        let key = names::session_token(session);
+        let value = Bytes::from(serde_json::to_vec(&self.holder).map_err(unavailable)?);
+        let (revision, sent) = self.take_lease(&key, &value).await?;
+        let lease = NatsLease::start(
+            self.kv.clone(),
+            key,
+            value,
+            revision,
+            sent,
+            self.config.lease_ttl,
+            Arc::clone(&self.stats),
+        );
+        let fence = format!("{} {}", self.holder.node, self.holder.instance);
+        let opened = StreamJournal::open(
+            self.js.clone(),
+            self.stream.clone(),
+            self.subject(session),
+            self.max_chunk,
+            &fence,
+            Arc::clone(&self.stats),
+        )
+        .await;
+        // On failure the lease is dropped here: released for the next claim.
+        let (journal, recovered) = opened.map_err(|e| match e {
+            OpenError::Fenced => ClusterError::OwnedElsewhere,
+            OpenError::Nats(m) => ClusterError::Unavailable(m),
+        })?;
+        Ok(Claim {
+            lease: Box::new(lease),
+            journal: Box::new(journal),
+            recovered,
+        })
+    }
+
+    async fn knows(&self, session: &str) -> bool {
+        self.stream
+            .get_last_raw_message_by_subject(&self.subject(session))
+            .await
+            .is_ok()
+    }
+
+    fn token(&self) -> &str {
+        &self.config.token
+    }
+
+    fn metrics(&self) -> String {
+        let s = &self.stats;
+        let mut out = String::new();
+        for (name, help, v) in [
+            (
+                "synq_cluster_lease_renewals_total",
+                "Session leases renewed by this node.",
+                &s.renewals,
+            ),
+            (
+                "synq_cluster_leases_lost_total",
+                "Session leases this node found taken or lapsed at renewal.",
+                &s.leases_lost,
+            ),
+            (
+                "synq_cluster_journal_appends_total",
+                "Messages this node appended to session journals in JetStream.",
+                &s.appends,
+            ),
+            (
+                "synq_cluster_journal_append_microseconds_total",
+                "Time spent waiting for JetStream to acknowledge those appends.",
+                &s.append_micros,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
