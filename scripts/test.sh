@@ -37,6 +37,16 @@ if ! command -v tmux >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ 
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux
 fi
 
+# The cluster tests (crates/synq/tests/cluster.rs) run a real NATS server with JetStream.
+if ! command -v nats-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
+  else
+    echo "scripts/test.sh: the cluster tests need nats-server (Debian: apt-get install nats-server)" >&2
+    exit 1
+  fi
+fi
+
 # synq-model and synq-client must build for the browser; the determinism test compiles the
 # model to wasm32 and runs it in Node.
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then

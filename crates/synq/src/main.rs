@@ -24,6 +24,7 @@ mod ai;
 mod ai_args;
 mod bot;
 mod chat;
+mod cluster_args;
 mod web;
 
 #[derive(Parser)]
@@ -173,6 +174,8 @@ struct ServeArgs {
     max_connections_per_address: usize,
     #[command(flatten)]
     ai: AiArgs,
+    #[command(flatten)]
+    cluster: cluster_args::ClusterArgs,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -302,6 +305,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             caps.issue_frame_args(session)
         })));
     }
+    let joined = args.cluster.join().await?;
+    if let Some(j) = &joined {
+        config.cluster = Some(synq_reflector::cluster::ClusterHandle(j.cluster.clone()));
+    }
     let reflector = Reflector::new(config).context("cannot start the reflector")?;
     reflector.spawn_housekeeping();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -338,6 +345,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .merge(web::router())
         .merge(reflector.router())
         .merge(gateway::router(ai));
+    if let Some(j) = joined {
+        let addr = j.listener.local_addr()?;
+        // A log line, not stdout: scripts read only the first stdout line and may close it.
+        tracing::info!("cluster listener on http://{addr}/ (connections other nodes forward)");
+        // Every connection here comes from another node: no per-address cap.
+        let limits = HttpLimits {
+            max_connections_per_address: 0,
+            ..http_limits.clone()
+        };
+        let cluster_router = reflector.cluster_router();
+        tokio::spawn(async move {
+            if let Err(e) = synq_reflector::serve_with(j.listener, cluster_router, limits).await {
+                tracing::error!(error = %e, "the cluster listener failed");
+            }
+        });
+    }
     synq_reflector::serve_with(listener, router, http_limits).await?;
     Ok(())
 }

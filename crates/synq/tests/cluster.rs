@@ -1,0 +1,392 @@
+//! Many nodes as one service (`synq serve --cluster`): a real `nats-server` with JetStream
+//! (Debian's package `nats-server`, installed by scripts/test.sh) and real synq nodes on
+//! loopback, spoken to by raw protocol clients.
+//!
+//! What a user would notice: clients of one session on different nodes see one history;
+//! when the node that sequences a session dies (`kill -9`) or is paused past its lease
+//! (SIGSTOP), the clients reconnect through another node and find every message they had
+//! seen, in order, numbered as before, with time that never went backwards; a node
+//! restarted with an empty disk serves its old sessions.
+
+// Not model code: the test measures wall-clock deadlines and drains a child's log.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{Serve, Ws, serve};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+/// A `nats-server -js` on a free port, killed when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn nats() -> Nats {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nats-server (Debian package nats-server; scripts/test.sh installs it)");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("nats-server ended before it was ready")
+            .expect("nats-server's log");
+        if line.contains("Server is ready") {
+            break;
+        }
+    }
+    // Keep reading its log: a Go program whose stderr pipe is closed exits.
+    std::thread::spawn(move || lines.for_each(drop));
+    Nats {
+        child,
+        url: format!("nats://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// A synq node of the cluster, with its own data directory.
+struct Node {
+    serve: Serve,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn addr(&self) -> SocketAddr {
+        self.serve.addr
+    }
+
+    fn kill(&mut self) {
+        let _ = self.serve.child.kill();
+        let _ = self.serve.child.wait();
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.serve.child.id().to_string()])
+            .status()
+            .expect("kill(1)")
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    async fn metric(&self, name: &str) -> u64 {
+        let text = http_get(self.addr(), "/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+    }
+}
+
+fn node(nats: &Nats, name: &str) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let serve = serve(
+        dir.path(),
+        &[
+            "--no-ai",
+            "--cluster",
+            &nats.url,
+            "--cluster-listen",
+            &listen,
+            "--cluster-token",
+            TOKEN,
+            "--node",
+            name,
+        ],
+    );
+    Node { serve, _dir: dir }
+}
+
+/// A GET over a plain TCP connection (the tests' HTTP needs are this small).
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+fn join_frame(session: &str, user: &str) -> Message {
+    let join = json!({"id": session, "action": "JOIN", "args": {"name": "t/s", "apiKey": "none", "appId": "t", "version": 1, "user": user, "ticks": {"tick": 100, "delay": 0}, "tove": "T"}});
+    Message::Text(join.to_string().into())
+}
+
+/// How a join attempt ended.
+enum Joined {
+    Synced(Box<Ws>, Value),
+    /// Closed before SYNC with this code (4003: reconnect, e.g. the owner just died).
+    Closed(u16),
+}
+
+async fn try_join(addr: SocketAddr, session: &str, user: &str) -> Joined {
+    let Ok((mut ws, _)) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/reflector/{session}")).await
+    else {
+        return Joined::Closed(0);
+    };
+    if ws.send(join_frame(session, user)).await.is_err() {
+        return Joined::Closed(0);
+    }
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("an answer to JOIN")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let f: Value = serde_json::from_str(t.as_str()).expect("json");
+                if f["action"] == "SYNC" {
+                    return Joined::Synced(Box::new(ws), f["args"].clone());
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Joined::Closed(frame.map_or(0, |f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => {}
+            _ => return Joined::Closed(0),
+        }
+    }
+}
+
+/// Joins, reconnecting as a Croquet client does while the cluster asks it to (the
+/// session's owner is changing); gives up after `PATIENCE`.
+async fn join(addr: SocketAddr, session: &str, user: &str) -> (Ws, Value) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match try_join(addr, session, user).await {
+            Joined::Synced(ws, sync) => return (*ws, sync),
+            Joined::Closed(code) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no SYNC through {addr}: last close code {code}"
+                );
+                // A client's reconnect delay (Croquet's is longer).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, session: &str, payload: &str) {
+    let send = json!({"id": session, "action": "SEND", "args": [0, 0, payload, 0]});
+    ws.send(Message::Text(send.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// The next RECV of a client message: (time, seq, payload). `None`: the connection closed.
+async fn next_recv(ws: &mut Ws) -> Option<(f64, u64, String)> {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let f: Value = serde_json::from_str(t.as_str()).expect("json");
+                if f["action"] == "RECV"
+                    && let Some(p) = f["args"][2].as_str()
+                {
+                    return Some((
+                        f["args"][0].as_f64().unwrap_or(0.0),
+                        f["args"][1].as_u64().unwrap_or(0),
+                        p.to_owned(),
+                    ));
+                }
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The client messages of a SYNC: (seq, payload).
+fn synced(sync: &Value) -> Vec<(u64, String)> {
+    sync["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| Some((m[1].as_u64()?, m[2].as_str()?.to_owned())))
+        .collect()
+}
+
+#[tokio::test]
+async fn clients_of_one_session_on_three_nodes_see_one_history() {
+    let nats = nats();
+    let nodes = [node(&nats, "a"), node(&nats, "b"), node(&nats, "c")];
+    // The first JOIN makes its node the owner; the others forward.
+    let mut clients = Vec::new();
+    for (k, n) in nodes.iter().enumerate() {
+        clients.push(join(n.addr(), "spread", &format!("u{k}")).await.0);
+    }
+    for (k, ws) in clients.iter_mut().enumerate() {
+        send(ws, "spread", &format!("from-{k}")).await;
+    }
+    let mut histories = Vec::new();
+    for ws in &mut clients {
+        let mut h = Vec::new();
+        while h.len() < 3 {
+            let (_, seq, p) = next_recv(ws).await.expect("RECV");
+            h.push((seq, p));
+        }
+        histories.push(h);
+    }
+    assert_eq!(histories[0], histories[1], "nodes a and b agree");
+    assert_eq!(histories[0], histories[2], "nodes a and c agree");
+    let mut payloads: Vec<_> = histories[0].iter().map(|(_, p)| p.clone()).collect();
+    payloads.sort();
+    assert_eq!(payloads, ["from-0", "from-1", "from-2"]);
+    assert_eq!(nodes[0].metric("synq_cluster_claims_total").await, 1);
+    assert_eq!(nodes[1].metric("synq_cluster_forwards_total").await, 1);
+    assert_eq!(nodes[2].metric("synq_cluster_forwards_total").await, 1);
+    assert_eq!(nodes[1].metric("synq_cluster_claims_total").await, 0);
+}
+
+#[tokio::test]
+async fn kill_9_of_the_owner_loses_no_message_and_the_clients_go_on_through_other_nodes() {
+    let nats = nats();
+    let mut owner = node(&nats, "a");
+    let b = node(&nats, "b");
+    let c = node(&nats, "c");
+    let (mut on_a, _) = join(owner.addr(), "failover", "ua").await;
+    let (mut on_b, _) = join(b.addr(), "failover", "ub").await;
+    let (_on_c, sync_c) = join(c.addr(), "failover", "uc").await;
+    // Messages flow from the client on b; the client on c only watches.
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut last_time = sync_c["time"].as_f64().unwrap_or(0.0);
+    for k in 0..50 {
+        send(&mut on_b, "failover", &format!("m{k}")).await;
+    }
+    while seen.len() < 50 {
+        let (t, seq, p) = next_recv(&mut on_a).await.expect("RECV before the kill");
+        last_time = last_time.max(t);
+        seen.push((seq, p));
+    }
+    // More are on their way when the owner dies.
+    for k in 50..80 {
+        send(&mut on_b, "failover", &format!("m{k}")).await;
+    }
+    owner.kill();
+    let killed = Instant::now();
+    // The client on b learns it from its node (4003) and reconnects there.
+    while next_recv(&mut on_b).await.is_some() {}
+    let (mut again, sync) = join(b.addr(), "failover", "ub").await;
+    let history = synced(&sync);
+    assert!(
+        history.len() >= seen.len(),
+        "the new owner has every message the old one sent"
+    );
+    assert_eq!(
+        &history[..seen.len()],
+        &seen[..],
+        "same messages, same order, same numbers"
+    );
+    let mut seqs: Vec<_> = history.iter().map(|(s, _)| *s).collect();
+    seqs.dedup();
+    assert_eq!(seqs.len(), history.len(), "no message twice");
+    assert!(
+        sync["time"].as_f64().unwrap_or(0.0) >= last_time,
+        "time never goes backwards across the failover"
+    );
+    send(&mut again, "failover", "after").await;
+    let (t, seq, p) = next_recv(&mut again)
+        .await
+        .expect("RECV after the failover");
+    let failover = killed.elapsed();
+    assert_eq!(p, "after");
+    assert!(
+        seq > history.last().map_or(0, |(s, _)| *s),
+        "numbering goes on"
+    );
+    assert!(t >= last_time);
+    eprintln!(
+        "failover: {} ms from kill -9 to the first message delivered again",
+        failover.as_millis()
+    );
+    let claims =
+        b.metric("synq_cluster_claims_total").await + c.metric("synq_cluster_claims_total").await;
+    assert_eq!(claims, 1, "exactly one node took the session over");
+}
+
+#[tokio::test]
+async fn an_owner_paused_past_its_lease_never_sequences_again() {
+    let nats = nats();
+    let owner = node(&nats, "a");
+    let b = node(&nats, "b");
+    let (mut on_a, _) = join(owner.addr(), "paused", "ua").await;
+    send(&mut on_a, "paused", "before").await;
+    let (_, before_seq, _) = next_recv(&mut on_a).await.expect("RECV");
+    owner.signal("-STOP");
+    // Through b, a client finds the session once a's lease has lapsed, and b takes it.
+    let (mut on_b, sync) = join(b.addr(), "paused", "ub").await;
+    assert_eq!(synced(&sync), vec![(before_seq, "before".to_owned())]);
+    send(&mut on_b, "paused", "new-owner").await;
+    let (_, new_seq, _) = next_recv(&mut on_b).await.expect("RECV from the new owner");
+    // The paused owner wakes up believing it still owns the session; its client sends.
+    owner.signal("-CONT");
+    send(&mut on_a, "paused", "stale").await;
+    // It sends nothing more: the client on a is asked to reconnect.
+    assert_eq!(
+        next_recv(&mut on_a).await,
+        None,
+        "the old owner sequenced nothing"
+    );
+    assert_eq!(owner.metric("synq_cluster_sessions_lost_total").await, 1);
+    // The one history goes on at b, without the stale message.
+    send(&mut on_b, "paused", "later").await;
+    let (_, seq, p) = next_recv(&mut on_b).await.expect("RECV");
+    assert_eq!(p, "later");
+    assert!(seq > new_seq);
+}
+
+#[tokio::test]
+async fn a_node_restarted_with_an_empty_disk_serves_its_old_sessions() {
+    let nats = nats();
+    let mut first = node(&nats, "a");
+    let (mut ws, _) = join(first.addr(), "remembered", "ua").await;
+    for k in 0..5 {
+        send(&mut ws, "remembered", &format!("m{k}")).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let (_, seq, p) = next_recv(&mut ws).await.expect("RECV");
+        seen.push((seq, p));
+    }
+    first.kill();
+    // Same name, new empty data directory.
+    let second = node(&nats, "a");
+    let (_ws, sync) = join(second.addr(), "remembered", "ub").await;
+    assert_eq!(synced(&sync), seen);
+}
