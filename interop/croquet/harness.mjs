@@ -2,6 +2,10 @@
 // Interop harness: real @croquet/croquet 2.0.4 Node clients against a reflector "box".
 //
 //   node harness.mjs http://127.0.0.1:PORT/ [options]
+//   node harness.mjs http://127.0.0.1:P1/,http://127.0.0.1:P2/,… [options]
+//
+// Several comma-separated boxes are the nodes of one cluster: client k uses box k mod n, so
+// the clients of the one session are spread over the nodes.
 //
 // The box URL is what a Croquet app passes as `box`: the client derives the reflector
 // (ws://HOST:PORT/reflector/<sessionId>) and the file store (http://HOST:PORT/files/...).
@@ -61,8 +65,8 @@ for (let i = 0; i < argv.length; i++) {
     else usage(`unexpected argument ${a}`);
 }
 if (!box) usage("missing box URL");
-if (!/^https?:\/\//.test(box)) usage(`box URL must be http(s)://..., got ${box}`);
-if (!box.endsWith("/")) box += "/";
+const boxes = box.split(",").map(b => b.endsWith("/") ? b : b + "/");
+for (const b of boxes) if (!/^https?:\/\//.test(b)) usage(`box URL must be http(s)://..., got ${b}`);
 if (!["auto", "requ", "force"].includes(opts.snapshot)) usage(`bad --snapshot ${opts.snapshot}`);
 
 function usage(msg) {
@@ -82,7 +86,7 @@ const PASSWORD = randomBytes(9).toString("base64url");
 
 // ------------------------------------------------------------------------------ bookkeeping
 const checks = [];
-const info = { box, session: SESSION };
+const info = { boxes, session: SESSION };
 function check(name, ok, detail) {
     checks.push({ name, ok: !!ok, ...(detail === undefined ? {} : { detail }) });
     log(`${ok ? "ok  " : "FAIL"} ${name}${!ok && detail !== undefined ? ": " + JSON.stringify(detail) : ""}`);
@@ -98,6 +102,8 @@ const clients = new Map();
 
 class Client {
     constructor(name) {
+        // A, B, C, D… over the boxes in turn.
+        const box = boxes[clients.size % boxes.length];
         this.name = name;
         this.output = [];
         this.last = null;         // last state report

@@ -76,6 +76,9 @@ pub(crate) async fn run(mut client: WebSocket, fwd: Forward, metrics: Arc<Metric
                         reason: f.reason.as_str().into(),
                     });
                     let _ = upstream.close(frame).await;
+                    // Answer the client's close: tungstenite queued the reply, it goes out
+                    // on close (without it the client sees 1006 instead of its own code).
+                    let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
                     return;
                 }
                 // Each side answers its own pings.

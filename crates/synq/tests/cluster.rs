@@ -390,3 +390,38 @@ async fn a_node_restarted_with_an_empty_disk_serves_its_old_sessions() {
     let (_ws, sync) = join(second.addr(), "remembered", "ub").await;
     assert_eq!(synced(&sync), seen);
 }
+
+/// The real Croquet client (`@croquet/croquet` 2.0.4, interop/croquet/harness.mjs): four
+/// clients of one session spread over three nodes agree, through a snapshot (compacted
+/// into the stream) and a late joiner.
+#[tokio::test]
+async fn real_croquet_clients_spread_over_three_nodes_agree() {
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/croquet");
+    assert!(
+        interop.join("node_modules/@croquet/croquet").is_dir(),
+        "run `npm ci --ignore-scripts` in interop/croquet (scripts/test.sh does it)"
+    );
+    let nats = nats();
+    let nodes = [node(&nats, "a"), node(&nats, "b"), node(&nats, "c")];
+    let boxes: Vec<String> = nodes.iter().map(|n| format!("http://{}/", n.addr())).collect();
+    let harness = tokio::process::Command::new("node")
+        .current_dir(&interop)
+        .args(["harness.mjs", &boxes.join(","), "--timeout", "60"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node (Node.js) runs the harness");
+    let stdout = String::from_utf8_lossy(&harness.stdout);
+    let summary = stdout.lines().last().unwrap_or("");
+    assert!(
+        harness.status.success() && summary.contains("\"ok\":true"),
+        "the harness failed: {summary}\n{}",
+        String::from_utf8_lossy(&harness.stderr)
+    );
+    let mut forwards = 0;
+    for n in &nodes {
+        forwards += n.metric("synq_cluster_forwards_total").await;
+    }
+    assert!(forwards >= 2, "clients reached the owner through other nodes ({forwards})");
+}
