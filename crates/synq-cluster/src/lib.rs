@@ -77,6 +77,7 @@ pub(crate) struct Stats {
 /// A node's view of a synq cluster on NATS JetStream.
 pub struct NatsCluster {
     config: ClusterConfig,
+    client: async_nats::Client,
     js: jetstream::Context,
     kv: kv::Store,
     stream: stream::Stream,
@@ -111,7 +112,7 @@ impl NatsCluster {
             .max_payload
             .saturating_sub(4096)
             .max(64 * 1024);
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream = js
             .get_or_create_stream(stream::Config {
                 name: format!("{prefix}-journal"),
@@ -181,6 +182,7 @@ impl NatsCluster {
         tracing::info!(node = %config.node, nats = %config.nats_url, advertise = %config.advertise, lease_ttl = ?config.lease_ttl, replicas = config.replicas, "joined the synq cluster");
         Ok(NatsCluster {
             config,
+            client,
             js,
             kv,
             stream,
@@ -287,6 +289,17 @@ impl Cluster for NatsCluster {
             .get_last_raw_message_by_subject(&self.subject(session))
             .await
             .is_ok()
+    }
+
+    async fn is_live(&self, session: &str) -> bool {
+        matches!(
+            self.holder(&names::session_token(session)).await,
+            Ok(Some(_))
+        )
+    }
+
+    fn healthy(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn token(&self) -> &str {

@@ -55,6 +55,12 @@ pub trait Cluster: Send + Sync + 'static {
     async fn claim(&self, session: &str) -> Result<Claim, ClusterError>;
     /// Whether `session` exists in the cluster (it has a journal), wherever it runs.
     async fn knows(&self, session: &str) -> bool;
+    /// Whether `session` runs now, on any node (someone holds its lease).
+    async fn is_live(&self, session: &str) -> bool;
+    /// Whether this node can reach the cluster (for `/healthz`).
+    fn healthy(&self) -> bool {
+        true
+    }
     /// The secret a forwarded connection carries to the owner's cluster listener: only
     /// with it does the owner take the client address the connection names.
     fn token(&self) -> &str;

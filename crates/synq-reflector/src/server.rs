@@ -101,9 +101,26 @@ impl Reflector {
 
     /// Whether a session is running now (has clients, or had them moments ago), for
     /// services that serve only the members of live sessions (the AI gateway).
-    pub fn session_liveness(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+    pub fn session_liveness(
+        &self,
+    ) -> impl Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+    + Send
+    + Sync
+    + 'static {
         let ctx = Arc::clone(&self.ctx);
-        move |id| ctx.is_live(id)
+        move |id| {
+            let (ctx, id) = (Arc::clone(&ctx), id.to_owned());
+            Box::pin(async move {
+                if ctx.is_live(&id) {
+                    return true;
+                }
+                // In a cluster, the session may run on another node.
+                match &ctx.config.cluster {
+                    Some(c) => c.0.is_live(&id).await,
+                    None => false,
+                }
+            })
+        }
     }
 
     /// Routes: `/reflector/<sessionId>` (any prefix before the last segment is accepted,
@@ -144,7 +161,21 @@ impl Reflector {
         Router::new()
             .merge(files)
             .merge(ws)
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/healthz",
+                get({
+                    let cluster = cluster.clone();
+                    move || async move {
+                        match cluster {
+                            Some(c) if !c.0.healthy() => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the cluster (NATS) is unreachable\n",
+                            ),
+                            _ => (StatusCode::OK, "ok\n"),
+                        }
+                    }
+                }),
+            )
             .route(
                 "/metrics",
                 get(move || {

@@ -298,7 +298,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "connection caps"
     );
     // The AI capabilities the reflector hands to chat participants and the gateway checks.
-    let capabilities = Arc::new(Capabilities::new(args.ai.capability_ttl()));
+    // A cluster's nodes accept each other's capabilities: a participant's AI requests go
+    // through its own node, the capability came from the session's owner.
+    let capabilities = Arc::new(match (&args.cluster.cluster, &args.cluster.cluster_token) {
+        (Some(_), Some(token)) => Capabilities::shared(token.as_bytes(), args.ai.capability_ttl()),
+        _ => Capabilities::new(args.ai.capability_ttl()),
+    });
     if !args.ai.no_ai {
         let caps = Arc::clone(&capabilities);
         config.ai_capability = Some(AiCapabilityIssuer(Arc::new(move |session: &str| {

@@ -110,22 +110,24 @@ impl Node {
 }
 
 fn node(nats: &Nats, name: &str) -> Node {
+    node_with(nats, name, &["--no-ai"])
+}
+
+fn node_with(nats: &Nats, name: &str, extra: &[&str]) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("127.0.0.1:{}", free_port());
-    let serve = serve(
-        dir.path(),
-        &[
-            "--no-ai",
-            "--cluster",
-            &nats.url,
-            "--cluster-listen",
-            &listen,
-            "--cluster-token",
-            TOKEN,
-            "--node",
-            name,
-        ],
-    );
+    let mut args = extra.to_vec();
+    args.extend([
+        "--cluster",
+        &nats.url,
+        "--cluster-listen",
+        &listen,
+        "--cluster-token",
+        TOKEN,
+        "--node",
+        name,
+    ]);
+    let serve = serve(dir.path(), &args);
     Node { serve, _dir: dir }
 }
 
@@ -403,7 +405,10 @@ async fn real_croquet_clients_spread_over_three_nodes_agree() {
     );
     let nats = nats();
     let nodes = [node(&nats, "a"), node(&nats, "b"), node(&nats, "c")];
-    let boxes: Vec<String> = nodes.iter().map(|n| format!("http://{}/", n.addr())).collect();
+    let boxes: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}/", n.addr()))
+        .collect();
     let harness = tokio::process::Command::new("node")
         .current_dir(&interop)
         .args(["harness.mjs", &boxes.join(","), "--timeout", "60"])
@@ -423,5 +428,89 @@ async fn real_croquet_clients_spread_over_three_nodes_agree() {
     for n in &nodes {
         forwards += n.metric("synq_cluster_forwards_total").await;
     }
-    assert!(forwards >= 2, "clients reached the owner through other nodes ({forwards})");
+    assert!(
+        forwards >= 2,
+        "clients reached the owner through other nodes ({forwards})"
+    );
+}
+
+/// The AI chat on a cluster: three participants, each through its own node, one post;
+/// the elected participant's AI request goes through its node's gateway with the
+/// capability the session's owner issued, and every participant sees the one answer.
+#[tokio::test]
+async fn the_ai_chat_answers_participants_spread_over_three_nodes() {
+    use std::sync::Arc;
+    use synq_ai::openai::{OpenAiBackend, OpenAiConfig};
+    use synq_ai::testing::{FAKE_MODEL, FakeUpstream, Reply};
+    use synq_chat::native::{AiService, Participant};
+    use synq_chat::{AiState, ChatModel, EntryKind};
+
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Reply::text(&["One", " answer."]));
+    let nats = nats();
+    let ai = [
+        "--ai-url",
+        upstream.base_url.as_str(),
+        "--ai-model",
+        FAKE_MODEL,
+    ];
+    let nodes = [
+        node_with(&nats, "a", &ai),
+        node_with(&nats, "b", &ai),
+        node_with(&nats, "c", &ai),
+    ];
+    let mut people = Vec::new();
+    for (n, name) in nodes.iter().zip(["Ann", "Bob", "Cid"]) {
+        let base = format!("http://{}", n.addr());
+        let mut cfg = OpenAiConfig::new(format!("{base}/ai/v1"), "chosen-by-the-server");
+        cfg.max_retries = 0;
+        let service = Arc::new(AiService(Arc::new(
+            OpenAiBackend::new(cfg).expect("backend"),
+        )));
+        let mut config = synq_client::ClientConfig::for_server(
+            &base,
+            "synq.chat.test",
+            "spread",
+            "room-password",
+        );
+        config.kdf_rounds = 1000;
+        // Ann, first in, joins through the node that then owns the session and does not
+        // relay: Bob, on another node, is elected and asks his node's gateway with a
+        // capability the owner issued.
+        let service = (name != "Ann").then_some(service);
+        let p = tokio::time::timeout(PATIENCE, Participant::join(config, name, service))
+            .await
+            .expect("joined in time")
+            .expect("join");
+        people.push(p);
+    }
+    let answers = |m: &ChatModel| -> Vec<(String, AiState)> {
+        m.history()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Ai { text, state, .. } => Some((text.clone(), *state)),
+                _ => None,
+            })
+            .collect()
+    };
+    for p in &mut people {
+        tokio::time::timeout(PATIENCE, p.until(|m| m.users().count() == 3))
+            .await
+            .expect("everyone present in time")
+            .expect("session alive");
+    }
+    people[1].post("@AI hello from node b").expect("post");
+    for p in &mut people {
+        tokio::time::timeout(
+            PATIENCE,
+            p.until(|m| answers(m) == [("One answer.".to_string(), AiState::Done)]),
+        )
+        .await
+        .expect("the answer in time")
+        .expect("session alive");
+    }
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "one post, one upstream request"
+    );
 }

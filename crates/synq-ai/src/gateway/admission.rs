@@ -109,8 +109,12 @@ fn bearer(req: &Request) -> Option<&str> {
 
 /// The session whose AI capability the request presents, or `None` for an anonymous
 /// call the operator allows.
-fn authorize(state: &GatewayState, req: &Request, addr: &str) -> Result<Option<String>, ApiError> {
-    let Some(token) = bearer(req) else {
+async fn authorize(
+    state: &GatewayState,
+    token: Option<String>,
+    addr: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(token) = token else {
         if state.config.allow_anonymous {
             return Ok(None);
         }
@@ -132,14 +136,14 @@ fn authorize(state: &GatewayState, req: &Request, addr: &str) -> Result<Option<S
             "this server issues no AI capabilities",
         );
     };
-    let session = match caps.verify(token) {
+    let session = match caps.verify(&token) {
         Ok(session) => session,
         Err(CapabilityError::Expired) => {
             return refused("ai_capability_expired", "the AI capability has expired");
         }
         Err(e) => return refused("ai_capability_invalid", &e.to_string()),
     };
-    if !live(&session) {
+    if !live(&session).await {
         return refused(
             "session_not_live",
             "the AI capability is for a session that is not running now",
@@ -165,7 +169,9 @@ pub(super) async fn admit(state: &GatewayState, req: Request) -> Result<(Caller,
             wait,
         ));
     }
-    let session = authorize(state, &req, &addr)?;
+    // Owned: the request's body may not be held across the liveness check.
+    let token = bearer(&req).map(str::to_owned);
+    let session = authorize(state, token, &addr).await?;
     let who = Caller { addr, session };
     if let Some(session) = &who.session
         && let Err(wait) = state.per_session.check(session)

@@ -70,6 +70,19 @@ impl Capabilities {
         }
     }
 
+    /// Tokens valid for `ttl`, signed with a secret derived from `shared`: every server
+    /// given the same `shared` (the nodes of a cluster) accepts the others' tokens.
+    pub fn shared(shared: &[u8], ttl: Duration) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"synq ai capability secret\0");
+        h.update(shared);
+        Self {
+            secret: h.finalize().into(),
+            ttl,
+        }
+    }
+
     fn mac(&self) -> HmacSha256 {
         let mut mac =
             HmacSha256::new_from_slice(&self.secret).expect("HMAC-SHA256 takes keys of any size");

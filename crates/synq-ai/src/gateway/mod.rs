@@ -51,8 +51,11 @@ use guards::{AddressBudgets, RateLimiter, TokenBudget, approx_tokens};
 use meter::{Charge, Piece, metered};
 use request::chat_request;
 
-/// Whether a session is live right now (asked of the reflector).
-pub type SessionLive = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Whether a session is live right now (asked of the reflector; in a cluster, of the node
+/// that runs it, hence a future).
+pub type SessionLive = Arc<
+    dyn Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
 
 /// What serves the answers, as it is now.
 #[derive(Clone)]
