@@ -42,7 +42,9 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 #[derive(Parser, Clone, Debug)]
 #[command(about = "Benchmark a reflector over loopback: prints one JSON line on stdout")]
 struct Args {
-    /// Reflector base URL; the session id is appended. Loopback hosts only.
+    /// Reflector base URL; the session id is appended. Loopback hosts only. Several,
+    /// comma-separated (the nodes of a cluster): client k of the run connects to URL
+    /// k mod n, so a session's clients are spread over the nodes.
     #[arg(long, default_value = "ws://127.0.0.1:8080/reflector")]
     url: String,
     /// Number of sessions.
@@ -78,6 +80,10 @@ struct Args {
     /// PID of the server, to report its CPU time (utime + stime from /proc/PID/stat).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Another process whose CPU time is reported beside the server's (repeatable): the
+    /// other nodes of a cluster, its NATS server.
+    #[arg(long)]
+    also_pid: Vec<u32>,
     /// Start this `synq` binary as `serve --listen 127.0.0.1:0 --data-dir <tmp>`, benchmark
     /// it, and kill it at the end (ignores --url and --server-pid).
     #[arg(long)]
@@ -263,6 +269,8 @@ struct ClientResult {
 
 struct Ctx {
     args: Args,
+    /// The reflector URLs (--url), for client k: `urls[k % n]`.
+    urls: Vec<String>,
     t0: Instant,
     /// Number of clients in all sessions.
     total: usize,
@@ -390,7 +398,8 @@ async fn join(ctx: &Ctx, session: &str, global: u64) -> anyhow::Result<Halves> {
     // Until SYNC: waiting for the session's other clients must not hold a turn.
     let mut turn = Some(ctx.joining.acquire().await?);
     let args = &ctx.args;
-    let url = format!("{}/{}", args.url.trim_end_matches('/'), session);
+    let url = &ctx.urls[global as usize % ctx.urls.len()];
+    let url = format!("{}/{}", url.trim_end_matches('/'), session);
     let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
         .await
         .with_context(|| format!("connect {url}"))?;
@@ -811,7 +820,10 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         args.server_args = server_args;
         spawned = Some(s);
     }
-    check_loopback(&args.url)?;
+    let urls: Vec<String> = args.url.split(',').map(str::to_owned).collect();
+    for url in &urls {
+        check_loopback(url)?;
+    }
     let server_pid = args.server_pid.map(|p| p.to_string());
     if let Some(pid) = &server_pid
         && cpu_seconds(pid, hz).is_none()
@@ -831,6 +843,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         .unwrap_or_default();
     let run_id = format!("b{}x{nanos:08x}", std::process::id());
     let ctx = Arc::new(Ctx {
+        urls,
         args: args.clone(),
         t0: Instant::now(),
         total,
@@ -888,6 +901,8 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
 
     let started = ctx.t0.elapsed();
     let server_cpu0 = server_pid.as_deref().and_then(|p| cpu_split(p, hz));
+    let also_pids: Vec<String> = args.also_pid.iter().map(u32::to_string).collect();
+    let also_cpu0: Vec<Option<f64>> = also_pids.iter().map(|p| cpu_seconds(p, hz)).collect();
     let rss_joined = server_pid.as_deref().and_then(rss_kib);
     let fds_joined = server_pid.as_deref().and_then(open_fds);
     let own_cpu0 = cpu_seconds("self", hz);
@@ -921,6 +936,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         }
     }
     let server_cpu1 = server_pid.as_deref().and_then(|p| cpu_split(p, hz));
+    let also_cpu1: Vec<Option<f64>> = also_pids.iter().map(|p| cpu_seconds(p, hz)).collect();
     let own_cpu1 = cpu_seconds("self", hz);
     let rss_end = server_pid.as_deref().and_then(rss_kib);
     let fds_end = server_pid.as_deref().and_then(open_fds);
@@ -1008,6 +1024,9 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         "server_cpu_pct_of_core": server_cpu.map(|c| round(100.0 * c / cpu_interval, 1)),
         "server_cpu_sys_s": server_split.map(|(_, s)| round(s, 2)),
         "client_cpu_s": own_cpu.map(|c| round(c, 2)),
+        "also_cpu_pct_of_core": also_pids.iter().zip(also_cpu0.iter().zip(&also_cpu1))
+            .map(|(pid, (a, b))| (pid.clone(), json!(a.zip(*b).map(|(a, b)| round(100.0 * (b - a) / cpu_interval, 1)))))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "server_rss_mib": {
             "before": rss_before.map(|k| round(k as f64 / 1024.0, 1)),
             "joined": rss_joined.map(|k| round(k as f64 / 1024.0, 1)),

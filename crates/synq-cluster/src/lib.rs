@@ -49,6 +49,9 @@ pub struct ClusterConfig {
     /// Prefix of the stream, bucket and subject names (several synq clusters can share
     /// one NATS).
     pub prefix: String,
+    /// How long the apps whose sessions started are remembered for uploads of their
+    /// persisted data (`--session-retention-days`; `None`: for good).
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,10 @@ pub struct NatsCluster {
     client: async_nats::Client,
     js: jetstream::Context,
     kv: kv::Store,
+    /// The (appId, persistentId) pairs of sessions that started, as keys.
+    apps: kv::Store,
+    /// Apps' persisted data: persistent key → URL.
+    persisted: kv::Store,
     stream: stream::Stream,
     /// This process: a restarted node is another holder.
     holder: Holder,
@@ -131,30 +138,33 @@ impl NatsCluster {
             what,
             message: e.to_string(),
         };
-        // The bucket's stream, made as the NATS clients make a key-value bucket's, but
-        // with the stream API that NATS 2.9 and later answer alike (async-nats's own
-        // bucket creation asks for account details that 2.9 words differently).
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("synq session leases: which node sequences each session".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: config.lease_ttl,
-            duplicate_window: config.lease_ttl,
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
+        let kv = bucket_of(
+            &js,
+            &bucket,
+            "synq session leases: which node sequences each session",
+            Some(config.lease_ttl),
+            config.replicas,
+        )
         .await
         .map_err(|e| jetstream("the lease bucket", &e))?;
-        let kv = js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| jetstream("the lease bucket", &e))?;
+        let apps = bucket_of(
+            &js,
+            &format!("{prefix}-apps"),
+            "synq: the Croquet apps (appId.persistentId) whose sessions started",
+            config.retention,
+            config.replicas,
+        )
+        .await
+        .map_err(|e| jetstream("the apps bucket", &e))?;
+        let persisted = bucket_of(
+            &js,
+            &format!("{prefix}-persisted"),
+            "synq: where each app's persisted data is (the URL its last SAVE named)",
+            None,
+            config.replicas,
+        )
+        .await
+        .map_err(|e| jetstream("the persisted-data bucket", &e))?;
         let mut config = config;
         let ttl = kv
             .status()
@@ -185,6 +195,8 @@ impl NatsCluster {
             client,
             js,
             kv,
+            apps,
+            persisted,
             stream,
             holder,
             max_chunk,
@@ -233,6 +245,91 @@ impl NatsCluster {
             _ => Err(ClusterError::OwnedElsewhere),
         }
     }
+}
+
+impl NatsCluster {
+    /// Purges the subjects of sessions that nobody holds the lease of and whose last
+    /// message is older than `older_than`. A session revived at that very moment loses
+    /// its old history (its owner's next append fails, and its clients start it afresh),
+    /// as it would have a moment later.
+    async fn sweep_journals(&self, older_than: Duration) -> Result<usize, ClusterError> {
+        use futures_util::StreamExt as _;
+        let prefix = format!("{}.journal.", self.config.prefix);
+        let mut subjects = Vec::new();
+        let mut listed = self
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(unavailable)?;
+        while let Some(entry) = listed.next().await {
+            subjects.push(entry.map_err(unavailable)?.0);
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let mut removed = 0;
+        for subject in subjects {
+            let Some(token) = subject.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Ok(last) = self.stream.get_last_raw_message_by_subject(&subject).await else {
+                continue;
+            };
+            let age = now - last.time;
+            if age < older_than || self.holder(token).await?.is_some() {
+                continue;
+            }
+            self.stream
+                .purge()
+                .filter(&subject)
+                .await
+                .map_err(unavailable)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// A key-value bucket's stream, made as the NATS clients make it, but with the stream API
+/// that NATS 2.9 and later answer alike (async-nats's own bucket creation asks for account
+/// details that 2.9 words differently). `ttl`: how long a key lives after its last write.
+async fn bucket_of(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    ttl: Option<Duration>,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let ttl = ttl.unwrap_or_default();
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        // At most the time to live (the server refuses more), and NATS's default 2 min.
+        duplicate_window: if ttl.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            ttl.min(Duration::from_secs(120))
+        },
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    js.get_key_value(bucket).await.map_err(|e| e.to_string())
+}
+
+fn app_key(app_id: &str, persistent_id: &str) -> String {
+    format!(
+        "{}.{}",
+        names::session_token(app_id),
+        names::session_token(persistent_id)
+    )
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ClusterError {
@@ -296,6 +393,46 @@ impl Cluster for NatsCluster {
             self.holder(&names::session_token(session)).await,
             Ok(Some(_))
         )
+    }
+
+    async fn save_persisted(&self, key: &str, url: &str) -> Result<(), ClusterError> {
+        self.persisted
+            .put(
+                names::session_token(key),
+                Bytes::copy_from_slice(url.as_bytes()),
+            )
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn read_persisted(&self, key: &str) -> Option<String> {
+        let value = self.persisted.get(names::session_token(key)).await.ok()??;
+        String::from_utf8(value.to_vec()).ok()
+    }
+
+    async fn remember_app(&self, app_id: &str, persistent_id: &str) {
+        let key = app_key(app_id, persistent_id);
+        if let Err(e) = self.apps.put(&key, Bytes::new()).await {
+            tracing::warn!(key = %key, error = %e, "cannot record an app's session in the cluster");
+        }
+    }
+
+    async fn knows_app(&self, app_id: &str, persistent_id: &str) -> bool {
+        matches!(
+            self.apps.entry(app_key(app_id, persistent_id)).await,
+            Ok(Some(e)) if e.operation == kv::Operation::Put
+        )
+    }
+
+    async fn sweep(&self, older_than: Duration) -> usize {
+        match self.sweep_journals(older_than).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sweep old session journals");
+                0
+            }
+        }
     }
 
     fn healthy(&self) -> bool {

@@ -57,6 +57,23 @@ pub trait Cluster: Send + Sync + 'static {
     async fn knows(&self, session: &str) -> bool;
     /// Whether `session` runs now, on any node (someone holds its lease).
     async fn is_live(&self, session: &str) -> bool;
+    /// Records where an app's persisted data is (`key`: the app's persistent key), for the
+    /// sessions of its later code versions, wherever they start.
+    async fn save_persisted(&self, key: &str, url: &str) -> Result<(), ClusterError>;
+    /// The URL recorded under `key`.
+    async fn read_persisted(&self, key: &str) -> Option<String>;
+    /// A session of Croquet app `app_id` with `persistent_id` started on this node: any node
+    /// takes uploads of that app's persisted data from now on.
+    async fn remember_app(&self, _app_id: &str, _persistent_id: &str) {}
+    /// Whether a session of `app_id` with `persistent_id` started on any node.
+    async fn knows_app(&self, _app_id: &str, _persistent_id: &str) -> bool {
+        false
+    }
+    /// Deletes the journals of sessions that no node runs and nobody wrote for longer than
+    /// `older_than` (`--session-retention-days`); returns how many. Every node sweeps.
+    async fn sweep(&self, _older_than: std::time::Duration) -> usize {
+        0
+    }
     /// Whether this node can reach the cluster (for `/healthz`).
     fn healthy(&self) -> bool {
         true

@@ -161,11 +161,17 @@ impl AppIndex {
             }
             *last = Some(Instant::now());
         }
-        let ctx = Arc::clone(ctx);
-        let (a, p) = pair.clone();
-        let found = tokio::task::spawn_blocking(move || ctx.knows_persistent_id(&a, &p))
-            .await
-            .unwrap_or(false);
+        let found = match &ctx.config.cluster {
+            // In a cluster the session may have started on another node.
+            Some(cluster) => cluster.0.knows_app(app_id, persistent_id).await,
+            None => {
+                let ctx = Arc::clone(ctx);
+                let (a, p) = pair.clone();
+                tokio::task::spawn_blocking(move || ctx.knows_persistent_id(&a, &p))
+                    .await
+                    .unwrap_or(false)
+            }
+        };
         if found {
             let mut known = self.lock_known();
             if known.len() >= Self::MAX_KNOWN {

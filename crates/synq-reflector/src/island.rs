@@ -163,7 +163,7 @@ impl Island {
                         return Ended::Closed;
                     }
                     for cmd in batch.drain(..) {
-                        self.handle(cmd);
+                        self.handle(cmd).await;
                     }
                 }
                 () = &mut timer => {}
@@ -217,13 +217,13 @@ impl Island {
         tracing::info!(session = %self.session.id(), time, seq = self.session.seq(), "session closed (idle)");
     }
 
-    fn handle(&mut self, cmd: Command) {
+    async fn handle(&mut self, cmd: Command) {
         let input = match cmd {
             Command::Join { conn, args } => {
-                let persisted_url = self
-                    .session
-                    .persisted_key(&args)
-                    .and_then(|key| read_persisted(&self.config.data_dir, &key));
+                let persisted_url = match self.session.persisted_key(&args) {
+                    Some(key) => persisted_url(&self.config, &key).await,
+                    None => None,
+                };
                 let input = Input::Join {
                     conn: conn.id,
                     host: conn.host.clone(),
@@ -252,14 +252,23 @@ impl Island {
                         c.close(code);
                     }
                 }
-                Effect::Persist { key, url } => self.persist(&key, &url),
+                Effect::Persist { key, url } => self.persist(&key, &url).await,
             }
         }
     }
 
-    fn persist(&self, key: &str, url: &str) {
+    async fn persist(&mut self, key: &str, url: &str) {
+        let config = Arc::clone(&self.config);
+        let saved = match &config.cluster {
+            Some(cluster) => cluster
+                .0
+                .save_persisted(key, url)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string())),
+            None => save_persisted(&config.data_dir, key, url),
+        };
         let id = self.session.id();
-        match save_persisted(&self.config.data_dir, key, url) {
+        match saved {
             Ok(()) => tracing::info!(session = %id, url = %url, "persistent data registered"),
             Err(e) => {
                 tracing::error!(session = %id, error = %e, "cannot record persistent data");
@@ -366,6 +375,15 @@ impl Island {
     /// Whether anyone gets broadcasts (ticks for nobody are not made).
     fn audience(&self) -> bool {
         !self.subscribers.is_empty()
+    }
+}
+
+/// The URL of the data an earlier session of the app persisted: in the cluster, or in the
+/// data directory.
+async fn persisted_url(config: &ReflectorConfig, key: &str) -> Option<String> {
+    match &config.cluster {
+        Some(cluster) => cluster.0.read_persisted(key).await,
+        None => read_persisted(&config.data_dir, key),
     }
 }
 

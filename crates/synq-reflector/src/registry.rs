@@ -181,6 +181,13 @@ impl Ctx {
                     return Err(CloseCode::ServerFull);
                 }
                 let handle = self.start(id);
+                // In a cluster, uploads of the app's persisted data may go to another node.
+                if let (Some(cluster), Some(app), Some(pid)) =
+                    (&self.config.cluster, &args.app_id, &args.persistent_id)
+                {
+                    let (cluster, app, pid) = (cluster.clone(), app.clone(), pid.clone());
+                    tokio::spawn(async move { cluster.0.remember_app(&app, &pid).await });
+                }
                 sessions.by_id.insert(
                     id.to_owned(),
                     Entry {

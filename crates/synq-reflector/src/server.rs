@@ -85,8 +85,19 @@ impl Reflector {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
             loop {
                 every.tick().await;
-                let ctx = Arc::clone(&ctx);
-                let _ = tokio::task::spawn_blocking(move || ctx.sweep_journals()).await;
+                let local = Arc::clone(&ctx);
+                let _ = tokio::task::spawn_blocking(move || local.sweep_journals()).await;
+                if let (Some(cluster), Some(retention)) =
+                    (&ctx.config.cluster, ctx.config.session_retention)
+                {
+                    let removed = cluster.0.sweep(retention).await;
+                    if removed > 0 {
+                        tracing::info!(
+                            removed,
+                            "deleted the cluster journals of sessions unused for longer than the retention period"
+                        );
+                    }
+                }
             }
         });
     }

@@ -50,7 +50,8 @@ pub struct Joined {
 
 impl ClusterArgs {
     /// Binds the cluster listener and joins the cluster (`None`: no --cluster).
-    pub async fn join(&self) -> anyhow::Result<Option<Joined>> {
+    /// `retention`: --session-retention-days (`None`: kept for good).
+    pub async fn join(&self, retention: Option<Duration>) -> anyhow::Result<Option<Joined>> {
         let Some(url) = &self.cluster else {
             return Ok(None);
         };
@@ -96,6 +97,7 @@ impl ClusterArgs {
             lease_ttl: Duration::from_millis(self.cluster_lease_ms),
             replicas: self.cluster_replicas.max(1),
             prefix: self.cluster_prefix.clone(),
+            retention,
         })
         .await?;
         Ok(Some(Joined {

@@ -310,7 +310,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             caps.issue_frame_args(session)
         })));
     }
-    let joined = args.cluster.join().await?;
+    let joined = args.cluster.join(config.session_retention).await?;
     if let Some(j) = &joined {
         config.cluster = Some(synq_reflector::cluster::ClusterHandle(j.cluster.clone()));
     }

@@ -114,6 +114,11 @@ fn node(nats: &Nats, name: &str) -> Node {
 }
 
 fn node_with(nats: &Nats, name: &str, extra: &[&str]) -> Node {
+    node_env(nats, name, extra, None)
+}
+
+/// `log`: keep the node's log for [`Serve::stderr_containing`] (read it, or it fills up).
+fn node_env(nats: &Nats, name: &str, extra: &[&str], log: Option<&str>) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut args = extra.to_vec();
@@ -127,7 +132,10 @@ fn node_with(nats: &Nats, name: &str, extra: &[&str]) -> Node {
         "--node",
         name,
     ]);
-    let serve = serve(dir.path(), &args);
+    let serve = match log {
+        Some(filter) => common::serve_with(dir.path(), &args, &[("RUST_LOG", filter)]),
+        None => serve(dir.path(), &args),
+    };
     Node { serve, _dir: dir }
 }
 
@@ -513,4 +521,38 @@ async fn the_ai_chat_answers_participants_spread_over_three_nodes() {
         1,
         "one post, one upstream request"
     );
+}
+
+/// Croquet's `persistSession` on a cluster: version 1 of an app saves through node a;
+/// version 2 (another session) starts on node b and gets the saved data.
+#[tokio::test]
+async fn persisted_data_reaches_the_next_app_version_on_another_node() {
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/croquet");
+    let nats = nats();
+    // Only the line that says the SAVE was recorded (a quiet log cannot fill its pipe).
+    let mut a = node_env(&nats, "a", &["--no-ai"], Some("warn,synq_reflector::island=info"));
+    let b = node(&nats, "b");
+    let state = tempfile::tempdir().expect("tempdir");
+    let state = state.path().join("persist-v1.json");
+    let phase = |node: &Node, phase: &str| {
+        let out = std::process::Command::new("node")
+            .current_dir(&interop)
+            .arg("persist.mjs")
+            .arg(format!("http://{}/", node.addr()))
+            .args(["--phase", phase, "--timeout", "60", "--state"])
+            .arg(&state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("node (Node.js) runs persist.mjs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary = stdout.lines().last().unwrap_or("").to_owned();
+        assert!(
+            out.status.success() && summary.contains("\"ok\":true"),
+            "persist.mjs {phase} failed: {summary}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    phase(&a, "v1");
+    a.serve.stderr_containing("persistent data registered");
+    phase(&b, "v2");
 }
