@@ -52,6 +52,10 @@ pub struct ClusterConfig {
     /// How long the apps whose sessions started are remembered for uploads of their
     /// persisted data (`--session-retention-days`; `None`: for good).
     pub retention: Option<Duration>,
+    /// The journal stream's size limit in bytes (0: none). When it is full, appends fail
+    /// and sessions stop (their clients are asked to reconnect) rather than older journal
+    /// messages being dropped: a journal with a hole could not be replayed.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +130,8 @@ impl NatsCluster {
                 subjects: vec![format!("{prefix}.journal.>")],
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
+                max_bytes: stream_max_bytes(config.max_bytes),
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
             })
             .await
@@ -133,6 +139,11 @@ impl NatsCluster {
                 what: "the journal stream",
                 message: e.to_string(),
             })?;
+        let wanted = stream_max_bytes(config.max_bytes);
+        let has = stream.cached_info().config.max_bytes;
+        if has != wanted {
+            tracing::warn!(stream = %stream.cached_info().config.name, limit = has, asked = wanted, "the journal stream exists with another size limit and keeps it (change it with the nats CLI: nats stream edit)");
+        }
         let bucket = format!("{prefix}-owners");
         let jetstream = |what, e: &dyn std::fmt::Display| ConnectError::JetStream {
             what,
@@ -322,6 +333,14 @@ async fn bucket_of(
     .await
     .map_err(|e| e.to_string())?;
     js.get_key_value(bucket).await.map_err(|e| e.to_string())
+}
+
+/// A byte limit as JetStream says it (-1: none).
+fn stream_max_bytes(limit: u64) -> i64 {
+    match limit {
+        0 => -1,
+        n => i64::try_from(n).unwrap_or(i64::MAX),
+    }
 }
 
 fn app_key(app_id: &str, persistent_id: &str) -> String {

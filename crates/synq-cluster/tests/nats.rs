@@ -64,6 +64,7 @@ async fn node(nats: &Nats, name: &str) -> NatsCluster {
         replicas: 1,
         prefix: "synq".into(),
         retention: None,
+        max_bytes: 0,
     })
     .await
     .expect("connect")

@@ -37,13 +37,23 @@ pub(crate) struct Forward {
     pub token: String,
     /// The largest message either side may send (as the client's own limit).
     pub max_message: usize,
+    /// A write to either side that makes no progress for this long ends the relay
+    /// (`--client-write-timeout-secs`): a client that stops reading must not hold the
+    /// relay, and its connection to the owner, for good.
+    pub write_timeout: Duration,
 }
 
 /// Relays `client` to the owner until either side ends. A client whose owner cannot be
 /// reached (it just died; its lease has not lapsed yet) is asked to reconnect, and is
 /// placed again then.
-pub(crate) async fn run(mut client: WebSocket, fwd: Forward, metrics: Arc<Metrics>) {
+pub(crate) async fn run(client: WebSocket, fwd: Forward, metrics: Arc<Metrics>) {
     Metrics::add(&metrics.cluster_forwards, 1);
+    Metrics::add_i(&metrics.cluster_forwarding, 1);
+    relay(client, fwd).await;
+    Metrics::add_i(&metrics.cluster_forwarding, -1);
+}
+
+async fn relay(mut client: WebSocket, fwd: Forward) {
     let mut upstream = match connect(&fwd).await {
         Ok(up) => up,
         Err(e) => {
@@ -57,16 +67,17 @@ pub(crate) async fn run(mut client: WebSocket, fwd: Forward, metrics: Arc<Metric
             return;
         }
     };
+    let limit = fwd.write_timeout;
     loop {
         tokio::select! {
             m = client.recv() => match m {
                 Some(Ok(Message::Text(t))) => {
-                    if upstream.send(UpMessage::text(t.as_str())).await.is_err() {
+                    if !written(limit, upstream.send(UpMessage::text(t.as_str()))).await {
                         break;
                     }
                 }
                 Some(Ok(Message::Binary(b))) => {
-                    if upstream.send(UpMessage::Binary(b)).await.is_err() {
+                    if !written(limit, upstream.send(UpMessage::Binary(b))).await {
                         break;
                     }
                 }
@@ -75,7 +86,7 @@ pub(crate) async fn run(mut client: WebSocket, fwd: Forward, metrics: Arc<Metric
                         code: f.code.into(),
                         reason: f.reason.as_str().into(),
                     });
-                    let _ = upstream.close(frame).await;
+                    let _ = tokio::time::timeout(limit, upstream.close(frame)).await;
                     // Answer the client's close: tungstenite queued the reply, it goes out
                     // on close (without it the client sees 1006 instead of its own code).
                     let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
@@ -84,20 +95,20 @@ pub(crate) async fn run(mut client: WebSocket, fwd: Forward, metrics: Arc<Metric
                 // Each side answers its own pings.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Err(_)) | None => {
-                    let _ = upstream.close(None).await;
+                    let _ = tokio::time::timeout(limit, upstream.close(None)).await;
                     return;
                 }
             },
             m = upstream.next() => match m {
                 Some(Ok(UpMessage::Text(t))) => {
-                    if client.send(Message::Text(Utf8Bytes::from(t.as_str()))).await.is_err() {
-                        let _ = upstream.close(None).await;
+                    if !written(limit, client.send(Message::Text(Utf8Bytes::from(t.as_str())))).await {
+                        let _ = tokio::time::timeout(limit, upstream.close(None)).await;
                         return;
                     }
                 }
                 Some(Ok(UpMessage::Binary(b))) => {
-                    if client.send(Message::Binary(b)).await.is_err() {
-                        let _ = upstream.close(None).await;
+                    if !written(limit, client.send(Message::Binary(b))).await {
+                        let _ = tokio::time::timeout(limit, upstream.close(None)).await;
                         return;
                     }
                 }
@@ -121,6 +132,11 @@ pub(crate) async fn run(mut client: WebSocket, fwd: Forward, metrics: Arc<Metric
         CloseCode::PleaseReconnect.reason(),
     )
     .await;
+}
+
+/// Whether a write completed within `limit`.
+async fn written<E>(limit: Duration, write: impl Future<Output = Result<(), E>>) -> bool {
+    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())))
 }
 
 type Upstream =

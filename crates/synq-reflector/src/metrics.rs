@@ -30,6 +30,7 @@ pub struct Metrics {
     pub stored_bytes: AtomicI64,
     pub syncs_writing: AtomicI64,
     pub syncs_waiting: AtomicI64,
+    pub cluster_forwarding: AtomicI64,
     pub cluster_forwards: AtomicU64,
     pub cluster_claims: AtomicU64,
     pub cluster_claims_refused: AtomicU64,
@@ -59,6 +60,11 @@ impl Metrics {
                 "synq_syncs_writing",
                 "Large SYNCs being written (each holds a turn).",
                 &self.syncs_writing,
+            ),
+            (
+                "synq_cluster_forwarding",
+                "Connections this node relays to the node that owns their session now.",
+                &self.cluster_forwarding,
             ),
             (
                 "synq_syncs_waiting",

@@ -309,6 +309,7 @@ async fn ws_session(
                     host: host_of(&headers),
                     token: cluster.0.token().to_owned(),
                     max_message: hard_limit(&ctx),
+                    write_timeout: ctx.config.write_timeout,
                 };
                 let metrics = Arc::clone(&ctx.metrics);
                 return ws

@@ -36,6 +36,11 @@ pub struct ClusterArgs {
     /// NATS cluster (a node of NATS may then fail too).
     #[arg(long, default_value_t = 1)]
     pub cluster_replicas: usize,
+    /// Bytes the journal stream may hold in all (0 = unlimited). When it is full, sessions
+    /// stop and their clients are asked to reconnect (no journal loses its oldest part).
+    /// Set when the stream is created; an existing stream keeps its limit.
+    #[arg(long, default_value_t = 10 << 30)]
+    pub cluster_max_bytes: u64,
     /// Prefix of the JetStream stream, bucket and subjects (several synq clusters may
     /// share one NATS).
     #[arg(long, default_value = "synq")]
@@ -98,6 +103,7 @@ impl ClusterArgs {
             replicas: self.cluster_replicas.max(1),
             prefix: self.cluster_prefix.clone(),
             retention,
+            max_bytes: self.cluster_max_bytes,
         })
         .await?;
         Ok(Some(Joined {

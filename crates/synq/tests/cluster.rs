@@ -530,7 +530,12 @@ async fn persisted_data_reaches_the_next_app_version_on_another_node() {
     let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/croquet");
     let nats = nats();
     // Only the line that says the SAVE was recorded (a quiet log cannot fill its pipe).
-    let mut a = node_env(&nats, "a", &["--no-ai"], Some("warn,synq_reflector::island=info"));
+    let mut a = node_env(
+        &nats,
+        "a",
+        &["--no-ai"],
+        Some("warn,synq_reflector::island=info"),
+    );
     let b = node(&nats, "b");
     let state = tempfile::tempdir().expect("tempdir");
     let state = state.path().join("persist-v1.json");
@@ -555,4 +560,63 @@ async fn persisted_data_reaches_the_next_app_version_on_another_node() {
     phase(&a, "v1");
     a.serve.stderr_containing("persistent data registered");
     phase(&b, "v2");
+}
+
+/// A client that stops reading, through a node that forwards it: the owner drops it from
+/// the session, and its node gives up the relay (and its connection to the owner) after
+/// `--client-write-timeout-secs` instead of holding them for good.
+#[tokio::test]
+async fn a_forwarded_client_that_stops_reading_is_let_go_on_both_nodes() {
+    let nats = nats();
+    let slow_args = [
+        "--no-ai",
+        "--client-write-timeout-secs",
+        "1",
+        "--max-session-bytes",
+        "134217728",
+        "--client-rate-limit",
+        "0",
+    ];
+    let a = node_with(&nats, "a", &slow_args);
+    let b = node_with(&nats, "b", &slow_args);
+    let (mut fast, _) = join(a.addr(), "stuck", "fast").await;
+    let (_slow, _) = join(b.addr(), "stuck", "slow").await;
+    assert_eq!(b.metric("synq_cluster_forwarding").await, 1);
+    // The sender joins without a user: it gets no stream, so it cannot be slow itself.
+    let (mut sender, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/reflector/stuck", a.addr()))
+            .await
+            .expect("connect");
+    let join = json!({"id": "stuck", "action": "JOIN", "args": {"name": "t/s", "apiKey": "none", "appId": "t", "version": 1, "ticks": {"tick": 1000}, "tove": "T"}});
+    sender
+        .send(Message::Text(join.to_string().into()))
+        .await
+        .expect("JOIN");
+    while common::next_json(&mut sender, PATIENCE).await["action"] != "SYNC" {}
+    // 64 MiB through the session: more than loopback buffers hold for `slow`.
+    let payload = "z".repeat(16 * 1024);
+    let sending = tokio::spawn(async move {
+        for _ in 0..4000 {
+            send(&mut sender, "stuck", &payload).await;
+        }
+        sender
+    });
+    // The owner lets `slow` go: `fast` learns it from the session's users announcement.
+    loop {
+        let f = common::next_json(&mut fast, PATIENCE).await;
+        let event = &f["args"][2];
+        if f["action"] == "RECV" && event["what"] == "users" && event["active"] == 1 {
+            break;
+        }
+    }
+    let _sender = sending.await.expect("sender");
+    // And b ends the relay (checked every 50 ms: a gauge has no notification).
+    let deadline = Instant::now() + PATIENCE;
+    while b.metric("synq_cluster_forwarding").await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "b still relays a client that stopped reading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
