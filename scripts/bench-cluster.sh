@@ -18,9 +18,10 @@ synq=target/release/synq
 bench=target/release/synq-bench
 [ -x "$synq" ] && [ -x "$bench" ] || { echo "build first: cargo build --release -p synq -p synq-bench" >&2; exit 2; }
 work=$(mktemp -d)
-pids=()
+# Every process started here writes its pid to $work/*.pid: start_synq runs in a command
+# substitution (a subshell), whose variables do not come back.
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -36,12 +37,11 @@ start_synq() {
   "$synq" serve --no-ai --listen 127.0.0.1:0 --client-rate-limit 0 --max-sessions 0 \
     --max-sessions-per-address 0 --max-connections-per-address 0 --max-connections 0 \
     "$@" >"$log.out" 2>"$log.err" &
-  pids+=($!)
   local pid=$!
+  echo "$pid" >"$log.pid"
   for _ in $(seq 200); do
     if grep -q "^synq: listening on" "$log.out" 2>/dev/null; then
       sed -n 's|^synq: listening on http://||p' "$log.out" | head -1
-      echo "$pid" >"$log.pid"
       return
     fi
     sleep 0.05
@@ -58,7 +58,7 @@ if [ "$nodes" = local ]; then
 else
   port=$(free_port)
   nats-server -js -a 127.0.0.1 -p "$port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
-  nats_pid=$!; pids+=("$nats_pid")
+  nats_pid=$!; echo "$nats_pid" >"$work/nats.pid"
   for _ in $(seq 200); do grep -q "Server is ready" "$work/nats.log" && break; sleep 0.05; done
   for i in $(seq "$nodes"); do
     addr=$(start_synq "$work/n$i" --data-dir "$work/n$i" --cluster "nats://127.0.0.1:$port" \

@@ -109,12 +109,18 @@ impl NatsCluster {
         {
             return Err(ConnectError::Prefix(prefix.clone()));
         }
+        // Answers slower than a lease are no use: a session must stop sending before its
+        // lease could lapse, and a client waiting to be placed should hear soon.
+        let patience = config
+            .lease_ttl
+            .clamp(Duration::from_secs(1), Duration::from_secs(5));
         let client = async_nats::ConnectOptions::new()
             .name(format!("synq {}", config.node))
+            .request_timeout(Some(patience))
             .connect(config.nats_url.as_str())
             .await
             .map_err(|source| ConnectError::Connect {
-                url: config.nats_url.clone(),
+                url: redacted(&config.nats_url),
                 source,
             })?;
         // Headroom for the headers of a journal message.
@@ -123,7 +129,9 @@ impl NatsCluster {
             .max_payload
             .saturating_sub(4096)
             .max(64 * 1024);
-        let js = jetstream::new(client.clone());
+        let js = jetstream::ContextBuilder::new()
+            .timeout(patience)
+            .build(client.clone());
         let stream = js
             .get_or_create_stream(stream::Config {
                 name: format!("{prefix}-journal"),
@@ -200,7 +208,7 @@ impl NatsCluster {
             instance: format!("{instance:016x}"),
             url: config.advertise.clone(),
         };
-        tracing::info!(node = %config.node, nats = %config.nats_url, advertise = %config.advertise, lease_ttl = ?config.lease_ttl, replicas = config.replicas, "joined the synq cluster");
+        tracing::info!(node = %config.node, nats = %redacted(&config.nats_url), advertise = %config.advertise, lease_ttl = ?config.lease_ttl, replicas = config.replicas, "joined the synq cluster");
         Ok(NatsCluster {
             config,
             client,
@@ -351,18 +359,53 @@ fn app_key(app_id: &str, persistent_id: &str) -> String {
     )
 }
 
+/// A NATS URL without its password (`nats://user:***@host`), for logs.
+fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                // `user:password@`, or a token alone (`token@`), which is all secret.
+                let shown = match u[scheme + 3..at].split_once(':') {
+                    Some((user, _)) => format!("{user}:***"),
+                    None => "***".into(),
+                };
+                format!("{}{shown}{}", &u[..scheme + 3], &u[at..])
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Unavailable(e.to_string())
 }
 
 #[async_trait::async_trait]
 impl Cluster for NatsCluster {
+    /// A session nobody holds is taken here and now (the lease key is created, and the
+    /// session's claim adopts it): clients of a new session that arrive at several nodes at
+    /// once all end up at the one node whose create won, instead of all but one being
+    /// asked to reconnect. A lease taken for a client that never joins lapses by itself.
     async fn placement(&self, session: &str) -> Result<Placement, ClusterError> {
         let key = names::session_token(session);
-        Ok(match self.holder(&key).await? {
-            Some((h, _)) if h.instance != self.holder.instance => Placement::Owner { url: h.url },
-            _ => Placement::Here,
-        })
+        let elsewhere = |h: Holder| {
+            (h.instance != self.holder.instance).then_some(Placement::Owner { url: h.url })
+        };
+        if let Some((h, _)) = self.holder(&key).await? {
+            return Ok(elsewhere(h).unwrap_or(Placement::Here));
+        }
+        let value = Bytes::from(serde_json::to_vec(&self.holder).map_err(unavailable)?);
+        match self.kv.create(&key, value).await {
+            Ok(_) => Ok(Placement::Here),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Ok(match self.holder(&key).await? {
+                    Some((h, _)) => elsewhere(h).unwrap_or(Placement::Here),
+                    None => Placement::Here,
+                })
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn claim(&self, session: &str) -> Result<Claim, ClusterError> {
@@ -493,5 +536,20 @@ impl Cluster for NatsCluster {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redacted("nats://synq:s3cret@a:4222,tls://b:4222"),
+            "nats://synq:***@a:4222,tls://b:4222"
+        );
+        assert_eq!(
+            super::redacted("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
     }
 }

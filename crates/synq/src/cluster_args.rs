@@ -25,7 +25,7 @@ pub struct ClusterArgs {
     /// forwarded connections carry it. Prefer the environment variable.
     #[arg(long, env = "SYNQ_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
-    /// This node's name in leases, logs and metrics [default: $HOSTNAME, or "synq"].
+    /// This node's name in leases and logs [default: $HOSTNAME, or "synq"].
     #[arg(long, env = "SYNQ_NODE")]
     pub node: Option<String>,
     /// A dead node's sessions are taken over this many milliseconds after its last lease
