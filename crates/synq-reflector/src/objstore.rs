@@ -113,11 +113,9 @@ impl ObjectStoreBlobStore {
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
-        let (scheme, prefix) =
-            ObjectStoreScheme::parse(&parsed).map_err(|e| OpenError::BadUrl {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
+        // Fails for other schemes (and for an empty segment in the prefix).
+        let (scheme, prefix) = ObjectStoreScheme::parse(&parsed)
+            .map_err(|_| OpenError::Unsupported(url.to_owned()))?;
         let build = |source| OpenError::Build {
             url: url.to_owned(),
             source,
@@ -509,6 +507,14 @@ mod tests {
                 "{name}: under the prefix"
             );
             assert!(spool_is_empty(&dir), "{name}: no spool file is left");
+            // Every character a key may hold round-trips.
+            let odd = BlobKey::parse("apps/a=b/x+y~z@w/save/h-1_2.3").unwrap();
+            assert_eq!(
+                store.put(&odd, body(b"odd"), 10).await.unwrap(),
+                PutOutcome::Created(3),
+                "{name}"
+            );
+            assert_eq!(read(&store, &odd).await.unwrap(), b"odd", "{name}");
         }
     }
 
