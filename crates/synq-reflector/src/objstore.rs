@@ -286,20 +286,21 @@ impl ObjectStoreBlobStore {
         Ok(chunks.into_iter().collect())
     }
 
-    /// Whether the stored object at `location` holds the spooled bytes, read chunk by chunk.
+    /// Whether the stored object at `location` holds the spooled bytes, read chunk by
+    /// chunk; `None` if there is no object there.
     async fn same_as_stored(
         &self,
         location: &Path,
         spool: &FsPath,
         len: u64,
-    ) -> Result<bool, StoreError> {
-        let stored = self
-            .store
-            .get_opts(location, GetOptions::default())
-            .await
-            .map_err(|e| remote_err(location, e))?;
+    ) -> Result<Option<bool>, StoreError> {
+        let stored = match self.store.get_opts(location, GetOptions::default()).await {
+            Ok(stored) => stored,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(remote_err(location, e)),
+        };
         if stored.meta.size != len {
-            return Ok(false);
+            return Ok(Some(false));
         }
         let mut file = tokio::fs::File::open(spool)
             .await
@@ -312,15 +313,15 @@ impl ObjectStoreBlobStore {
             if let Err(e) = file.read_exact(&mut mine).await {
                 // The stored object is longer than it said: not ours.
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    return Ok(false);
+                    return Ok(Some(false));
                 }
                 return Err(local_err(spool, e));
             }
             if mine[..] != chunk[..] {
-                return Ok(false);
+                return Ok(Some(false));
             }
         }
-        Ok(true)
+        Ok(Some(true))
     }
 }
 
@@ -343,29 +344,40 @@ impl BlobStore for ObjectStoreBlobStore {
             .await
             .map_err(|e| local_err(&spool.0, std::io::Error::other(e)))?;
         let payload = Self::payload(&spool.0, len).await?;
-        let put = self
-            .store
-            .put_opts(&location, payload, PutOptions::from(PutMode::Create))
-            .await;
-        match put {
-            Ok(_) => {
-                self.stored.fetch_add(len, Ordering::Relaxed);
-                Ok(PutOutcome::Created(len))
-            }
-            // S3 answers a create that races another one with 409 (a precondition
-            // failure to object_store): the other one's object is compared as well.
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => {
-                if self.same_as_stored(&location, &spool.0, len).await? {
-                    Ok(PutOutcome::Unchanged)
-                } else {
-                    Err(StoreError::Conflict(key.as_str().to_owned()))
+        // S3 answers a create that races another one still in flight with 409 (to
+        // object_store: the key exists) although there may be no object yet: then the
+        // create is tried again, a few times.
+        for _ in 0..3 {
+            let put = self
+                .store
+                .put_opts(
+                    &location,
+                    payload.clone(),
+                    PutOptions::from(PutMode::Create),
+                )
+                .await;
+            match put {
+                Ok(_) => {
+                    self.stored.fetch_add(len, Ordering::Relaxed);
+                    return Ok(PutOutcome::Created(len));
                 }
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => match self.same_as_stored(&location, &spool.0, len).await? {
+                    Some(true) => return Ok(PutOutcome::Unchanged),
+                    Some(false) => return Err(StoreError::Conflict(key.as_str().to_owned())),
+                    None => continue,
+                },
+                Err(e) => return Err(remote_err(&location, e)),
             }
-            Err(e) => Err(remote_err(&location, e)),
         }
+        Err(StoreError::Io {
+            path: location.to_string(),
+            source: std::io::Error::other(
+                "the store kept refusing the create but holds no object there (racing uploads)",
+            ),
+        })
     }
 
     async fn get(&self, key: &BlobKey) -> Result<Option<Blob>, StoreError> {
@@ -603,6 +615,97 @@ mod tests {
             assert_eq!(stored, vec![winner; LEN], "{name}: one upload, whole");
             assert_eq!(store.stored_bytes().unwrap(), LEN as u64, "{name}");
         }
+    }
+
+    /// InMemory, except that its first create answers as S3 does when another create of
+    /// the key is still in flight: 409 (to object_store, `AlreadyExists`), with no object.
+    #[derive(Debug)]
+    struct RacingCreate {
+        inner: InMemory,
+        refused: std::sync::atomic::AtomicBool,
+    }
+
+    impl std::fmt::Display for RacingCreate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "RacingCreate")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for RacingCreate {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            if !self.refused.swap(true, Ordering::SeqCst) {
+                return Err(object_store::Error::AlreadyExists {
+                    path: location.to_string(),
+                    source: "409 ConditionalRequestConflict".into(),
+                });
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures_util::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_create_refused_while_no_object_exists_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let racing: Arc<dyn ObjectStore> = Arc::new(RacingCreate {
+            inner: InMemory::new(),
+            refused: Default::default(),
+        });
+        let store = ObjectStoreBlobStore::open(racing, Path::default(), dir.path().join("spool"))
+            .await
+            .unwrap();
+        let key = BlobKey::parse("snapshots/s/1.snap").unwrap();
+        assert_eq!(
+            store.put(&key, body(b"one"), 10).await.unwrap(),
+            PutOutcome::Created(3)
+        );
+        assert_eq!(read(&store, &key).await.unwrap(), b"one");
     }
 
     #[tokio::test]
