@@ -31,6 +31,7 @@ mod http;
 mod island;
 pub mod journal;
 pub mod metrics;
+pub mod objstore;
 pub mod origin;
 pub mod peer;
 pub mod quota;

@@ -1,5 +1,6 @@
 //! The storage interface for session files (snapshots, persisted data) and its local
-//! directory implementation. An object store (S3-compatible) implements the same trait.
+//! directory implementation. [`ObjectStoreBlobStore`] (S3, GCS, Azure, a local directory)
+//! implements the same trait.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
+
+pub use crate::objstore::ObjectStoreBlobStore;
 
 /// A validated relative path inside the store: `/`-separated segments of URL-safe
 /// characters, none of them `.` or `..`, so it can never escape the store's root.

@@ -15,6 +15,7 @@ use ai_args::AiArgs;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use synq_ai::gateway::{self, Capabilities, GatewayConfig, GatewayState};
+use synq_reflector::store::ObjectStoreBlobStore;
 use synq_reflector::{
     AiCapabilityIssuer, Durability, FileLimits, HttpLimits, Reflector, ReflectorConfig,
 };
@@ -68,6 +69,12 @@ struct ServeArgs {
     /// Where session journals and stored files are kept [default: <user data dir>/synq-data, or ./synq-data].
     #[arg(long, env = "SYNQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where uploaded files and snapshots live: file:///abs/dir, s3://bucket/prefix,
+    /// gs://bucket/prefix or az://container/prefix (credentials and region from the usual
+    /// AWS_*, GOOGLE_*, AZURE_* environment variables). Every node of a cluster must name
+    /// the same store [default: the `files` directory under --data-dir].
+    #[arg(long, env = "SYNQ_FILES_STORE", value_name = "URL")]
+    files_store: Option<String>,
     /// How broadcast messages are made durable.
     #[arg(long, env = "SYNQ_DURABILITY", value_enum, default_value = "write")]
     durability: DurabilityArg,
@@ -314,7 +321,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(j) = &joined {
         config.cluster = Some(synq_reflector::cluster::ClusterHandle(j.cluster.clone()));
     }
-    let reflector = Reflector::new(config).context("cannot start the reflector")?;
+    let reflector = match &args.files_store {
+        None => {
+            tracing::info!(dir = %data_dir.join("files").display(), "files: in a local directory");
+            Reflector::new(config)
+        }
+        Some(url) => {
+            // Uploads are spooled under the data dir before they go to the store.
+            let spool = data_dir.join("files").join(".tmp");
+            // Opening lists the store (its bytes count for --max-store-bytes): with wrong
+            // credentials or an unreachable endpoint this can retry for a while.
+            tracing::info!(store = %url, "files: opening the object store");
+            let store = ObjectStoreBlobStore::from_url(url, spool)
+                .await
+                .with_context(|| format!("cannot open the file store --files-store {url}"))?;
+            tracing::info!(store = store.name(), "files: in an object store");
+            Reflector::with_store(config, Arc::new(store))
+        }
+    }
+    .context("cannot start the reflector")?;
     reflector.spawn_housekeeping();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
