@@ -47,6 +47,11 @@ struct Args {
     /// k mod n, so a session's clients are spread over the nodes.
     #[arg(long, default_value = "ws://127.0.0.1:8080/reflector")]
     url: String,
+    /// With several --url: session s's clients all connect to URL s mod n (a balancer
+    /// that keeps a session's clients together), instead of spreading each session's
+    /// clients over the URLs.
+    #[arg(long)]
+    by_session: bool,
     /// Number of sessions.
     #[arg(long, default_value_t = 1)]
     sessions: usize,
@@ -398,7 +403,12 @@ async fn join(ctx: &Ctx, session: &str, global: u64) -> anyhow::Result<Halves> {
     // Until SYNC: waiting for the session's other clients must not hold a turn.
     let mut turn = Some(ctx.joining.acquire().await?);
     let args = &ctx.args;
-    let url = &ctx.urls[global as usize % ctx.urls.len()];
+    let k = if args.by_session {
+        global as usize / args.clients.max(1)
+    } else {
+        global as usize
+    };
+    let url = &ctx.urls[k % ctx.urls.len()];
     let url = format!("{}/{}", url.trim_end_matches('/'), session);
     let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
         .await
