@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreScheme, PutMode, PutOptions, PutPayload};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
 use crate::store::{Blob, BlobKey, BlobStore, ByteStream, PutOutcome, StoreError};
@@ -227,31 +227,14 @@ impl ObjectStoreBlobStore {
     /// anything reaches the store.
     async fn spool(
         &self,
-        mut body: ByteStream,
+        body: ByteStream,
         max_bytes: u64,
     ) -> Result<(SpoolFile, u64), StoreError> {
         let spool = SpoolFile(
             self.spool_dir
                 .join(format!("{:016x}", rand::random::<u64>())),
         );
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&spool.0)
-            .await
-            .map_err(|e| local_err(&spool.0, e))?;
-        let mut len = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(StoreError::Body)?;
-            len = len.saturating_add(chunk.len() as u64);
-            if len > max_bytes {
-                return Err(StoreError::TooLarge(max_bytes));
-            }
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| local_err(&spool.0, e))?;
-        }
-        file.flush().await.map_err(|e| local_err(&spool.0, e))?;
+        let len = crate::store::write_new_file(&spool.0, body, max_bytes).await?;
         Ok((spool, len))
     }
 

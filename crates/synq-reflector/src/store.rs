@@ -138,11 +138,38 @@ impl LocalDirStore {
     }
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Streams `body` into a new file at `path` (never over an existing one), refusing it
+/// once it holds more than `max_bytes`; returns its length. The caller removes the file
+/// however this ends.
+pub(crate) async fn write_new_file(
+    path: &Path,
+    mut body: ByteStream,
+    max_bytes: u64,
+) -> Result<u64, StoreError> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .await
+        .map_err(|e| io_err(path, e))?;
+    let mut len = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(StoreError::Body)?;
+        len = len.saturating_add(chunk.len() as u64);
+        if len > max_bytes {
+            return Err(StoreError::TooLarge(max_bytes));
+        }
+        file.write_all(&chunk).await.map_err(|e| io_err(path, e))?;
+    }
+    file.flush().await.map_err(|e| io_err(path, e))?;
+    Ok(len)
 }
 
 /// Removes the temporary file however the upload ends.
@@ -201,7 +228,7 @@ impl BlobStore for LocalDirStore {
     async fn put(
         &self,
         key: &BlobKey,
-        mut body: ByteStream,
+        body: ByteStream,
         max_bytes: u64,
     ) -> Result<PutOutcome, StoreError> {
         let path = self.path(key);
@@ -210,25 +237,7 @@ impl BlobStore for LocalDirStore {
             .await
             .map_err(|e| io_err(&tmp_dir, e))?;
         let tmp = TmpFile(tmp_dir.join(format!("{:016x}", rand::random::<u64>())));
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp.0)
-            .await
-            .map_err(|e| io_err(&tmp.0, e))?;
-        let mut len = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(StoreError::Body)?;
-            len = len.saturating_add(chunk.len() as u64);
-            if len > max_bytes {
-                return Err(StoreError::TooLarge(max_bytes));
-            }
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| io_err(&tmp.0, e))?;
-        }
-        file.flush().await.map_err(|e| io_err(&tmp.0, e))?;
-        drop(file);
+        let len = write_new_file(&tmp.0, body, max_bytes).await?;
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         tokio::fs::create_dir_all(&dir)
             .await
