@@ -79,6 +79,8 @@ fn nats() -> Nats {
 /// A synq node of the cluster, with its own data directory.
 struct Node {
     serve: Serve,
+    /// Its cluster listener, `127.0.0.1:PORT`.
+    cluster_listen: String,
     _dir: tempfile::TempDir,
 }
 
@@ -136,7 +138,11 @@ fn node_env(nats: &Nats, name: &str, extra: &[&str], log: Option<&str>) -> Node 
         Some(filter) => common::serve_with(dir.path(), &args, &[("RUST_LOG", filter)]),
         None => serve(dir.path(), &args),
     };
-    Node { serve, _dir: dir }
+    Node {
+        serve,
+        cluster_listen: listen,
+        _dir: dir,
+    }
 }
 
 /// A GET over a plain TCP connection (the tests' HTTP needs are this small).
@@ -619,4 +625,46 @@ async fn a_forwarded_client_that_stops_reading_is_let_go_on_both_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The cluster listener takes only connections that carry the cluster's token: without
+/// it, nobody can pass as another client address or skip the node's own checks.
+#[tokio::test]
+async fn the_cluster_listener_refuses_connections_without_the_token() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let nats = nats();
+    let a = node(&nats, "a");
+    let url = format!("ws://{}/reflector/guarded", a.cluster_listen);
+    for token in [None, Some("not-the-cluster-token-at-all")] {
+        let mut req = url.as_str().into_client_request().expect("request");
+        req.headers_mut().insert(
+            "x-synq-forwarded-for",
+            "203.0.113.9".parse().expect("header"),
+        );
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("x-synq-cluster-token", t.parse().expect("header"));
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 403, "token {token:?}");
+            }
+            other => panic!("token {token:?}: expected 403, got {:?}", other.map(|_| ())),
+        }
+    }
+    // With the token, the same request is a relayed client.
+    let mut req = url.as_str().into_client_request().expect("request");
+    req.headers_mut().insert(
+        "x-synq-forwarded-for",
+        "203.0.113.9".parse().expect("header"),
+    );
+    req.headers_mut()
+        .insert("x-synq-cluster-token", TOKEN.parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("accepted");
+    ws.send(join_frame("guarded", "relayed"))
+        .await
+        .expect("JOIN");
+    while common::next_json(&mut ws, PATIENCE).await["action"] != "SYNC" {}
 }
