@@ -17,7 +17,7 @@ use object_store::{GetOptions, ObjectStore, ObjectStoreScheme, PutMode, PutOptio
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
-use crate::store::{Blob, BlobKey, BlobStore, ByteStream, PutOutcome, StoreError};
+use crate::store::{Blob, BlobKey, BlobStore, ByteStream, PutOutcome, StoreError, TmpFile, io_err};
 
 /// Chunk size for spool files and the memory budget's unit.
 const CHUNK: usize = 64 * 1024;
@@ -80,22 +80,6 @@ fn remote_err(path: &Path, e: object_store::Error) -> StoreError {
     StoreError::Io {
         path: path.to_string(),
         source: std::io::Error::other(e),
-    }
-}
-
-fn local_err(path: &FsPath, source: std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Removes the spool file however the upload ends.
-struct SpoolFile(PathBuf);
-
-impl Drop for SpoolFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -225,15 +209,8 @@ impl ObjectStoreBlobStore {
 
     /// Streams `body` to a new spool file; `max_bytes` and body errors end it before
     /// anything reaches the store.
-    async fn spool(
-        &self,
-        body: ByteStream,
-        max_bytes: u64,
-    ) -> Result<(SpoolFile, u64), StoreError> {
-        let spool = SpoolFile(
-            self.spool_dir
-                .join(format!("{:016x}", rand::random::<u64>())),
-        );
+    async fn spool(&self, body: ByteStream, max_bytes: u64) -> Result<(TmpFile, u64), StoreError> {
+        let spool = TmpFile::in_dir(&self.spool_dir);
         let len = crate::store::write_new_file(&spool.0, body, max_bytes).await?;
         Ok((spool, len))
     }
@@ -242,7 +219,7 @@ impl ObjectStoreBlobStore {
     async fn payload(spool: &FsPath, len: u64) -> Result<PutPayload, StoreError> {
         let mut file = tokio::fs::File::open(spool)
             .await
-            .map_err(|e| local_err(spool, e))?;
+            .map_err(|e| io_err(spool, e))?;
         let mut chunks = Vec::with_capacity(usize::try_from(len).unwrap_or(0) / CHUNK + 1);
         loop {
             let mut buf = vec![0u8; CHUNK];
@@ -251,7 +228,7 @@ impl ObjectStoreBlobStore {
                 let n = file
                     .read(&mut buf[filled..])
                     .await
-                    .map_err(|e| local_err(spool, e))?;
+                    .map_err(|e| io_err(spool, e))?;
                 if n == 0 {
                     break;
                 }
@@ -287,7 +264,7 @@ impl ObjectStoreBlobStore {
         }
         let mut file = tokio::fs::File::open(spool)
             .await
-            .map_err(|e| local_err(spool, e))?;
+            .map_err(|e| io_err(spool, e))?;
         let mut remote = stored.into_stream();
         let mut mine = Vec::new();
         while let Some(chunk) = remote.next().await {
@@ -298,7 +275,7 @@ impl ObjectStoreBlobStore {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     return Ok(Some(false));
                 }
-                return Err(local_err(spool, e));
+                return Err(io_err(spool, e));
             }
             if mine[..] != chunk[..] {
                 return Ok(Some(false));
@@ -325,7 +302,7 @@ impl BlobStore for ObjectStoreBlobStore {
             .upload_memory
             .acquire_many(units)
             .await
-            .map_err(|e| local_err(&spool.0, std::io::Error::other(e)))?;
+            .map_err(|e| io_err(&spool.0, std::io::Error::other(e)))?;
         let payload = Self::payload(&spool.0, len).await?;
         // S3 answers a create that races another one still in flight with 409 (to
         // object_store: the key exists) although there may be no object yet: then the

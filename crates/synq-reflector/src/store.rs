@@ -172,8 +172,15 @@ pub(crate) async fn write_new_file(
     Ok(len)
 }
 
-/// Removes the temporary file however the upload ends.
-struct TmpFile(PathBuf);
+/// A new file's path, removed however the upload ends.
+pub(crate) struct TmpFile(pub(crate) PathBuf);
+
+impl TmpFile {
+    /// A random name under `dir`.
+    pub(crate) fn in_dir(dir: &Path) -> TmpFile {
+        TmpFile(dir.join(format!("{:016x}", rand::random::<u64>())))
+    }
+}
 
 impl Drop for TmpFile {
     fn drop(&mut self) {
@@ -236,7 +243,7 @@ impl BlobStore for LocalDirStore {
         tokio::fs::create_dir_all(&tmp_dir)
             .await
             .map_err(|e| io_err(&tmp_dir, e))?;
-        let tmp = TmpFile(tmp_dir.join(format!("{:016x}", rand::random::<u64>())));
+        let tmp = TmpFile::in_dir(&tmp_dir);
         let len = write_new_file(&tmp.0, body, max_bytes).await?;
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         tokio::fs::create_dir_all(&dir)
