@@ -17,6 +17,8 @@
 mod journal;
 mod lease;
 mod names;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

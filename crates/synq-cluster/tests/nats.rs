@@ -4,57 +4,14 @@
 // Not model code: the test starts a server and reads its log.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use synq_cluster::testing::NatsServer;
 use synq_cluster::{ClusterConfig, NatsCluster};
 use synq_reflector::cluster::{Cluster, ClusterError, Placement};
 use synq_reflector::journal::Records;
 
-struct Nats {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats() -> Nats {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start nats-server (Debian package nats-server; scripts/test.sh installs it)");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    while !lines
-        .next()
-        .expect("nats-server ended before it was ready")
-        .expect("log")
-        .contains("Server is ready")
-    {}
-    // A Go program whose stderr pipe is closed exits: keep reading.
-    std::thread::spawn(move || lines.for_each(drop));
-    Nats {
-        child,
-        url: format!("nats://127.0.0.1:{port}"),
-        _dir: dir,
-    }
-}
-
-async fn node(nats: &Nats, name: &str) -> NatsCluster {
+async fn node(nats: &NatsServer, name: &str) -> NatsCluster {
     NatsCluster::connect(ClusterConfig {
         nats_url: nats.url.clone(),
         node: name.into(),
@@ -78,7 +35,7 @@ fn message(seq: u32, text: &str) -> Records {
 
 #[tokio::test]
 async fn a_claim_fences_the_journal_against_the_previous_owner() {
-    let nats = nats();
+    let nats = NatsServer::start();
     let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
     let mut first = a.claim("room").await.expect("a claims");
     assert_eq!(
@@ -123,7 +80,7 @@ async fn a_claim_fences_the_journal_against_the_previous_owner() {
 
 #[tokio::test]
 async fn the_sweep_deletes_journals_nobody_runs_and_keeps_the_others() {
-    let nats = nats();
+    let nats = NatsServer::start();
     let a = node(&nats, "a").await;
     for room in ["old", "running"] {
         let mut c = a.claim(room).await.expect("claim");

@@ -11,9 +11,8 @@
 // Not model code: the test measures wall-clock deadlines and drains a child's log.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -21,59 +20,17 @@ mod common;
 use common::{Serve, Ws, serve};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use synq_cluster::testing::NatsServer;
 use tokio_tungstenite::tungstenite::Message;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 const TOKEN: &str = "cluster-test-token-0123456789";
-
-/// A `nats-server -js` on a free port, killed when dropped.
-struct Nats {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-fn nats() -> Nats {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nats-server (Debian package nats-server; scripts/test.sh installs it)");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("nats-server ended before it was ready")
-            .expect("nats-server's log");
-        if line.contains("Server is ready") {
-            break;
-        }
-    }
-    // Keep reading its log: a Go program whose stderr pipe is closed exits.
-    std::thread::spawn(move || lines.for_each(drop));
-    Nats {
-        child,
-        url: format!("nats://127.0.0.1:{port}"),
-        _dir: dir,
-    }
 }
 
 /// A synq node of the cluster, with its own data directory.
@@ -111,16 +68,16 @@ impl Node {
     }
 }
 
-fn node(nats: &Nats, name: &str) -> Node {
+fn node(nats: &NatsServer, name: &str) -> Node {
     node_with(nats, name, &["--no-ai"])
 }
 
-fn node_with(nats: &Nats, name: &str, extra: &[&str]) -> Node {
+fn node_with(nats: &NatsServer, name: &str, extra: &[&str]) -> Node {
     node_env(nats, name, extra, None)
 }
 
 /// `log`: keep the node's log for [`Serve::stderr_containing`] (read it, or it fills up).
-fn node_env(nats: &Nats, name: &str, extra: &[&str], log: Option<&str>) -> Node {
+fn node_env(nats: &NatsServer, name: &str, extra: &[&str], log: Option<&str>) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut args = extra.to_vec();
@@ -260,7 +217,7 @@ fn synced(sync: &Value) -> Vec<(u64, String)> {
 
 #[tokio::test]
 async fn clients_of_one_session_on_three_nodes_see_one_history() {
-    let nats = nats();
+    let nats = NatsServer::start();
     let nodes = [node(&nats, "a"), node(&nats, "b"), node(&nats, "c")];
     // The first JOIN makes its node the owner; the others forward.
     let mut clients = Vec::new();
@@ -292,7 +249,7 @@ async fn clients_of_one_session_on_three_nodes_see_one_history() {
 
 #[tokio::test]
 async fn kill_9_of_the_owner_loses_no_message_and_the_clients_go_on_through_other_nodes() {
-    let nats = nats();
+    let nats = NatsServer::start();
     let mut owner = node(&nats, "a");
     let b = node(&nats, "b");
     let c = node(&nats, "c");
@@ -358,7 +315,7 @@ async fn kill_9_of_the_owner_loses_no_message_and_the_clients_go_on_through_othe
 
 #[tokio::test]
 async fn an_owner_paused_past_its_lease_never_sequences_again() {
-    let nats = nats();
+    let nats = NatsServer::start();
     let owner = node(&nats, "a");
     let b = node(&nats, "b");
     let (mut on_a, _) = join(owner.addr(), "paused", "ua").await;
@@ -389,7 +346,7 @@ async fn an_owner_paused_past_its_lease_never_sequences_again() {
 
 #[tokio::test]
 async fn a_node_restarted_with_an_empty_disk_serves_its_old_sessions() {
-    let nats = nats();
+    let nats = NatsServer::start();
     let mut first = node(&nats, "a");
     let (mut ws, _) = join(first.addr(), "remembered", "ua").await;
     for k in 0..5 {
@@ -417,7 +374,7 @@ async fn real_croquet_clients_spread_over_three_nodes_agree() {
         interop.join("node_modules/@croquet/croquet").is_dir(),
         "run `npm ci --ignore-scripts` in interop/croquet (scripts/test.sh does it)"
     );
-    let nats = nats();
+    let nats = NatsServer::start();
     let nodes = [node(&nats, "a"), node(&nats, "b"), node(&nats, "c")];
     let boxes: Vec<String> = nodes
         .iter()
@@ -461,7 +418,7 @@ async fn the_ai_chat_answers_participants_spread_over_three_nodes() {
 
     let upstream = FakeUpstream::start().await;
     upstream.set_default(Reply::text(&["One", " answer."]));
-    let nats = nats();
+    let nats = NatsServer::start();
     let ai = [
         "--ai-url",
         upstream.base_url.as_str(),
@@ -534,7 +491,7 @@ async fn the_ai_chat_answers_participants_spread_over_three_nodes() {
 #[tokio::test]
 async fn persisted_data_reaches_the_next_app_version_on_another_node() {
     let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/croquet");
-    let nats = nats();
+    let nats = NatsServer::start();
     // Only the line that says the SAVE was recorded (a quiet log cannot fill its pipe).
     let mut a = node_env(
         &nats,
@@ -573,7 +530,7 @@ async fn persisted_data_reaches_the_next_app_version_on_another_node() {
 /// `--client-write-timeout-secs` instead of holding them for good.
 #[tokio::test]
 async fn a_forwarded_client_that_stops_reading_is_let_go_on_both_nodes() {
-    let nats = nats();
+    let nats = NatsServer::start();
     let slow_args = [
         "--no-ai",
         "--client-write-timeout-secs",
@@ -632,7 +589,7 @@ async fn a_forwarded_client_that_stops_reading_is_let_go_on_both_nodes() {
 #[tokio::test]
 async fn the_cluster_listener_refuses_connections_without_the_token() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let nats = nats();
+    let nats = NatsServer::start();
     let a = node(&nats, "a");
     let url = format!("ws://{}/reflector/guarded", a.cluster_listen);
     for token in [None, Some("not-the-cluster-token-at-all")] {
