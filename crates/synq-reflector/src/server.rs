@@ -287,17 +287,18 @@ async fn ws_session(
     ws: WebSocketUpgrade,
 ) -> Response {
     let session = session_of(&path);
+    // Checked first: a refused request costs the cluster nothing.
+    if let Err(refusal) = origin::check(&headers, &ctx.config.files) {
+        return origin::refused(&headers, refusal, "WebSocket");
+    }
     // In a cluster, a session that is not running here may be sequenced by another node:
-    // the connection goes there (after this node's own checks of the request).
+    // the connection goes there.
     if let (Some(cluster), Some(id)) = (&ctx.config.cluster, &session)
         && !ctx.is_live(id)
     {
         match cluster.0.placement(id).await {
             Ok(Placement::Here) => {}
             Ok(Placement::Owner { url }) => {
-                if let Err(refusal) = origin::check(&headers, &ctx.config.files) {
-                    return origin::refused(&headers, refusal, "WebSocket");
-                }
                 let target = format!(
                     "{}{}",
                     url.replacen("http", "ws", 1).trim_end_matches('/'),
@@ -328,7 +329,7 @@ async fn ws_session(
             }
         }
     }
-    upgrade(ws, ctx, session, addr, &headers)
+    accept(ws, ctx, session, addr.ip(), host_of(&headers))
 }
 
 /// A connection another node of the cluster forwarded here (its cluster listener): it
