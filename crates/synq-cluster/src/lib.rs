@@ -96,6 +96,8 @@ pub struct NatsCluster {
     stream: stream::Stream,
     /// This process: a restarted node is another holder.
     holder: Holder,
+    /// `holder` as the value of the lease keys it creates.
+    lease_value: Bytes,
     max_chunk: usize,
     stats: Arc<Stats>,
 }
@@ -210,6 +212,9 @@ impl NatsCluster {
             instance: format!("{instance:016x}"),
             url: config.advertise.clone(),
         };
+        let lease_value = serde_json::to_vec(&holder)
+            .map(Bytes::from)
+            .map_err(|e| jetstream("the lease value", &e))?;
         tracing::info!(node = %config.node, nats = %redacted(&config.nats_url), advertise = %config.advertise, lease_ttl = ?config.lease_ttl, replicas = config.replicas, "joined the synq cluster");
         Ok(NatsCluster {
             config,
@@ -220,6 +225,7 @@ impl NatsCluster {
             persisted,
             stream,
             holder,
+            lease_value,
             max_chunk,
             stats: Arc::default(),
         })
@@ -246,7 +252,8 @@ impl NatsCluster {
 
     /// Takes the lease of `key`: creates it, or takes it back from an earlier lease of
     /// this process. Returns its revision and when the request was sent.
-    async fn take_lease(&self, key: &str, value: &Bytes) -> Result<(u64, Instant), ClusterError> {
+    async fn take_lease(&self, key: &str) -> Result<(u64, Instant), ClusterError> {
+        let value = &self.lease_value;
         let sent = Instant::now();
         match self.kv.create(key, value.clone()).await {
             Ok(rev) => return Ok((rev, sent)),
@@ -397,8 +404,7 @@ impl Cluster for NatsCluster {
         if let Some((h, _)) = self.holder(&key).await? {
             return Ok(elsewhere(h).unwrap_or(Placement::Here));
         }
-        let value = Bytes::from(serde_json::to_vec(&self.holder).map_err(unavailable)?);
-        match self.kv.create(&key, value).await {
+        match self.kv.create(&key, self.lease_value.clone()).await {
             Ok(_) => Ok(Placement::Here),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 Ok(match self.holder(&key).await? {
@@ -412,12 +418,11 @@ impl Cluster for NatsCluster {
 
     async fn claim(&self, session: &str) -> Result<Claim, ClusterError> {
         let key = names::session_token(session);
-        let value = Bytes::from(serde_json::to_vec(&self.holder).map_err(unavailable)?);
-        let (revision, sent) = self.take_lease(&key, &value).await?;
+        let (revision, sent) = self.take_lease(&key).await?;
         let lease = NatsLease::start(
             self.kv.clone(),
             key,
-            value,
+            self.lease_value.clone(),
             revision,
             sent,
             self.config.lease_ttl,
@@ -532,10 +537,7 @@ impl Cluster for NatsCluster {
                 &s.append_micros,
             ),
         ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
+            synq_reflector::metrics::write_counter(&mut out, name, help, v.load(Ordering::Relaxed));
         }
         out
     }

@@ -37,6 +37,15 @@ pub struct Metrics {
     pub cluster_sessions_lost: AtomicU64,
 }
 
+/// One counter in the Prometheus text format (also for series other crates add to
+/// `/metrics`).
+pub fn write_counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
@@ -183,11 +192,7 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
+            write_counter(&mut out, name, help, v.load(Relaxed));
         }
         out
     }
