@@ -514,3 +514,46 @@ async fn a_follow_up_prompt_reads_only_what_is_new_and_answers_the_same() {
     uncached.complete(follow_up).await.expect("answer");
     assert_eq!(uncached.last_stats().expect("stats").cached_tokens, 0);
 }
+
+/// A group chat's prompt shows each person's message as "Name: text"; the test model,
+/// greedy, opens its answer with such a label ("Cy: The capital of Japan is Tokyo.") and
+/// would speak as Cy. The embedded model draws such a start again instead, so no label is
+/// ever streamed.
+#[tokio::test]
+async fn an_answer_never_begins_in_a_persons_name() {
+    let backend = LocalBackend::load(&model_path(), options()).expect("the test model loads");
+    let request = ChatRequest::new(vec![
+        ChatMessage::system(
+            "You are AI, the assistant in a group chat with several people. People in the \
+             chat now: Ann, Cy. You write only your own messages, as AI: never write a line \
+             for anyone else, never start with a name and a colon, and never answer a \
+             question meant for another person in their place. Reply briefly (one to three \
+             sentences unless asked for more) in plain text: no Markdown, no lists, no code \
+             fences.",
+        ),
+        ChatMessage::user("Cy: Planning a trip to Japan in spring!"),
+        ChatMessage::user("Ann: AI, what's the capital of Japan?"),
+    ])
+    .temperature(0.0)
+    .max_tokens(40);
+    let mut stream = backend.stream_chat(request).await.expect("stream");
+    let mut deltas = Vec::new();
+    while let Some(delta) = stream.next().await {
+        deltas.push(delta.expect("delta"));
+    }
+    let answer = deltas.concat();
+    println!("answer: {answer:?}, deltas {deltas:?}");
+    let stats = backend.last_stats().expect("stats");
+    assert!(
+        stats.redraws >= 1,
+        "the model did not begin with a label here, so this test shows nothing: {answer:?}"
+    );
+    // No label at all: refused "Cy:", this model writes "Cyr:".
+    let start = answer.trim_start();
+    let head = start.split(':').next().unwrap_or_default();
+    let label_shaped = start.contains(':')
+        && head.split_whitespace().count() <= 3
+        && head.chars().all(|c| c.is_alphanumeric() || c == ' ');
+    assert!(!label_shaped, "the answer begins with a label: {answer:?}");
+    assert!(answer.contains("Tokyo"), "{answer:?}");
+}

@@ -12,6 +12,7 @@
 //! ([`prompt_cache`]): a chat room's next prompt is read only from where it differs from
 //! its previous one.
 
+mod answer_start;
 pub mod chat_template;
 mod download;
 pub mod gguf_tokenizer;
@@ -37,6 +38,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::{AiEvent, EventStream, QUEUE_HEARTBEAT, UsageReport};
 use crate::{AiError, ChatBackend, ChatMessage, ChatRequest, Role};
+use answer_start::{StartGuard, Verdict};
 pub use chat_template::ChatTemplate;
 pub use download::{
     DEFAULT_MODEL, DownloadProgress, EMBEDDED_MODELS, HubModel, QWEN2_5_0_5B, QWEN2_5_1_5B,
@@ -107,6 +109,9 @@ pub struct GenerationStats {
     pub cached_tokens: usize,
     /// Tokens generated, not counting the end-of-turn token.
     pub tokens: usize,
+    /// Times the answer was drawn again because it began with a person's label
+    /// (`answer_start`).
+    pub redraws: usize,
     /// From the start of the generation (the lock obtained) to the first token sampled.
     pub time_to_first_token: Duration,
     /// From the start of the generation to its end.
@@ -362,6 +367,7 @@ impl Inner {
             prompt_tokens: job.prompt.len(),
             cached_tokens: 0,
             tokens: 0,
+            redraws: 0,
             time_to_first_token: Duration::ZERO,
             total: Duration::ZERO,
         };
@@ -380,6 +386,7 @@ impl Inner {
             prompt_tokens = stats.prompt_tokens,
             cached_tokens = stats.cached_tokens,
             tokens = stats.tokens,
+            redraws = stats.redraws,
             ttft_ms = stats.time_to_first_token.as_millis() as u64,
             tokens_per_s = stats.tokens_per_second(),
             cancelled = tx.is_closed(),
@@ -446,9 +453,13 @@ impl Inner {
         let mut sampler = Sampler::new(job.seed, job.temperature, job.top_p);
         let mut generated = Vec::new();
         let mut decoder = gguf_tokenizer::StreamDecoder::default();
+        let mut start = StartGuard::new(job.group_chat);
+        // For drawing the answer again from its first token (see `answer_start`).
+        let first_logits = (!start.released()).then(|| logits.clone());
+        let mut redrawn: Vec<u32> = Vec::new();
         loop {
             let next = sampler.sample(&logits, &generated);
-            if generated.is_empty() {
+            if generated.is_empty() && redrawn.is_empty() {
                 stats.time_to_first_token = started.elapsed();
             }
             if self.stop_tokens.contains(&next) {
@@ -457,7 +468,40 @@ impl Inner {
             generated.push(next);
             stats.tokens = generated.len();
             self.generated.fetch_add(1, Ordering::SeqCst);
-            let text = decoder.push(&self.tokenizer, next)?;
+            let mut text = decoder.push(&self.tokenizer, next)?;
+            if !start.released()
+                && let Some(piece) = text.take()
+            {
+                match start.push(&piece) {
+                    Verdict::Hold => {}
+                    Verdict::Release(held) => text = Some(held),
+                    Verdict::Redraw => {
+                        if let (Some(first), Some(&token)) = (&first_logits, generated.first())
+                            && redrawn.len() < answer_start::MAX_REDRAWS
+                        {
+                            tracing::debug!(
+                                start = piece,
+                                "the answer began as a person: drawn again"
+                            );
+                            redrawn.push(token);
+                            stats.redraws = redrawn.len();
+                            kv.truncate(job.prompt.len());
+                            read.truncate(job.prompt.len());
+                            logits = first.clone();
+                            for &t in &redrawn {
+                                if let Some(l) = logits.get_mut(t as usize) {
+                                    *l = f32::NEG_INFINITY;
+                                }
+                            }
+                            generated.clear();
+                            decoder = gguf_tokenizer::StreamDecoder::default();
+                            start.restart();
+                            continue;
+                        }
+                        text = start.finish();
+                    }
+                }
+            }
             let sent = match text {
                 Some(text) => tx.blocking_send(Ok(AiEvent::Text(text))).is_ok(),
                 None => !tx.is_closed(),
@@ -471,8 +515,9 @@ impl Inner {
             logits = forward(kv, &[next])?;
             read.push(next);
         }
-        if let Some(rest) = decoder.finish(&self.tokenizer)? {
-            let _ = tx.blocking_send(Ok(AiEvent::Text(rest)));
+        let rest = [start.finish(), decoder.finish(&self.tokenizer)?];
+        for text in rest.into_iter().flatten() {
+            let _ = tx.blocking_send(Ok(AiEvent::Text(text)));
         }
         Ok(())
     }
@@ -488,6 +533,8 @@ struct Job {
     temperature: f32,
     top_p: f32,
     seed: u64,
+    /// A group chat's answer may not begin with a person's label (`answer_start`).
+    group_chat: bool,
 }
 
 #[async_trait::async_trait]
@@ -510,6 +557,7 @@ impl ChatBackend for LocalBackend {
                 .unwrap_or(self.inner.default_temperature),
             top_p: request.top_p.unwrap_or(self.inner.default_top_p),
             seed: request.seed.unwrap_or_else(rand::random),
+            group_chat: answer_start::is_group_chat(&request.messages),
         };
         // The place in line is taken now, in the order requests arrive.
         let ticket = self.inner.line.join();
