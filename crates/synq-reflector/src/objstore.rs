@@ -22,10 +22,10 @@ use crate::store::{Blob, BlobKey, BlobStore, ByteStream, PutOutcome, StoreError,
 /// Chunk size for spool files and the memory budget's unit.
 const CHUNK: usize = 64 * 1024;
 
-/// Bytes of uploads being sent to the store at once (see [`ObjectStoreBlobStore`]): more
-/// uploads wait for their turn rather than grow the process without bound.
-const UPLOAD_MEMORY: usize = 256 * 1024 * 1024;
-const UPLOAD_UNITS: u32 = (UPLOAD_MEMORY / CHUNK) as u32;
+/// Bytes of uploads being sent to the store at once, by default (see
+/// [`ObjectStoreBlobStore::with_upload_memory`]): more uploads wait for their turn rather than
+/// grow the process without bound.
+pub const DEFAULT_UPLOAD_MEMORY: u64 = 256 * 1024 * 1024;
 
 /// A [`BlobStore`] over any [`ObjectStore`], under a key prefix.
 ///
@@ -35,7 +35,8 @@ const UPLOAD_UNITS: u32 = (UPLOAD_MEMORY / CHUNK) as u32;
 /// be made write-once portably), and a single put needs its body in memory. Spooling first
 /// means that an upload over `max_bytes` or whose body fails never reaches the store, and
 /// that memory is only held while the finished file is sent to the store (fast, and
-/// bounded by [`UPLOAD_MEMORY`] in total), not while a slow client trickles it in.
+/// bounded in total by [`ObjectStoreBlobStore::with_upload_memory`]), not while a slow
+/// client trickles it in.
 ///
 /// `PutMode::Create` fails if the key exists, in every node of a cluster: of concurrent
 /// uploads to one key exactly one is stored, and the others are compared with it
@@ -48,6 +49,8 @@ pub struct ObjectStoreBlobStore {
     /// Bytes under the prefix when opened, plus those this process stored since.
     stored: AtomicU64,
     upload_memory: Semaphore,
+    /// The budget of `upload_memory`, in [`CHUNK`]s.
+    upload_units: u32,
     name: String,
 }
 
@@ -184,9 +187,23 @@ impl ObjectStoreBlobStore {
             prefix,
             spool_dir,
             stored: AtomicU64::new(stored),
-            upload_memory: Semaphore::new(UPLOAD_UNITS as usize),
+            upload_memory: Semaphore::new(0),
+            upload_units: 0,
             name,
-        })
+        }
+        .with_upload_memory(DEFAULT_UPLOAD_MEMORY))
+    }
+
+    /// At most `bytes` of finished uploads are held in memory while they are sent to the
+    /// store (rounded up to 64 KiB); more uploads wait for their turn. One upload larger
+    /// than the budget is still sent, alone.
+    pub fn with_upload_memory(mut self, bytes: u64) -> ObjectStoreBlobStore {
+        let units = bytes
+            .div_ceil(CHUNK as u64)
+            .clamp(1, u64::from(u32::MAX >> 3));
+        self.upload_units = u32::try_from(units).unwrap_or(u32::MAX >> 3);
+        self.upload_memory = Semaphore::new(self.upload_units as usize);
+        self
     }
 
     /// The store, for logs (the URL it was opened with, or the backend and prefix).
@@ -297,7 +314,7 @@ impl BlobStore for ObjectStoreBlobStore {
         let (spool, len) = self.spool(body, max_bytes).await?;
         let units = u32::try_from(usize::try_from(len).unwrap_or(usize::MAX).div_ceil(CHUNK))
             .unwrap_or(u32::MAX)
-            .clamp(1, UPLOAD_UNITS);
+            .clamp(1, self.upload_units);
         let _memory = self
             .upload_memory
             .acquire_many(units)
@@ -666,6 +683,34 @@ mod tests {
             PutOutcome::Created(3)
         );
         assert_eq!(read(&store, &key).await.unwrap(), b"one");
+    }
+
+    #[tokio::test]
+    async fn an_upload_larger_than_the_memory_budget_is_sent_alone_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let store = ObjectStoreBlobStore::open(mem, Path::default(), dir.path().join("spool"))
+            .await
+            .unwrap()
+            .with_upload_memory(1);
+        assert_eq!(
+            store.upload_units, 1,
+            "the budget rounds up to one 64 KiB unit"
+        );
+        const LEN: usize = 3 * CHUNK + 5;
+        let big: &'static [u8] = Box::leak(vec![7u8; LEN].into_boxed_slice());
+        let key = BlobKey::parse("files/big.bin").unwrap();
+        let put = store.put(&key, body(big), LEN as u64);
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), put)
+            .await
+            .expect("the upload waited for memory that the budget never has")
+            .unwrap();
+        assert_eq!(outcome, PutOutcome::Created(LEN as u64));
+        assert_eq!(
+            store.upload_memory.available_permits(),
+            1,
+            "the budget is back"
+        );
     }
 
     #[tokio::test]

@@ -75,6 +75,10 @@ struct ServeArgs {
     /// the same store [default: the `files` directory under --data-dir].
     #[arg(long, env = "SYNQ_FILES_STORE", value_name = "URL")]
     files_store: Option<String>,
+    /// With --files-store: memory for finished uploads being sent to the store at once, in
+    /// MiB; more uploads wait their turn (one larger upload is sent alone).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    files_store_upload_mb: u64,
     /// How broadcast messages are made durable.
     #[arg(long, env = "SYNQ_DURABILITY", value_enum, default_value = "write")]
     durability: DurabilityArg,
@@ -334,7 +338,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(store = %url, "files: opening the object store");
             let store = ObjectStoreBlobStore::from_url(url, spool)
                 .await
-                .with_context(|| format!("cannot open the file store --files-store {url}"))?;
+                .with_context(|| format!("cannot open the file store --files-store {url}"))?
+                .with_upload_memory(args.files_store_upload_mb.saturating_mul(1024 * 1024));
             tracing::info!(store = store.name(), "files: in an object store");
             Reflector::with_store(config, Arc::new(store))
         }
