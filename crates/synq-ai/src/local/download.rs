@@ -27,7 +27,7 @@ pub struct HubModel {
 /// size and quantisation; the hub is not reachable from the development machine): about
 /// 40–55 tokens/s, 0.3 s to the first token of a room's next answer, 0.77 GB resident, and
 /// 22 of 31 group-chat situations of `ai-eval` passed. SmolLM2-135M is twice as fast but
-/// passes 10; the 1.5B model of the same family passes 26 but decodes at about 16 tokens/s
+/// passes 10; the 1.5B model of the same family passes 26 but decodes at about 20 tokens/s
 /// and takes 2.4 GB ([`QWEN2_5_1_5B`], for servers that can afford it). Table and
 /// commands: `docs/ai.md`.
 ///

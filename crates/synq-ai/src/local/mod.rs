@@ -23,6 +23,11 @@ mod prompt_cache;
 // kernel runs only where the CPU reports the features.
 #[expect(
     unsafe_code,
+    reason = "the Q4_K kernel's intrinsics and its disjoint-writes pointer"
+)]
+mod q4k;
+#[expect(
+    unsafe_code,
     reason = "the Q8_0 kernel's intrinsics and its disjoint-writes pointer"
 )]
 mod q8;

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Result, Tensor, bail};
 
+use super::q4k::{self, Q4kMatrix};
 use super::q8::{self, Q8Matrix};
 
 /// Which weights the loader converts (see the module documentation).
@@ -63,6 +64,7 @@ pub struct Config {
 /// A weight matrix and the kernel that multiplies by it.
 enum Linear {
     Q8(Q8Matrix),
+    Q4K(Q4kMatrix),
     Candle(QMatMul),
 }
 
@@ -73,12 +75,16 @@ impl Linear {
             let (n, k) = tensor.shape().dims2()?;
             return Ok(Linear::Q8(Q8Matrix::from_q8_0(&tensor.data()?, n, k)?));
         }
+        if conversion != Convert::None && tensor.dtype() == GgmlDType::Q4K && q4k::supported() {
+            return Ok(Linear::Q4K(Q4kMatrix::new(tensor)?));
+        }
         Ok(Linear::Candle(QMatMul::from_qtensor(tensor)?))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Q8(m) => m.forward(x),
+            Linear::Q4K(m) => m.forward(x),
             Linear::Candle(m) => m.forward(x),
         }
     }
