@@ -31,6 +31,9 @@ pub(crate) struct Holder {
 pub(crate) struct NatsLease {
     valid_until: Arc<Mutex<Instant>>,
     stop: Option<oneshot::Sender<()>>,
+    /// The renewing task, which deletes the key when stopped.
+    task: Option<tokio::task::JoinHandle<()>>,
+    ttl: Duration,
 }
 
 impl NatsLease {
@@ -47,7 +50,7 @@ impl NatsLease {
         let valid_until = Arc::new(Mutex::new(valid_after(sent, ttl)));
         let (stop, mut stopped) = oneshot::channel();
         let valid = Arc::clone(&valid_until);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut revision = revision;
             loop {
                 tokio::select! {
@@ -84,6 +87,8 @@ impl NatsLease {
         NatsLease {
             valid_until,
             stop: Some(stop),
+            task: Some(task),
+            ttl,
         }
     }
 }
@@ -103,6 +108,19 @@ fn set(valid: &Mutex<Instant>, until: Instant) {
 impl synq_reflector::cluster::Lease for NatsLease {
     fn valid_until(&self) -> Instant {
         *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(mut self: Box<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let task = self.task.take();
+        let ttl = self.ttl;
+        // Stops the renewals: the task deletes the key and ends.
+        drop(self);
+        Box::pin(async move {
+            if let Some(task) = task {
+                // A cluster that does not answer leaves the key to lapse.
+                let _ = tokio::time::timeout(ttl, task).await;
+            }
+        })
     }
 }
 

@@ -36,6 +36,14 @@ pub trait Lease: Send + Sync {
     /// Until when this node may sequence the session. Renewals move it on; once it has
     /// passed, another node may have taken the session over.
     fn valid_until(&self) -> Instant;
+
+    /// Gives the session up now and waits until the cluster has taken the release (or
+    /// could not), so that a node that stops can still tell the cluster before it exits.
+    /// Without it, a dropped lease is released in the background.
+    fn release(self: Box<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        drop(self);
+        Box::pin(async {})
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -51,6 +51,9 @@ pub(crate) enum Command {
     Closed {
         conn: ConnId,
     },
+    /// The reflector is stopping: end the session once what it has received is journaled
+    /// and sent, and give it up.
+    Drain,
 }
 
 /// A frame of the session's broadcast: encoded once, shared by every recipient's queue.

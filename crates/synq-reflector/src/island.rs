@@ -53,6 +53,9 @@ pub(crate) enum Ended {
     /// another node appended to its journal). Nothing more was sent; the clients must
     /// reconnect, to the new owner.
     Lost,
+    /// The reflector is stopping ([`Command::Drain`]): everything received so far is
+    /// journaled and sent; the session is to be closed and given up.
+    Drained,
 }
 
 fn now() -> std::time::Instant {
@@ -142,6 +145,7 @@ impl Island {
         let far = || Instant::now() + Duration::from_secs(3600);
         let timer = tokio::time::sleep_until(far());
         tokio::pin!(timer);
+        let mut drained = false;
         loop {
             // The session's next deadline, or closing a journal file that fell quiet.
             let journal_due = self.journal.as_ref().and_then(|j| j.open_until());
@@ -163,7 +167,11 @@ impl Island {
                         return Ended::Closed;
                     }
                     for cmd in batch.drain(..) {
-                        self.handle(cmd).await;
+                        if matches!(cmd, Command::Drain) {
+                            drained = true;
+                        } else {
+                            self.handle(cmd).await;
+                        }
                     }
                 }
                 () = &mut timer => {}
@@ -178,6 +186,9 @@ impl Island {
                 return self.lost(
                     "another node appended to its journal, or the cluster did not take the batch",
                 );
+            }
+            if drained {
+                return Ended::Drained;
             }
             if let Some(j) = &mut self.journal {
                 j.close_idle(now());
@@ -197,6 +208,14 @@ impl Island {
         tracing::warn!(session = %self.session.id(), "this node no longer sequences the session: {why}; its clients are asked to reconnect");
         Metrics::add(&self.metrics.cluster_sessions_lost, 1);
         Ended::Lost
+    }
+
+    /// Gives the session's lease up (in a cluster), after [`Island::close`]: another node
+    /// may claim the session at once instead of after the lease's time.
+    pub(crate) async fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release().await;
+        }
     }
 
     /// The registry did not retire the idle session (a JOIN is waiting).
@@ -243,6 +262,8 @@ impl Island {
             Command::Save { conn, args } => Input::Save { conn, args: *args },
             Command::Ticks { conn, cfg } => Input::Ticks { conn, cfg: *cfg },
             Command::Closed { conn } => Input::Closed { conn },
+            // Taken by `run`.
+            Command::Drain => return,
         };
         self.session.handle(input, now());
         for effect in self.session.take_effects() {

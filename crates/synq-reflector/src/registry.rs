@@ -51,6 +51,8 @@ pub(crate) struct Ctx {
     next_conn: AtomicU64,
     /// The (appId, persistentId) pairs whose files the file store takes.
     pub apps: crate::files::AppIndex,
+    /// Set when the reflector stops ([`Ctx::drain`]): no session starts any more.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -96,6 +98,7 @@ impl Ctx {
             sessions: Mutex::new(Sessions::default()),
             next_conn: AtomicU64::new(1),
             apps: crate::files::AppIndex::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -168,6 +171,11 @@ impl Ctx {
             .map(|e| e.handle.clone());
         let handle = match live {
             Some(h) => h,
+            None if self.is_draining() => {
+                // Stopping: the client asks again, through another node or once this one
+                // is back.
+                return Err(CloseCode::PleaseReconnect);
+            }
             None => {
                 // A session whose task failed is replaced (its entry may still be here).
                 sessions.remove(id);
@@ -233,6 +241,14 @@ impl Ctx {
                             ctx.forget(&id, &own);
                             return;
                         }
+                        Ended::Drained => {
+                            island.close().await;
+                            island.release().await;
+                            // Ending the task closes the channel: the connections close
+                            // with 4003, and their clients reconnect elsewhere.
+                            ctx.forget(&id, &own);
+                            return;
+                        }
                     }
                 }
                 island.close().await;
@@ -283,6 +299,38 @@ impl Ctx {
         {
             sessions.remove(id);
         }
+    }
+
+    /// Sessions running now.
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions().by_id.len()
+    }
+
+    /// Whether the reflector is stopping ([`Ctx::drain`]).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Stops the reflector's sessions: no session starts any more, and each running one
+    /// journals and sends what it has received, records its time, gives its lease up (in
+    /// a cluster) and closes its connections with 4003, so that their clients reconnect to
+    /// another node at once. Returns the number of sessions that had not ended by `within`.
+    pub(crate) async fn drain(&self, within: std::time::Duration) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
+        let handles: Vec<SessionHandle> = self
+            .sessions()
+            .by_id
+            .values()
+            .map(|e| e.handle.clone())
+            .collect();
+        for h in &handles {
+            h.send(Command::Drain);
+        }
+        let all = futures_util::future::join_all(handles.iter().map(SessionHandle::closed));
+        if tokio::time::timeout(within, all).await.is_ok() {
+            return 0;
+        }
+        handles.iter().filter(|h| !h.tx.is_closed()).count()
     }
 
     /// Whether the session is running (it has clients, or had them moments ago).

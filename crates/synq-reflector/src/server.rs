@@ -102,6 +102,21 @@ impl Reflector {
         });
     }
 
+    /// Stops serving sessions, for a process that is about to exit: no session starts any
+    /// more (JOINs are answered 4003, `/healthz` 503), and each running session journals
+    /// and sends what it has received, records its time, gives its lease up (in a
+    /// cluster) and closes its connections with 4003, so that Croquet clients reconnect at
+    /// once, in a cluster to the node that takes the session over. Returns the number of
+    /// sessions that had not ended within `within`.
+    pub async fn drain(&self, within: std::time::Duration) -> usize {
+        self.ctx.drain(within).await
+    }
+
+    /// Sessions running on this reflector now.
+    pub fn session_count(&self) -> usize {
+        self.ctx.session_count()
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.ctx.metrics)
     }
@@ -176,8 +191,13 @@ impl Reflector {
                 "/healthz",
                 get({
                     let cluster = cluster.clone();
+                    let ctx = Arc::clone(&self.ctx);
                     move || async move {
                         match cluster {
+                            // A balancer stops sending clients here while it drains.
+                            _ if ctx.is_draining() => {
+                                (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+                            }
                             Some(c) if !c.0.healthy() => (
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 "the cluster (NATS) is unreachable\n",

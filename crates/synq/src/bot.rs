@@ -183,7 +183,7 @@ pub async fn run(args: BotArgs) -> anyhow::Result<()> {
     // Before anything else: a SIGTERM while the model loads or the rooms are joined still
     // leaves cleanly instead of killing the process.
     let (stop_tx, stop) = watch::channel(false);
-    let signals = stop_signals()?;
+    let signals = crate::signals::stop_signals()?;
     tokio::spawn(async move {
         let which = signals.await;
         tracing::info!("{which}: leaving the rooms");
@@ -222,30 +222,6 @@ pub async fn run(args: BotArgs) -> anyhow::Result<()> {
     tokio::time::sleep(LEAVE_GRACE).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Resolves at the first SIGTERM or SIGINT, with its name. The handlers are installed
-/// when this is called, not when it is first polled.
-fn stop_signals() -> anyhow::Result<impl Future<Output = &'static str>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
-        })
-    }
 }
 
 async fn wait_stop(mut stop: watch::Receiver<bool>) {

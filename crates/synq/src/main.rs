@@ -26,6 +26,7 @@ mod ai_args;
 mod bot;
 mod chat;
 mod cluster_args;
+mod signals;
 mod web;
 
 #[derive(Parser)]
@@ -144,6 +145,10 @@ struct ServeArgs {
     /// Delete the journal of a session nobody joined for this many days (0: keep forever).
     #[arg(long, default_value_t = 30)]
     session_retention_days: u64,
+    /// On SIGTERM or SIGINT: seconds that the sessions get to journal what they received,
+    /// give their leases up and ask their clients to reconnect, before the process exits.
+    #[arg(long, default_value_t = 10)]
+    drain_timeout_secs: u64,
     /// Web origin (e.g. https://app.example.com) allowed to open WebSockets and upload
     /// files, besides this server's own and localhost; repeatable; `*` allows any.
     /// Requests without an Origin header (native clients) are always allowed.
@@ -396,6 +401,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    synq_reflector::serve_with(listener, router, http_limits).await?;
+    let stop = signals::stop_signals()?;
+    tokio::select! {
+        served = synq_reflector::serve_with(listener, router, http_limits) => served?,
+        signal = stop => {
+            // Sessions are handed over, not dropped: in a cluster another node takes them
+            // at once (their leases are given up), and clients reconnect without waiting
+            // for a lease to lapse.
+            let sessions = reflector.session_count();
+            tracing::info!(signal, sessions, "stopping: ending the sessions and asking their clients to reconnect");
+            let within = Duration::from_secs(args.drain_timeout_secs);
+            match reflector.drain(within).await {
+                0 => tracing::info!("stopped"),
+                left => tracing::warn!(left, "stopped with sessions still running after --drain-timeout-secs"),
+            }
+        }
+    }
     Ok(())
 }

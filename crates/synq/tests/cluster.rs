@@ -60,6 +60,11 @@ impl Node {
         assert!(ok, "kill {sig}");
     }
 
+    /// Waits for the node's process to exit by itself.
+    fn exit_status(&mut self) -> std::process::ExitStatus {
+        self.serve.child.wait().expect("wait")
+    }
+
     async fn metric(&self, name: &str) -> u64 {
         let text = http_get(self.addr(), "/metrics").await;
         text.lines()
@@ -205,6 +210,20 @@ async fn next_recv(ws: &mut Ws) -> Option<(f64, u64, String)> {
     }
 }
 
+/// The close code the connection ends with, skipping other frames (0: no close frame).
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("the connection ends in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map_or(0, |f| u16::from(f.code)),
+            None | Some(Err(_)) => return 0,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
 /// The client messages of a SYNC: (seq, payload).
 fn synced(sync: &Value) -> Vec<(u64, String)> {
     sync["messages"]
@@ -311,6 +330,53 @@ async fn kill_9_of_the_owner_loses_no_message_and_the_clients_go_on_through_othe
     let claims =
         b.metric("synq_cluster_claims_total").await + c.metric("synq_cluster_claims_total").await;
     assert_eq!(claims, 1, "exactly one node took the session over");
+}
+
+/// A rolling restart: the owner is stopped with SIGTERM. It journals what it has, gives
+/// its lease up, and asks its clients to reconnect (4003), and exits 0. The lease here
+/// lasts 30 s, longer than the clients' patience: they find the session on the other node
+/// at once only because the stopping owner gave it up.
+#[tokio::test]
+async fn sigterm_hands_the_owners_sessions_over_at_once() {
+    let nats = NatsServer::start();
+    let long_lease = ["--no-ai", "--cluster-lease-ms", "30000"];
+    let mut owner = node_with(&nats, "a", &long_lease);
+    let b = node_with(&nats, "b", &long_lease);
+    let (mut on_a, _) = join(owner.addr(), "handover", "ua").await;
+    let (mut on_b, _) = join(b.addr(), "handover", "ub").await;
+    for k in 0..30 {
+        send(&mut on_b, "handover", &format!("m{k}")).await;
+    }
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    while seen.len() < 30 {
+        let (_, seq, p) = next_recv(&mut on_a).await.expect("RECV before SIGTERM");
+        seen.push((seq, p));
+    }
+    owner.signal("-TERM");
+    let stopped = Instant::now();
+    assert_eq!(close_code(&mut on_a).await, 4003, "asked to reconnect");
+    assert_eq!(
+        close_code(&mut on_b).await,
+        4003,
+        "the relayed client is asked too"
+    );
+    let status = owner.exit_status();
+    assert!(status.success(), "the node exits cleanly: {status}");
+    let (mut again, sync) = join(b.addr(), "handover", "ub").await;
+    println!(
+        "from SIGTERM to the SYNC on the other node: {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        &synced(&sync)[..seen.len()],
+        &seen[..],
+        "every message, in order, numbered as before"
+    );
+    assert_eq!(b.metric("synq_cluster_claims_total").await, 1);
+    send(&mut again, "handover", "after").await;
+    let (_, seq, p) = next_recv(&mut again).await.expect("RECV on the new owner");
+    assert_eq!(p, "after");
+    assert!(seq > seen.last().map_or(0, |s| s.0), "numbering goes on");
 }
 
 #[tokio::test]

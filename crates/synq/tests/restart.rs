@@ -1,5 +1,7 @@
 //! Sessions survive a restart of `synq serve`, including `kill -9`: every message that was
-//! broadcast before the kill is in the SYNC a client gets from the restarted server.
+//! broadcast before the kill is in the SYNC a client gets from the restarted server. A
+//! SIGTERM stops it cleanly: clients are asked to reconnect (4003), and the session's time
+//! is recorded.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 mod common;
 
 use common::serve;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -106,6 +108,71 @@ async fn no_broadcast_message_is_lost_by_kill_9_and_the_session_resumes_on_its_t
             break;
         }
     }
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+}
+
+#[tokio::test]
+async fn sigterm_asks_clients_to_reconnect_and_the_restarted_server_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut first = serve(dir.path(), &["--no-ai"]);
+    let (mut ws, _) = join(first.addr, "graceful", "va").await;
+    const N: usize = 20;
+    for k in 0..N {
+        let send = json!({"id": "graceful", "action": "SEND", "args": [0, 0, format!("m{k}"), 0]});
+        ws.send(Message::Text(send.to_string().into()))
+            .await
+            .expect("send");
+    }
+    let mut last_time = 0.0f64;
+    loop {
+        let f = next(&mut ws).await;
+        if f["action"] == "TICK" || f["action"] == "RECV" {
+            let t = if f["action"] == "TICK" {
+                &f["args"]
+            } else {
+                &f["args"][0]
+            };
+            last_time = last_time.max(t.as_f64().unwrap_or(0.0));
+        }
+        if f["action"] == "RECV" && f["args"][2] == format!("m{}", N - 1) {
+            break;
+        }
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(killed.success());
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("the connection ends in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map_or(0, |f| u16::from(f.code)),
+            None | Some(Err(_)) => break 0,
+            Some(Ok(_)) => {}
+        }
+    };
+    assert_eq!(code, 4003, "asked to reconnect, not cut off");
+    let status = first.child.wait().expect("wait");
+    assert!(status.success(), "a clean exit: {status}");
+
+    let mut second = serve(dir.path(), &["--no-ai"]);
+    let (_ws2, sync) = join(second.addr, "graceful", "vb").await;
+    let payloads: Vec<String> = sync["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m[2].as_str().map(str::to_owned))
+        .collect();
+    let expected: Vec<String> = (0..N).map(|k| format!("m{k}")).collect();
+    assert_eq!(payloads, expected);
+    assert!(
+        sync["time"].as_f64().unwrap_or(0.0) >= last_time,
+        "the session's time at the stop was kept: {} < {last_time}",
+        sync["time"]
+    );
     let _ = second.child.kill();
     let _ = second.child.wait();
 }
