@@ -6,7 +6,8 @@
 //! when the node that sequences a session dies (`kill -9`) or is paused past its lease
 //! (SIGSTOP), the clients reconnect through another node and find every message they had
 //! seen, in order, numbered as before, with time that never went backwards; a node
-//! restarted with an empty disk serves its old sessions.
+//! stopped with SIGTERM hands its sessions over at once; a node restarted with an empty
+//! disk serves its old sessions.
 
 // Not model code: the test measures wall-clock deadlines and drains a child's log.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
