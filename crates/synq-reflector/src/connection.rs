@@ -58,6 +58,7 @@ pub(crate) async fn run(
     Box::pin(finish(socket, exit, &ctx)).await;
     if let Some(s) = conn.session.take() {
         s.send(Command::Closed { conn: conn_id });
+        ctx.member_left();
     }
     Metrics::add_i(&ctx.metrics.clients, -1);
 }
@@ -328,6 +329,7 @@ impl Conn {
                     Ok(args) => match self.ctx.join(&self.session_id, self.handle.clone(), args) {
                         Ok(session) => {
                             self.session = Some(session);
+                            self.ctx.member_joined();
                             None
                         }
                         Err(code) => Some(code),

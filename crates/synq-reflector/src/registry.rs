@@ -53,6 +53,11 @@ pub(crate) struct Ctx {
     pub apps: crate::files::AppIndex,
     /// Set when the reflector stops ([`Ctx::drain`]): no session starts any more.
     draining: std::sync::atomic::AtomicBool,
+    /// Connections that joined a session and have not finished closing, and a wake-up
+    /// when one has: a draining reflector exits only once its clients have their close
+    /// frame.
+    members: AtomicU64,
+    member_gone: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -99,6 +104,8 @@ impl Ctx {
             next_conn: AtomicU64::new(1),
             apps: crate::files::AppIndex::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            members: AtomicU64::new(0),
+            member_gone: tokio::sync::Notify::new(),
         }
     }
 
@@ -326,11 +333,33 @@ impl Ctx {
         for h in &handles {
             h.send(Command::Drain);
         }
-        let all = futures_util::future::join_all(handles.iter().map(SessionHandle::closed));
-        if tokio::time::timeout(within, all).await.is_ok() {
+        let ended = async {
+            futures_util::future::join_all(handles.iter().map(SessionHandle::closed)).await;
+            // Their connections have been told to close: wait until they have sent the
+            // close frame, or an exit now would cut them off without one.
+            loop {
+                let gone = self.member_gone.notified();
+                if self.members.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                gone.await;
+            }
+        };
+        if tokio::time::timeout(within, ended).await.is_ok() {
             return 0;
         }
         handles.iter().filter(|h| !h.tx.is_closed()).count()
+    }
+
+    /// A connection joined a session.
+    pub(crate) fn member_joined(&self) {
+        self.members.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A connection that had joined a session has closed.
+    pub(crate) fn member_left(&self) {
+        self.members.fetch_sub(1, Ordering::SeqCst);
+        self.member_gone.notify_waiters();
     }
 
     /// Whether the session is running (it has clients, or had them moments ago).

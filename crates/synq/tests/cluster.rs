@@ -211,20 +211,6 @@ async fn next_recv(ws: &mut Ws) -> Option<(f64, u64, String)> {
     }
 }
 
-/// The close code the connection ends with, skipping other frames (0: no close frame).
-async fn close_code(ws: &mut Ws) -> u16 {
-    loop {
-        match tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("the connection ends in time")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.map_or(0, |f| u16::from(f.code)),
-            None | Some(Err(_)) => return 0,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
 /// The client messages of a SYNC: (seq, payload).
 fn synced(sync: &Value) -> Vec<(u64, String)> {
     sync["messages"]
@@ -355,9 +341,13 @@ async fn sigterm_hands_the_owners_sessions_over_at_once() {
     }
     owner.signal("-TERM");
     let stopped = Instant::now();
-    assert_eq!(close_code(&mut on_a).await, 4003, "asked to reconnect");
     assert_eq!(
-        close_code(&mut on_b).await,
+        common::close_code(&mut on_a, PATIENCE).await,
+        4003,
+        "asked to reconnect"
+    );
+    assert_eq!(
+        common::close_code(&mut on_b, PATIENCE).await,
         4003,
         "the relayed client is asked too"
     );

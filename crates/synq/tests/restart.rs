@@ -9,7 +9,7 @@ use std::time::Duration;
 mod common;
 
 use common::serve;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -31,6 +31,16 @@ async fn join(addr: SocketAddr, session: &str, user: &str) -> (Ws, Value) {
             return (ws, f["args"].clone());
         }
     }
+}
+
+/// The payloads of a SYNC's messages.
+fn payloads(sync: &Value) -> Vec<String> {
+    sync["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m[2].as_str().map(str::to_owned))
+        .collect()
 }
 
 async fn next(ws: &mut Ws) -> Value {
@@ -70,12 +80,7 @@ async fn no_broadcast_message_is_lost_by_kill_9_and_the_session_resumes_on_its_t
 
     let mut second = serve(dir.path(), &["--no-ai"]);
     let (mut ws2, sync) = join(second.addr, "durable", "vb").await;
-    let payloads: Vec<String> = sync["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m[2].as_str().map(str::to_owned))
-        .collect();
+    let payloads = payloads(&sync);
     let expected: Vec<String> = (0..N).map(|k| format!("m{k}")).collect();
     assert_eq!(
         payloads, expected,
@@ -144,28 +149,17 @@ async fn sigterm_asks_clients_to_reconnect_and_the_restarted_server_resumes_wher
         .status()
         .expect("kill(1)");
     assert!(killed.success());
-    let code = loop {
-        match tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("the connection ends in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame.map_or(0, |f| u16::from(f.code)),
-            None | Some(Err(_)) => break 0,
-            Some(Ok(_)) => {}
-        }
-    };
-    assert_eq!(code, 4003, "asked to reconnect, not cut off");
+    assert_eq!(
+        common::close_code(&mut ws, PATIENCE).await,
+        4003,
+        "asked to reconnect, not cut off"
+    );
     let status = first.child.wait().expect("wait");
     assert!(status.success(), "a clean exit: {status}");
 
     let mut second = serve(dir.path(), &["--no-ai"]);
     let (_ws2, sync) = join(second.addr, "graceful", "vb").await;
-    let payloads: Vec<String> = sync["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m[2].as_str().map(str::to_owned))
-        .collect();
+    let payloads = payloads(&sync);
     let expected: Vec<String> = (0..N).map(|k| format!("m{k}")).collect();
     assert_eq!(payloads, expected);
     assert!(

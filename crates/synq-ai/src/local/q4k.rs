@@ -25,6 +25,7 @@ const QK: usize = 256;
 const BLOCK_BYTES: usize = 144;
 
 pub use super::q8::supported;
+use super::q8::{SendPtr, product};
 
 /// A weight matrix `[n, k]` in Q4_K: one row through our product, several through
 /// candle's.
@@ -78,18 +79,9 @@ impl Q4kMatrix {
                 unsafe { single_row(self, &data, &input, col, out_ptr.0) };
             }
         });
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = self.n;
-        }
-        Tensor::from_vec(out, shape, x.device())
+        product(out, x, self.n)
     }
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: the tiles write disjoint elements (see `Q4kMatrix::forward`).
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// One input row quantised per block of 256: int8 values, an f32 scale per block, and the
 /// sums of each 32 values times the scale (for the weights' minimums).
@@ -194,9 +186,10 @@ unsafe fn single_row(_: &Q4kMatrix, _: &[u8], _: &QuantizedInput, _: usize, _: *
 
 #[cfg(test)]
 mod tests {
+    use super::super::q8::{random_product, values};
     use super::*;
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-    use candle_core::{Device, Module};
+    use candle_core::Device;
+    use candle_core::quantized::GgmlDType;
 
     #[test]
     fn the_product_is_candles_q4_k_product() {
@@ -205,28 +198,14 @@ mod tests {
         }
         // One row (decoding, ours), several rows (candle's); several threads' work.
         for (m, n, k) in [(1, 37, 256), (7, 130, 512), (33, 16, 1536)] {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).expect("w");
-            let x = Tensor::randn(0f32, 1.0, (1, m, k), &Device::Cpu).expect("x");
-            let q = QTensor::quantize(&w, GgmlDType::Q4K).expect("quantize");
-            let ours = Q4kMatrix::new(QTensor::quantize(&w, GgmlDType::Q4K).expect("quantize"))
-                .expect("matrix");
+            let (q, x, candle) = random_product(GgmlDType::Q4K, (m, n, k));
             // The exact product of the dequantised weights and the input.
-            let exact: Vec<f32> = q
-                .dequantize(&Device::Cpu)
-                .and_then(|w| x.matmul(&w.t()?.unsqueeze(0)?))
-                .and_then(|y| y.flatten_all()?.to_vec1())
-                .expect("exact");
-            let candle: Vec<f32> = QMatMul::from_qtensor(q)
-                .and_then(|mm| mm.forward(&x))
-                .and_then(|y| y.flatten_all()?.to_vec1())
-                .expect("candle");
-            let got: Vec<f32> = ours
-                .forward(&x)
-                .and_then(|y| {
-                    assert_eq!(y.dims(), &[1, m, n]);
-                    y.flatten_all()?.to_vec1()
-                })
-                .expect("ours");
+            let exact = values(
+                q.dequantize(&Device::Cpu)
+                    .and_then(|w| x.matmul(&w.t()?.unsqueeze(0)?)),
+                (m, n),
+            );
+            let got = values(Q4kMatrix::new(q).and_then(|w| w.forward(&x)), (m, n));
             // Both quantise the input to 8 bits: compare their errors against the exact
             // product, at the scale of the values (√k for unit normal inputs).
             let unit = (k as f32).sqrt();

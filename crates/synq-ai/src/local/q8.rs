@@ -107,16 +107,23 @@ impl Q8Matrix {
                 }
             }
         });
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = self.n;
-        }
-        Tensor::from_vec(out, shape, x.device())
+        product(out, x, self.n)
     }
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: the tiles write disjoint elements (see `Q8Matrix::forward`).
+/// The product `out` of `x` (`[..., k]`) and an `[n, k]` matrix, shaped `[..., n]`.
+pub(super) fn product(out: Vec<f32>, x: &Tensor, n: usize) -> Result<Tensor> {
+    let mut shape = x.dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Tensor::from_vec(out, shape, x.device())
+}
+
+/// The output of a product, written by several threads: each element by one only (see
+/// `Q8Matrix::forward` and `Q4kMatrix::forward`).
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: the threads write disjoint elements.
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
@@ -243,11 +250,37 @@ unsafe fn tile<const M: usize>(
     }
 }
 
+/// For the kernels' tests: random weights `[n, k]` quantised to `dtype`, a random input
+/// `[1, m, k]`, and candle's product of the two.
+#[cfg(test)]
+pub(super) fn random_product(
+    dtype: candle_core::quantized::GgmlDType,
+    (m, n, k): (usize, usize, usize),
+) -> (candle_core::quantized::QTensor, Tensor, Vec<f32>) {
+    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::{Device, Module};
+    let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).expect("w");
+    let x = Tensor::randn(0f32, 1.0, (1, m, k), &Device::Cpu).expect("x");
+    let q = QTensor::quantize(&w, dtype).expect("quantize");
+    let candle = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).expect("quantize"))
+        .and_then(|mm| mm.forward(&x))
+        .and_then(|y| y.flatten_all()?.to_vec1())
+        .expect("candle");
+    (q, x, candle)
+}
+
+/// For the kernels' tests: `y` (`[1, m, n]`) as a vector.
+#[cfg(test)]
+pub(super) fn values(y: Result<Tensor>, (m, n): (usize, usize)) -> Vec<f32> {
+    let y = y.expect("product");
+    assert_eq!(y.dims(), &[1, m, n]);
+    y.flatten_all().and_then(|y| y.to_vec1()).expect("values")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-    use candle_core::{Device, Module};
+    use candle_core::quantized::GgmlDType;
 
     #[test]
     fn the_product_is_candles_q8_0_product() {
@@ -256,21 +289,9 @@ mod tests {
         }
         // Odd block counts, remainders of the 4 × 4 tiles, several threads' work.
         for (m, n, k) in [(1, 37, 96), (7, 130, 64), (33, 9, 896)] {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).expect("w");
-            let x = Tensor::randn(0f32, 1.0, (1, m, k), &Device::Cpu).expect("x");
-            let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");
+            let (q, x, expected) = random_product(GgmlDType::Q8_0, (m, n, k));
             let ours = Q8Matrix::from_q8_0(&q.data().expect("data"), n, k).expect("matrix");
-            let expected: Vec<f32> = QMatMul::from_qtensor(q)
-                .and_then(|mm| mm.forward(&x))
-                .and_then(|y| y.flatten_all()?.to_vec1())
-                .expect("candle");
-            let got: Vec<f32> = ours
-                .forward(&x)
-                .and_then(|y| {
-                    assert_eq!(y.dims(), &[1, m, n]);
-                    y.flatten_all()?.to_vec1()
-                })
-                .expect("ours");
+            let got = values(ours.forward(&x), (m, n));
             for (a, b) in got.iter().zip(&expected) {
                 // The same integers and scales; only the order of the float sums differs.
                 assert!(

@@ -113,6 +113,23 @@ pub async fn next_json(ws: &mut Ws, patience: std::time::Duration) -> serde_json
     }
 }
 
+/// The close code the connection ends with, skipping other frames (0: it ended without a
+/// close frame).
+pub async fn close_code(ws: &mut Ws, patience: std::time::Duration) -> u16 {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(patience, ws.next())
+            .await
+            .expect("the connection ends in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map_or(0, |f| u16::from(f.code)),
+            None | Some(Err(_)) => return 0,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
 /// Joins `session` as a Croquet client would and returns once its SYNC arrived: the
 /// session then exists on the server (e.g. for uploads to its file store).
 pub async fn open_session(addr: SocketAddr, session: &str) -> Ws {
