@@ -1,117 +1,47 @@
-//! Decoding with Q4_K weights: a single-row product with AVX-512 VNNI, on candle's own
-//! copy of the weights.
+//! A Q4_K matrix product with AVX-512 VNNI, on the weights rearranged at load in panels
+//! of 16 rows (the file's blocks are not kept).
 //!
-//! Why: on AVX-512 VNNI CPUs candle 0.11 multiplies Q4_K weights through a repacked copy,
-//! which reads prompts fast but decodes slowly: Qwen2.5-Coder-1.5B decoded 12.5–14.9
-//! tokens/s on 2 cores, and 17.0–25.3 with this product (`ai-bench`, see
-//! `crates/synq-ai/README.md`). Prompts (several rows) still take candle's repacked kernel:
-//! a tiled version of this one read them 1.6 times slower.
+//! Why not candle's: on AVX-512 VNNI CPUs candle 0.11 multiplies Q4_K weights through a
+//! repacked copy that it builds on first use and keeps beside the original, so the 1.5B
+//! model took 2.25–2.36 GB for a 1.1 GB file; with this kernel, 1.47–1.54 GB, prompts read
+//! about as fast (cold 498-token prompt: 4.7 s against 4.3 s; a room's next prompt: 0.58 s
+//! against 0.62 s) and decoding as fast (`ai-bench`, see `crates/synq-ai/README.md`).
 //!
-//! Arithmetic: the input row is quantised per block of 256 to int8 with an f32 scale (as
+//! Arithmetic: each input row is quantised per block of 256 to int8 with an f32 scale (as
 //! ggml's Q8_K), and per block of the weights (8 sub-blocks of 32 4-bit values, each with a
 //! 6-bit scale and minimum, and the block's f16 `d` and `dmin`):
-//! `Σ x·w = dx · (d · Σⱼ scaleⱼ · Σ q4·q8 − dmin · Σⱼ minⱼ · Σ q8)`. `vpdpbusd` multiplies the
-//! unsigned nibbles by the signed inputs and adds 4 products per lane: one instruction per
-//! 64 values, two sub-blocks.
+//! `Σ x·w = dx · (d · Σⱼ scaleⱼ · Σ q4·q8 − dmin · Σⱼ minⱼ · Σ q8)`.
+//!
+//! Layout, per panel of 16 weight rows and per block of 256 inputs: for each of the 8
+//! sub-blocks of 32 inputs, 4 vectors of 64 bytes whose byte `4·l + i` holds row `l`'s
+//! values `4·g + i` (low nibble) and `16 + 4·g + i` (high nibble) for `g` = 0..4; then the
+//! sub-blocks' 6-bit scales and minimums (8 × 16 bytes each, sub-block major), then the 16
+//! rows' `d` and `dmin` (f32). One `vpdpbusd` multiplies 4 inputs (broadcast) by 4 values
+//! of all 16 rows; the scales apply once per sub-block, to 16 rows at once.
 
-use std::sync::Arc;
-
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor, bail};
-
-/// Values per block.
-const QK: usize = 256;
-/// f16 d, f16 dmin, 12 bytes of scales and minimums, 128 bytes of nibbles.
-const BLOCK_BYTES: usize = 144;
+use candle_core::{Result, Tensor, bail};
 
 pub use super::q8::supported;
 use super::q8::{SendPtr, product};
 
-/// A weight matrix `[n, k]` in Q4_K: one row through our product, several through
-/// candle's.
+const QK: usize = 256;
+const BLOCK_BYTES: usize = 144;
+/// Weight rows per panel (the 16 lanes of a vector).
+const NR: usize = 16;
+const NIBBLE_BYTES: usize = 8 * 4 * 64;
+const PANEL_BLOCK_BYTES: usize = NIBBLE_BYTES + 2 * 8 * NR + 2 * 4 * NR;
+/// Input rows per tile: they share each unpacked weight vector.
+const MR: usize = 4;
+/// Quantised input bytes per panel of rows: they stay in the core's cache while every
+/// weight panel is multiplied with them.
+const ROWS_BYTES: usize = 128 * 1024;
+
+/// A weight matrix `[n, k]` from Q4_K, in panels (see the module documentation).
 pub struct Q4kMatrix {
     n: usize,
     k: usize,
-    /// Blocks per row.
     nb: usize,
-    tensor: Arc<QTensor>,
-    candle: QMatMul,
-}
-
-impl Q4kMatrix {
-    /// A Q4_K tensor `[n, k]`.
-    pub fn new(tensor: QTensor) -> Result<Q4kMatrix> {
-        let (n, k) = tensor.shape().dims2()?;
-        if !k.is_multiple_of(QK) || tensor.data()?.len() != n * (k / QK) * BLOCK_BYTES {
-            bail!("a Q4_K tensor [{n}, {k}] of {} bytes", tensor.data()?.len());
-        }
-        let tensor = Arc::new(tensor);
-        Ok(Q4kMatrix {
-            n,
-            k,
-            nb: k / QK,
-            candle: QMatMul::from_arc(Arc::clone(&tensor))?,
-            tensor,
-        })
-    }
-
-    /// `x · selfᵀ` for `x` of shape `[..., k]` (f32): `[..., n]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        if dims.last() != Some(&self.k) {
-            bail!("input {:?} for a [{}, {}] matrix", dims, self.n, self.k);
-        }
-        if x.elem_count() != self.k {
-            return self.candle.forward(x);
-        }
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let input = QuantizedInput::new(&xs, self.k);
-        // Borrowed: candle's own bytes of the tensor, not a copy.
-        let data = self.tensor.data()?;
-        let mut out = vec![0f32; self.n];
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(self.n, |range| {
-            let out_ptr = &out_ptr;
-            for col in range {
-                // SAFETY: `supported()` was checked before building a Q4kMatrix user
-                // (`Linear::new`); the column is within the matrix and `data` is its
-                // blocks; each column of `out` is written by one call only.
-                unsafe { single_row(self, &data, &input, col, out_ptr.0) };
-            }
-        });
-        product(out, x, self.n)
-    }
-}
-
-/// One input row quantised per block of 256: int8 values, an f32 scale per block, and the
-/// sums of each 32 values times the scale (for the weights' minimums).
-struct QuantizedInput {
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    sums: Vec<f32>,
-}
-
-impl QuantizedInput {
-    fn new(xs: &[f32], k: usize) -> Self {
-        let nb = k / QK;
-        let mut qs = vec![0i8; k];
-        let mut d = vec![0f32; nb];
-        let mut sums = vec![0f32; nb * 8];
-        for (b, block) in xs.chunks_exact(QK).enumerate() {
-            let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-            d[b] = scale;
-            let out = &mut qs[b * QK..][..QK];
-            for (q, x) in out.iter_mut().zip(block) {
-                *q = ((x * inv).round() as i32).clamp(-127, 127) as i8;
-            }
-            for (s, sub) in sums[b * 8..][..8].iter_mut().zip(out.chunks_exact(32)) {
-                *s = scale * sub.iter().map(|&q| i32::from(q)).sum::<i32>() as f32;
-            }
-        }
-        QuantizedInput { qs, d, sums }
-    }
+    panels: Vec<u8>,
 }
 
 /// The 6-bit scale and minimum of sub-block `j` (ggml's `get_scale_min_k4`).
@@ -126,62 +56,226 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// `out[0][col]` for a single input row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn single_row(w: &Q4kMatrix, data: &[u8], x: &QuantizedInput, col: usize, out: *mut f32) {
-    use std::arch::x86_64::*;
-    let low = _mm256_set1_epi8(0x0F);
-    let zero = _mm512_setzero_si512();
-    let mut acc = _mm512_setzero_ps();
-    let mut min_acc = _mm256_setzero_ps();
-    let wrow = &data[col * w.nb * BLOCK_BYTES..][..w.nb * BLOCK_BYTES];
-    for (b, block) in wrow.chunks_exact(BLOCK_BYTES).enumerate() {
-        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-        let dmin = half::f16::from_le_bytes([block[2], block[3]]).to_f32();
-        let mut isum = zero;
-        let mut mins = [0f32; 8];
-        for p in 0..4 {
-            let (s0, m0) = scale_min(2 * p, &block[4..16]);
-            let (s1, m1) = scale_min(2 * p + 1, &block[4..16]);
-            mins[2 * p] = dmin * f32::from(m0);
-            mins[2 * p + 1] = dmin * f32::from(m1);
-            // SAFETY: 32 of the block's 128 nibble bytes, and 64 inputs of block `b`.
-            let (raw, xv) = unsafe {
-                (
-                    _mm256_loadu_si256(block.as_ptr().add(16 + 32 * p) as *const __m256i),
-                    _mm512_loadu_si512(x.qs.as_ptr().add(b * QK + 64 * p) as *const __m512i),
-                )
-            };
-            let lo = _mm256_and_si256(raw, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-            let wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            let scv = _mm512_inserti64x4(
-                _mm512_set1_epi32(i32::from(s0)),
-                _mm256_set1_epi32(i32::from(s1)),
-                1,
-            );
-            let dot = _mm512_dpbusd_epi32(zero, wv, xv);
-            isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, scv));
+impl Q4kMatrix {
+    /// From the raw Q4_K blocks of a `[n, k]` tensor.
+    pub fn from_q4_k(data: &[u8], n: usize, k: usize) -> Result<Q4kMatrix> {
+        if !k.is_multiple_of(QK) || data.len() != n * (k / QK) * BLOCK_BYTES {
+            bail!("a Q4_K tensor [{n}, {k}] of {} bytes", data.len());
         }
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * x.d[b]), acc);
-        // SAFETY: the 8 sums of block `b`, and 8 f32 of `mins`.
-        let (sums, mins) = unsafe {
-            (
-                _mm256_loadu_ps(x.sums.as_ptr().add(b * 8)),
-                _mm256_loadu_ps(mins.as_ptr()),
-            )
-        };
-        min_acc = _mm256_fmadd_ps(mins, sums, min_acc);
+        let nb = k / QK;
+        let n_panels = n.div_ceil(NR);
+        let mut panels = vec![0u8; n_panels * nb * PANEL_BLOCK_BYTES];
+        let mut q = [0u8; QK];
+        for r in 0..n {
+            let (p, l) = (r / NR, r % NR);
+            for b in 0..nb {
+                let block = &data[(r * nb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+                let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                let dmin = half::f16::from_le_bytes([block[2], block[3]]).to_f32();
+                for pair in 0..4 {
+                    for i in 0..32 {
+                        let byte = block[16 + 32 * pair + i];
+                        q[64 * pair + i] = byte & 0x0F;
+                        q[64 * pair + 32 + i] = byte >> 4;
+                    }
+                }
+                let out = &mut panels[(p * nb + b) * PANEL_BLOCK_BYTES..][..PANEL_BLOCK_BYTES];
+                for j in 0..8 {
+                    for g in 0..4 {
+                        for i in 0..4 {
+                            let lo = q[32 * j + 4 * g + i];
+                            let hi = q[32 * j + 16 + 4 * g + i];
+                            out[(j * 4 + g) * 64 + 4 * l + i] = lo | (hi << 4);
+                        }
+                    }
+                    let (s, m) = scale_min(j, &block[4..16]);
+                    out[NIBBLE_BYTES + j * NR + l] = s;
+                    out[NIBBLE_BYTES + 8 * NR + j * NR + l] = m;
+                }
+                let at = NIBBLE_BYTES + 16 * NR + 4 * l;
+                out[at..at + 4].copy_from_slice(&d.to_le_bytes());
+                let at = NIBBLE_BYTES + 16 * NR + 4 * NR + 4 * l;
+                out[at..at + 4].copy_from_slice(&dmin.to_le_bytes());
+            }
+        }
+        Ok(Q4kMatrix { n, k, nb, panels })
     }
-    let total = _mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(_mm512_zextps256_ps512(min_acc));
-    // SAFETY: within `out` (1 × n), see the caller.
-    unsafe { *out.add(col) = total };
+
+    /// `x · selfᵀ` for `x` of shape `[..., k]` (f32): `[..., n]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.last() != Some(&self.k) {
+            bail!("input {:?} for a [{}, {}] matrix", dims, self.n, self.k);
+        }
+        let m = x.elem_count() / self.k;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let input = QuantizedInput::new(&xs, self.k);
+        let mut out = vec![0f32; m * self.n];
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let rows = (ROWS_BYTES / self.k).clamp(MR, m.max(MR));
+        let n_panels = self.n.div_ceil(NR);
+        for start in (0..m).step_by(rows) {
+            let end = (start + rows).min(m);
+            candle_core::utils::barrier_pool().execute_chunked(n_panels, |range| {
+                let out_ptr = &out_ptr;
+                for panel in range {
+                    let mut row = start;
+                    while row < end {
+                        let mr = MR.min(end - row);
+                        // SAFETY: `supported()` was checked before building a user
+                        // (`Linear::new`); the panel and rows are within the matrices;
+                        // each (row, column) of `out` is written by one tile only.
+                        unsafe { tile_dispatch(self, &input, row, mr, panel, out_ptr.0) };
+                        row += mr;
+                    }
+                }
+            });
+        }
+        product(out, x, self.n)
+    }
+}
+
+/// Input rows quantised per block of 256: int8 values, an f32 scale per block, and the
+/// sums of each 32 values times the scale (for the weights' minimums).
+struct QuantizedInput {
+    k: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+impl QuantizedInput {
+    fn new(xs: &[f32], k: usize) -> Self {
+        let blocks = xs.len() / QK;
+        let mut qs = vec![0i8; xs.len()];
+        let mut d = vec![0f32; blocks];
+        let mut sums = vec![0f32; blocks * 8];
+        for (b, block) in xs.chunks_exact(QK).enumerate() {
+            let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            d[b] = scale;
+            let out = &mut qs[b * QK..][..QK];
+            for (q, x) in out.iter_mut().zip(block) {
+                *q = ((x * inv).round() as i32).clamp(-127, 127) as i8;
+            }
+            for (s, sub) in sums[b * 8..][..8].iter_mut().zip(out.chunks_exact(32)) {
+                *s = scale * sub.iter().map(|&q| i32::from(q)).sum::<i32>() as f32;
+            }
+        }
+        QuantizedInput { k, qs, d, sums }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_dispatch(
+    w: &Q4kMatrix,
+    x: &QuantizedInput,
+    row: usize,
+    mr: usize,
+    panel: usize,
+    out: *mut f32,
+) {
+    // SAFETY: as the caller's.
+    unsafe {
+        match mr {
+            4 => tile::<4>(w, x, row, panel, out),
+            3 => tile::<3>(w, x, row, panel, out),
+            2 => tile::<2>(w, x, row, panel, out),
+            _ => tile::<1>(w, x, row, panel, out),
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn single_row(_: &Q4kMatrix, _: &[u8], _: &QuantizedInput, _: usize, _: *mut f32) {
+unsafe fn tile_dispatch(
+    _: &Q4kMatrix,
+    _: &QuantizedInput,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: *mut f32,
+) {
     unreachable!("Q4kMatrix is only used where `supported()`")
+}
+
+/// `out[row + i][16 · panel + l]` for `i < M`, `l < 16` (and within `n`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const M: usize>(
+    w: &Q4kMatrix,
+    x: &QuantizedInput,
+    row: usize,
+    panel: usize,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let low = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); M];
+    let mut acc_min = [_mm512_setzero_ps(); M];
+    for b in 0..w.nb {
+        // SAFETY: block `b` of the panel is within `w.panels`.
+        let base = unsafe {
+            w.panels
+                .as_ptr()
+                .add((panel * w.nb + b) * PANEL_BLOCK_BYTES)
+        };
+        let mut acc_b = [_mm512_setzero_ps(); M];
+        // SAFETY: the 16 rows' d and dmin of the block.
+        let (d, dmin) = unsafe {
+            (
+                _mm512_loadu_ps(base.add(NIBBLE_BYTES + 16 * NR) as *const f32),
+                _mm512_loadu_ps(base.add(NIBBLE_BYTES + 16 * NR + 4 * NR) as *const f32),
+            )
+        };
+        for j in 0..8 {
+            let mut wv = [_mm512_setzero_si512(); 8];
+            // SAFETY: sub-block `j`'s 4 nibble vectors, scales and minimums.
+            let (scale, min) = unsafe {
+                for g in 0..4 {
+                    let packed = _mm512_loadu_si512(base.add((j * 4 + g) * 64) as *const __m512i);
+                    wv[g] = _mm512_and_si512(packed, low);
+                    wv[g + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+                }
+                (
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                        base.add(NIBBLE_BYTES + j * NR) as *const __m128i,
+                    ))),
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                        base.add(NIBBLE_BYTES + 8 * NR + j * NR) as *const __m128i,
+                    ))),
+                )
+            };
+            let min = _mm512_mul_ps(min, dmin);
+            for i in 0..M {
+                let r = row + i;
+                // SAFETY: 32 inputs of row `r`'s sub-block `j` of block `b`, and its sum.
+                let (isum, xsum) = unsafe {
+                    let xp = x.qs.as_ptr().add(r * x.k + b * QK + 32 * j);
+                    let mut isum = _mm512_setzero_si512();
+                    for (g, wv) in wv.iter().enumerate() {
+                        let xb = _mm512_set1_epi32((xp.add(4 * g) as *const i32).read_unaligned());
+                        isum = _mm512_dpbusd_epi32(isum, *wv, xb);
+                    }
+                    (isum, *x.sums.as_ptr().add((r * w.nb + b) * 8 + j))
+                };
+                acc_b[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc_b[i]);
+                acc_min[i] = _mm512_fmadd_ps(min, _mm512_set1_ps(xsum), acc_min[i]);
+            }
+        }
+        for i in 0..M {
+            let dx = x.d[(row + i) * w.nb + b];
+            acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(acc_b[i], d), _mm512_set1_ps(dx), acc[i]);
+        }
+    }
+    let col = panel * NR;
+    let lanes = w.n.saturating_sub(col).min(NR);
+    let mask: __mmask16 = if lanes == NR { !0 } else { (1u16 << lanes) - 1 };
+    for i in 0..M {
+        let v = _mm512_sub_ps(acc[i], acc_min[i]);
+        // SAFETY: `lanes` elements of row `row + i` from column `col`, within `out`.
+        unsafe { _mm512_mask_storeu_ps(out.add((row + i) * w.n + col), mask, v) };
+    }
 }
 
 #[cfg(test)]
@@ -196,8 +290,9 @@ mod tests {
         if !supported() {
             return; // nothing to compare on this CPU
         }
-        // One row (decoding, ours), several rows (candle's); several threads' work.
-        for (m, n, k) in [(1, 37, 256), (7, 130, 512), (33, 16, 1536)] {
+        // Remainders of the tiles and of the 16-row panels, several threads' work, one row
+        // (decoding).
+        for (m, n, k) in [(1, 37, 256), (7, 130, 512), (33, 16, 1536), (5, 48, 768)] {
             let (q, x, candle) = random_product(GgmlDType::Q4K, (m, n, k));
             // The exact product of the dequantised weights and the input.
             let exact = values(
@@ -205,7 +300,8 @@ mod tests {
                     .and_then(|w| x.matmul(&w.t()?.unsqueeze(0)?)),
                 (m, n),
             );
-            let got = values(Q4kMatrix::new(q).and_then(|w| w.forward(&x)), (m, n));
+            let ours = Q4kMatrix::from_q4_k(&q.data().expect("data"), n, k).expect("panels");
+            let got = values(ours.forward(&x), (m, n));
             // Both quantise the input to 8 bits: compare their errors against the exact
             // product, at the scale of the values (√k for unit normal inputs).
             let unit = (k as f32).sqrt();

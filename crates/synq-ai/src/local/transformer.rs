@@ -35,14 +35,15 @@ pub enum Convert {
     /// Keep every tensor as the file has it (for comparing with candle-transformers).
     None,
     /// Convert types without a fast x86-64 kernel to Q8_0, and multiply Q8_0 weights with
-    /// our AVX-512 VNNI kernel ([`super::q8`]) where the CPU has it.
+    /// our AVX-512 VNNI kernel ([`super::q8`]) and Q4_K weights with our panel kernel
+    /// ([`super::q4k`]) where the CPU has it.
     SlowTypesToQ8,
     /// As `SlowTypesToQ8`, and K-quant weights too (re-quantised). The loader chooses it
     /// instead of `SlowTypesToQ8` for models whose width is no multiple of 256
-    /// (Qwen2.5-0.5B): most of their weights take our kernel anyway, and candle's batched
-    /// kernels would keep a second, expanded copy of the few K-quant ones (+100 MB). Models
-    /// of K-quant-friendly width (Qwen2.5-1.5B) keep candle's kernels, which read their
-    /// prompts faster than ours would after re-quantisation.
+    /// (Qwen2.5-0.5B): most of their weights take our Q8_0 kernel anyway, and candle's
+    /// batched kernels would keep a second, expanded copy of the few K-quant ones (+100 MB).
+    /// Models of K-quant-friendly width (Qwen2.5-1.5B) keep their K-quant weights: Q4_K
+    /// for our panel kernel, Q6_K for candle's.
     AllToQ8,
 }
 
@@ -76,7 +77,8 @@ impl Linear {
             return Ok(Linear::Q8(Q8Matrix::from_q8_0(&tensor.data()?, n, k)?));
         }
         if conversion != Convert::None && tensor.dtype() == GgmlDType::Q4K && q4k::supported() {
-            return Ok(Linear::Q4K(Q4kMatrix::new(tensor)?));
+            let (n, k) = tensor.shape().dims2()?;
+            return Ok(Linear::Q4K(Q4kMatrix::from_q4_k(&tensor.data()?, n, k)?));
         }
         Ok(Linear::Candle(QMatMul::from_qtensor(tensor)?))
     }
