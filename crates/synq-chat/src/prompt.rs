@@ -69,7 +69,7 @@ pub struct AiRequest {
 /// How an answer is drawn from the model.
 ///
 /// Why a first answer is greedy: measured with `ai-eval` on Qwen2.5-Coder-0.5B (the
-/// stand-in for the embedded default), the same prompt passed 21 of 31 situations greedy,
+/// stand-in for the embedded default of that time), the same prompt passed 21 of 31 situations greedy,
 /// 20–21 at temperature 0.2, and only 11–16 at 0.7, the embedded model's default that the
 /// chat used to get (three seeds each). Greedy also makes the quality harness measure
 /// exactly what the chat does. A regeneration asks for a different answer, so it samples.

@@ -111,7 +111,7 @@ async fn without_weights_the_gateway_says_why_and_stderr_how_to_fix_it() {
         .unwrap_or("");
     assert!(msg.contains("HF_HUB_OFFLINE"), "why: {msg}");
     assert!(
-        msg.contains("qwen2.5-0.5b-instruct-q4_k_m.gguf"),
+        msg.contains("qwen2.5-1.5b-instruct-q4_k_m.gguf"),
         "the default model: {msg}"
     );
     assert!(
@@ -127,19 +127,19 @@ async fn the_embedded_model_is_chosen_by_name() {
     let empty = tempfile::tempdir().expect("tempdir");
     let hf_home = empty.path().to_str().expect("utf-8");
     let mut server = serve(
-        &["--ai-embedded-model", "qwen2.5-1.5b"],
+        &["--ai-embedded-model", "qwen2.5-0.5b"],
         &[("HF_HOME", hf_home), ("HF_HUB_OFFLINE", "1")],
     );
     let said = ai_line(&mut server);
     assert!(
-        said.contains("qwen2.5-1.5b-instruct-q4_k_m.gguf"),
+        said.contains("qwen2.5-0.5b-instruct-q4_k_m.gguf"),
         "stderr names the chosen model: {said}"
     );
     let (status, v) = ask(&server.base).await;
     assert_eq!(status, 503, "{v}");
     let msg = v.pointer("/error/message").and_then(|m| m.as_str());
     assert!(
-        msg.is_some_and(|m| m.contains("qwen2.5-1.5b-instruct-q4_k_m.gguf")),
+        msg.is_some_and(|m| m.contains("qwen2.5-0.5b-instruct-q4_k_m.gguf")),
         "{v}"
     );
 

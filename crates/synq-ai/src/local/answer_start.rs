@@ -2,7 +2,7 @@
 //!
 //! A group chat's prompt shows each person's message as a user turn "Ann: text". Small
 //! models often open their own turn with such a label, and then speak as that person: the
-//! embedded default's stand-in answered Dee's "Cy, did you bring the cake?" with
+//! 0.5B model's stand-in answered Dee's "Cy, did you bring the cake?" with
 //! "Cy: Dee, I brought the cake." Removing the label afterwards (as the chat's hygiene does)
 //! leaves the person's words in the AI's mouth. So when the conversation is such a group
 //! chat, the embedded model holds back the answer's first words while they may still become

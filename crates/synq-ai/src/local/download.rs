@@ -8,7 +8,7 @@ use crate::AiError;
 /// A GGUF file on the Hugging Face hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HubModel {
-    /// The short name that chooses it (`qwen2.5-0.5b`).
+    /// The short name that chooses it (`qwen2.5-1.5b`).
     pub name: &'static str,
     /// Repository id on the hub.
     pub repo: &'static str,
@@ -20,19 +20,13 @@ pub struct HubModel {
     pub size: Option<u64>,
 }
 
-/// The default: Qwen2.5-0.5B-Instruct, Q4_K_M, from Qwen's own GGUF repository
-/// (Apache-2.0).
+/// Qwen2.5-0.5B-Instruct, Q4_K_M, from Qwen's own GGUF repository (Apache-2.0): twice the
+/// default's speed in half its memory, with weaker answers. For small or busy servers.
 ///
-/// Why, measured on 2 CPU cores with Qwen2.5-Coder-0.5B-Instruct (the same architecture,
-/// size and quantisation; the hub is not reachable from the development machine): about
-/// 40–55 tokens/s, 0.3 s to the first token of a room's next answer, 0.77 GB resident, and
-/// 22 of 31 group-chat situations of `ai-eval` passed. SmolLM2-135M is twice as fast but
-/// passes 10; the 1.5B model of the same family passes 26 but decodes at about 20 tokens/s
-/// and takes 2.4 GB ([`QWEN2_5_1_5B`], for servers that can afford it). Table and
-/// commands: `docs/ai.md`.
-///
-/// Neither the hash nor the size is pinned (the hub was unreachable when this was
-/// written): the hub's own download checks (etag) apply.
+/// Measured on 2 CPU cores with Qwen2.5-Coder-0.5B-Instruct (the same architecture, size
+/// and quantisation; the hub is not reachable from the development machine): 36–55
+/// tokens/s, 0.26–0.42 s to the first token of a room's next answer, 0.77 GB resident, and
+/// 22 of 31 group-chat situations of `ai-eval` passed.
 pub const QWEN2_5_0_5B: HubModel = HubModel {
     name: "qwen2.5-0.5b",
     repo: "Qwen/Qwen2.5-0.5B-Instruct-GGUF",
@@ -41,9 +35,18 @@ pub const QWEN2_5_0_5B: HubModel = HubModel {
     size: None,
 };
 
-/// Qwen2.5-1.5B-Instruct, Q4_K_M, from Qwen's own GGUF repository (Apache-2.0): better
-/// answers (26 of 31 `ai-eval` situations with its Coder sibling, against 21), at about a
-/// third of the default's speed and three times its memory.
+/// The default: Qwen2.5-1.5B-Instruct, Q4_K_M, from Qwen's own GGUF repository
+/// (Apache-2.0).
+///
+/// Why, measured on 2 CPU cores with Qwen2.5-Coder-1.5B-Instruct (the same architecture,
+/// size and quantisation): 26–27 of 31 group-chat situations of `ai-eval` passed (84–87 %;
+/// the 0.5B 22, 71 %; the AI-participant issue asks for 75 %), 0.56–0.64 s to the first
+/// token of a room's next answer, 15–23 tokens/s, 1.52 GB resident (1.3× its file, with
+/// our Q4_K kernel). The 0.5B ([`QWEN2_5_0_5B`]) is twice as fast in half the memory.
+/// Table and commands: `docs/ai.md`.
+///
+/// Neither the hash nor the size is pinned (the hub was unreachable when this was
+/// written): the hub's own download checks (etag) apply.
 pub const QWEN2_5_1_5B: HubModel = HubModel {
     name: "qwen2.5-1.5b",
     repo: "Qwen/Qwen2.5-1.5B-Instruct-GGUF",
@@ -53,10 +56,10 @@ pub const QWEN2_5_1_5B: HubModel = HubModel {
 };
 
 /// The model `synq serve` downloads when it is given none.
-pub const DEFAULT_MODEL: HubModel = QWEN2_5_0_5B;
+pub const DEFAULT_MODEL: HubModel = QWEN2_5_1_5B;
 
 /// Every model that can be chosen by name, the default first.
-pub const EMBEDDED_MODELS: &[HubModel] = &[QWEN2_5_0_5B, QWEN2_5_1_5B];
+pub const EMBEDDED_MODELS: &[HubModel] = &[QWEN2_5_1_5B, QWEN2_5_0_5B];
 
 /// The model called `name`, if there is one.
 pub fn embedded_model(name: &str) -> Option<HubModel> {
