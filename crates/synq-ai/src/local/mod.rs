@@ -12,6 +12,19 @@
 //! ([`prompt_cache`]): a chat room's next prompt is read only from where it differs from
 //! its previous one.
 
+/// `$tile::<M>(args…)` for a tile of `$rows` (1 to 4) input rows: the matrix kernels take
+/// their tile's row count as a constant, so that its accumulators stay in registers.
+macro_rules! tile_rows {
+    ($rows:expr, $tile:ident($($arg:expr),* $(,)?)) => {
+        match $rows {
+            4 => $tile::<4>($($arg),*),
+            3 => $tile::<3>($($arg),*),
+            2 => $tile::<2>($($arg),*),
+            _ => $tile::<1>($($arg),*),
+        }
+    };
+}
+
 mod answer_start;
 pub mod chat_template;
 mod download;

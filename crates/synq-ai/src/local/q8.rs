@@ -102,7 +102,7 @@ impl Q8Matrix {
                     // SAFETY: `supported()` was checked before building a Q8Matrix user
                     // (`Linear::new`); the panel and rows are within the matrices; each
                     // (row, column) of `out` is written by one tile only.
-                    unsafe { tile_dispatch(self, &input, row, mr, panel, out_ptr.0) };
+                    unsafe { tile_rows!(mr, tile(self, &input, row, panel, out_ptr.0)) };
                     row += mr;
                 }
             }
@@ -158,35 +158,8 @@ impl QuantizedInput {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-unsafe fn tile_dispatch(
-    w: &Q8Matrix,
-    x: &QuantizedInput,
-    row: usize,
-    mr: usize,
-    panel: usize,
-    out: *mut f32,
-) {
-    // SAFETY: as the caller's.
-    unsafe {
-        match mr {
-            4 => tile::<4>(w, x, row, panel, out),
-            3 => tile::<3>(w, x, row, panel, out),
-            2 => tile::<2>(w, x, row, panel, out),
-            _ => tile::<1>(w, x, row, panel, out),
-        }
-    }
-}
-
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_dispatch(
-    _: &Q8Matrix,
-    _: &QuantizedInput,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: *mut f32,
-) {
+unsafe fn tile<const M: usize>(_: &Q8Matrix, _: &QuantizedInput, _: usize, _: usize, _: *mut f32) {
     unreachable!("Q8Matrix is only used where `supported()`")
 }
 
