@@ -55,7 +55,10 @@ async fn start_local_backend(slot: BackendSlot, args: AiBackendArgs) {
     let path = match args.ai_model_path.clone() {
         Some(path) => path,
         None => {
-            let m = args.embedded_model();
+            let (m, smaller) = args.embedded_model();
+            if let Some(why) = smaller {
+                eprintln!("synq: AI: {why}");
+            }
             eprintln!(
                 "synq: AI: embedded model {}/{} (downloaded into the Hugging Face cache on first use)",
                 m.repo, m.file

@@ -63,13 +63,18 @@ impl AiBackendArgs {
         self.ai_url.is_some() || self.ai_model_path.is_some() || self.ai_embedded_model.is_some()
     }
 
-    /// The embedded model to download when no file is given.
-    pub fn embedded_model(&self) -> synq_ai::local::HubModel {
+    /// The embedded model to download when no file is given, and why it is not the
+    /// default when the machine lacks the memory for that.
+    pub fn embedded_model(&self) -> (synq_ai::local::HubModel, Option<String>) {
         // clap allows only the names of EMBEDDED_MODELS.
-        self.ai_embedded_model
+        match self
+            .ai_embedded_model
             .as_deref()
             .and_then(synq_ai::local::embedded_model)
-            .unwrap_or(synq_ai::local::DEFAULT_MODEL)
+        {
+            Some(chosen) => (chosen, None),
+            None => synq_ai::local::default_for(available_memory()),
+        }
     }
 
     /// The upstream to use, if `--ai-url` was given. Errors say which flag to fix.
@@ -164,5 +169,109 @@ impl AiArgs {
     /// How long the AI capabilities handed to participants stay valid.
     pub fn capability_ttl(&self) -> Duration {
         Duration::from_secs(self.ai_capability_ttl.max(1))
+    }
+}
+
+/// Memory available for new work, where the system says: `MemAvailable` in /proc/meminfo,
+/// or less under a container's memory limit (cgroup v2 `memory.max` of this process's
+/// group, or v1's `memory.limit_in_bytes`), which /proc/meminfo does not show.
+fn available_memory() -> Option<u64> {
+    available_memory_from(|path| std::fs::read_to_string(path).ok())
+}
+
+fn available_memory_from(read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let number = |text: String| text.trim().parse::<u64>().ok();
+    let system = read("/proc/meminfo").and_then(|info| {
+        let kib: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    });
+    // v2: this process's group ("0::/path"; "/" inside a container's own namespace).
+    // "max" when unlimited, which is no number. v1: a huge number when unlimited.
+    let v2_dir = read("/proc/self/cgroup")
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_owned()))
+        })
+        .map(|group| format!("/sys/fs/cgroup{}", group.trim_end_matches('/')))
+        .unwrap_or_else(|| "/sys/fs/cgroup".to_owned());
+    let limit_and_use = |limit: &str, used: &str| {
+        read(limit)
+            .and_then(number)
+            .map(|limit| limit.saturating_sub(read(used).and_then(number).unwrap_or(0)))
+    };
+    let container = limit_and_use(
+        &format!("{v2_dir}/memory.max"),
+        &format!("{v2_dir}/memory.current"),
+    )
+    .or_else(|| {
+        limit_and_use(
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        )
+    });
+    match (system, container) {
+        (Some(s), Some(c)) => Some(s.min(c)),
+        (s, c) => s.or(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files<'a>(list: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |path| {
+            list.iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, text)| (*text).to_owned())
+        }
+    }
+
+    #[test]
+    fn available_memory_is_the_systems_or_less_under_a_container_limit() {
+        let meminfo = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(
+            available_memory_from(files(&[("/proc/meminfo", meminfo)])),
+            Some(20_480_000_000)
+        );
+        // A 1 GiB container limit (v2, the process's own group), 200 MiB of it in use.
+        let v2 = [
+            ("/proc/meminfo", meminfo),
+            ("/proc/self/cgroup", "0::/app.slice/synq\n"),
+            ("/sys/fs/cgroup/app.slice/synq/memory.max", "1073741824\n"),
+            (
+                "/sys/fs/cgroup/app.slice/synq/memory.current",
+                "209715200\n",
+            ),
+        ];
+        assert_eq!(available_memory_from(files(&v2)), Some(864_026_624));
+        // No limit ("max"): the system's.
+        let unlimited = [
+            ("/proc/meminfo", meminfo),
+            ("/proc/self/cgroup", "0::/\n"),
+            ("/sys/fs/cgroup/memory.max", "max\n"),
+        ];
+        assert_eq!(
+            available_memory_from(files(&unlimited)),
+            Some(20_480_000_000)
+        );
+        // v1.
+        let v1 = [
+            ("/proc/meminfo", meminfo),
+            (
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "2147483648\n",
+            ),
+            ("/sys/fs/cgroup/memory/memory.usage_in_bytes", "0\n"),
+        ];
+        assert_eq!(available_memory_from(files(&v1)), Some(2_147_483_648));
+        assert_eq!(available_memory_from(files(&[])), None);
     }
 }

@@ -58,6 +58,38 @@ pub const QWEN2_5_1_5B: HubModel = HubModel {
 /// The model `synq serve` downloads when it is given none.
 pub const DEFAULT_MODEL: HubModel = QWEN2_5_1_5B;
 
+/// Memory the default model takes once running, with our Q4_K kernel (AVX-512 VNNI) and
+/// without it (candle's kernels keep a second copy of its Q4_K weights), measured with its
+/// stand-in and the default prompt cache full.
+const DEFAULT_MODEL_BYTES: (u64, u64) = (1_650_000_000, 2_450_000_000);
+/// Memory left for the rest of the server (and the system) beside the model.
+const HEADROOM_BYTES: u64 = 500_000_000;
+
+/// The model to run when none is named, for a machine with `available` bytes of memory
+/// (`None`: unknown). [`DEFAULT_MODEL`], unless it would not fit: then the smaller
+/// [`QWEN2_5_0_5B`], with the reason to tell the operator. A server on a small machine
+/// then starts with an AI that fits rather than being killed for memory.
+pub fn default_for(available: Option<u64>) -> (HubModel, Option<String>) {
+    let needs = if super::fast_kernels() {
+        DEFAULT_MODEL_BYTES.0
+    } else {
+        DEFAULT_MODEL_BYTES.1
+    };
+    match available {
+        Some(bytes) if bytes < needs + HEADROOM_BYTES => (
+            QWEN2_5_0_5B,
+            Some(format!(
+                "the default model {} needs about {:.1} GB of memory and this machine has {:.1} GB available: running {} instead (--ai-embedded-model chooses)",
+                DEFAULT_MODEL.name,
+                needs as f64 / 1e9,
+                bytes as f64 / 1e9,
+                QWEN2_5_0_5B.name
+            )),
+        ),
+        _ => (DEFAULT_MODEL, None),
+    }
+}
+
 /// Every model that can be chosen by name, the default first.
 pub const EMBEDDED_MODELS: &[HubModel] = &[QWEN2_5_1_5B, QWEN2_5_0_5B];
 
@@ -169,4 +201,26 @@ pub async fn fetch_model(
         }
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_without_memory_for_the_default_gets_the_smaller_model_and_is_told() {
+        assert_eq!(
+            default_for(None),
+            (DEFAULT_MODEL, None),
+            "unknown: the default"
+        );
+        assert_eq!(default_for(Some(16_000_000_000)).0, DEFAULT_MODEL);
+        let (model, why) = default_for(Some(1_500_000_000));
+        assert_eq!(model, QWEN2_5_0_5B);
+        let why = why.expect("a reason");
+        assert!(
+            why.contains("1.5 GB available") && why.contains("--ai-embedded-model"),
+            "{why}"
+        );
+    }
 }
