@@ -79,9 +79,9 @@ pub fn default_for(available: Option<u64>) -> (HubModel, Option<String>) {
         Some(bytes) if bytes < needs + HEADROOM_BYTES => (
             QWEN2_5_0_5B,
             Some(format!(
-                "the default model {} needs about {:.1} GB of memory and this machine has {:.1} GB available: running {} instead (--ai-embedded-model chooses)",
+                "the default model {} needs about {:.1} GB of memory with the rest of the server and this machine has {:.1} GB available: running {} instead (--ai-embedded-model chooses)",
                 DEFAULT_MODEL.name,
-                needs as f64 / 1e9,
+                (needs + HEADROOM_BYTES) as f64 / 1e9,
                 bytes as f64 / 1e9,
                 QWEN2_5_0_5B.name
             )),
