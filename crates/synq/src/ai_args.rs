@@ -34,8 +34,9 @@ pub struct AiBackendArgs {
     )]
     pub ai_model_path: Option<PathBuf>,
     /// The embedded model to download and run, by name: qwen2.5-1.5b (the default: better
-    /// answers, 1.1 GB download, ~1.5 GB of memory) or qwen2.5-0.5b (twice as fast, weaker
-    /// answers, 0.4 GB download, ~0.8 GB of memory). See docs/ai.md for the figures.
+    /// answers, 1.1 GB download, ~1.5 GB of memory; a machine without the memory gets
+    /// qwen2.5-0.5b) or qwen2.5-0.5b (twice as fast, weaker answers, 0.4 GB download,
+    /// ~0.8 GB of memory). See docs/ai.md for the figures.
     #[arg(
         long,
         env = "SYNQ_AI_EMBEDDED_MODEL",
