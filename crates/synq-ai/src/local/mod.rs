@@ -62,18 +62,18 @@ pub use download::{
     DEFAULT_MODEL, DownloadProgress, EMBEDDED_MODELS, HubModel, QWEN2_5_0_5B, QWEN2_5_1_5B,
     default_for, embedded_model, fetch_model,
 };
-
-/// Whether this CPU runs synq's own matrix kernels (AVX-512 VNNI): the embedded models
-/// then read prompts faster, and the 1.5B model takes 0.8 GB less memory.
-pub fn fast_kernels() -> bool {
-    q8::supported()
-}
 pub use gguf_tokenizer::GgufTokenizer;
 use line::Line;
 pub use model::SUPPORTED_ARCHITECTURES;
 use prompt_cache::PromptCache;
 use sampler::Sampler;
 use transformer::{Convert, KvCache, Model};
+
+/// Whether this CPU runs synq's own matrix kernels (AVX-512 VNNI): the embedded models
+/// then read prompts faster, and the 1.5B model takes 0.8 GB less memory.
+pub fn fast_kernels() -> bool {
+    q8::supported()
+}
 
 /// Prompt tokens fed to the model per forward pass: bounds the attention scratch memory of
 /// long prompts, and lets a cancelled request stop between chunks.

@@ -22,7 +22,7 @@
 use candle_core::{Result, Tensor, bail};
 
 pub use super::q8::supported;
-use super::q8::{SendPtr, product};
+use super::q8::{SendPtr, input_rows, product};
 
 const QK: usize = 256;
 const BLOCK_BYTES: usize = 144;
@@ -103,13 +103,8 @@ impl Q4kMatrix {
 
     /// `x · selfᵀ` for `x` of shape `[..., k]` (f32): `[..., n]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        if dims.last() != Some(&self.k) {
-            bail!("input {:?} for a [{}, {}] matrix", dims, self.n, self.k);
-        }
-        let m = x.elem_count() / self.k;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let input = QuantizedInput::new(&xs, self.k);
+        let (m, xs) = input_rows(x, self.n, self.k)?;
+        let input = QuantizedInput::new(&xs);
         let mut out = vec![0f32; m * self.n];
         let out_ptr = SendPtr(out.as_mut_ptr());
         let rows = (ROWS_BYTES / self.k).clamp(MR, m.max(MR));
@@ -138,14 +133,13 @@ impl Q4kMatrix {
 /// Input rows quantised per block of 256: int8 values, an f32 scale per block, and the
 /// sums of each 32 values times the scale (for the weights' minimums).
 struct QuantizedInput {
-    k: usize,
     qs: Vec<i8>,
     d: Vec<f32>,
     sums: Vec<f32>,
 }
 
 impl QuantizedInput {
-    fn new(xs: &[f32], k: usize) -> Self {
+    fn new(xs: &[f32]) -> Self {
         let blocks = xs.len() / QK;
         let mut qs = vec![0i8; xs.len()];
         let mut d = vec![0f32; blocks];
@@ -163,7 +157,7 @@ impl QuantizedInput {
                 *s = scale * sub.iter().map(|&q| i32::from(q)).sum::<i32>() as f32;
             }
         }
-        QuantizedInput { k, qs, d, sums }
+        QuantizedInput { qs, d, sums }
     }
 }
 
@@ -224,7 +218,7 @@ unsafe fn tile<const M: usize>(
                 let r = row + i;
                 // SAFETY: 32 inputs of row `r`'s sub-block `j` of block `b`, and its sum.
                 let (isum, xsum) = unsafe {
-                    let xp = x.qs.as_ptr().add(r * x.k + b * QK + 32 * j);
+                    let xp = x.qs.as_ptr().add(r * w.k + b * QK + 32 * j);
                     let mut isum = _mm512_setzero_si512();
                     for (g, wv) in wv.iter().enumerate() {
                         let xb = _mm512_set1_epi32((xp.add(4 * g) as *const i32).read_unaligned());

@@ -83,12 +83,7 @@ impl Q8Matrix {
 
     /// `x · selfᵀ` for `x` of shape `[..., k]` (f32): `[..., n]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        if dims.last() != Some(&self.k) {
-            bail!("input {:?} for a [{}, {}] matrix", dims, self.n, self.k);
-        }
-        let m = x.elem_count() / self.k;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let (m, xs) = input_rows(x, self.n, self.k)?;
         let input = QuantizedInput::new(&xs, m, self.k, self.steps);
         let mut out = vec![0f32; m * self.n];
         let out_ptr = SendPtr(out.as_mut_ptr());
@@ -109,6 +104,15 @@ impl Q8Matrix {
         });
         product(out, x, self.n)
     }
+}
+
+/// The rows of `x` (`[..., k]`) for a product with an `[n, k]` matrix: their number, and
+/// their values one after the other.
+pub(super) fn input_rows(x: &Tensor, n: usize, k: usize) -> Result<(usize, Vec<f32>)> {
+    if x.dims().last() != Some(&k) {
+        bail!("input {:?} for a [{n}, {k}] matrix", x.dims());
+    }
+    Ok((x.elem_count() / k, x.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// The product `out` of `x` (`[..., k]`) and an `[n, k]` matrix, shaped `[..., n]`.
