@@ -240,25 +240,24 @@ impl Ctx {
                 };
                 // The registry retires an idle session itself, under its lock, so that a
                 // JOIN cannot reach a session that is ending.
-                loop {
+                let drained = loop {
                     match island.run(&mut rx).await {
                         Ended::Idle if !ctx.remove_if_idle(&id, &rx) => island.kept(),
-                        Ended::Idle | Ended::Closed => break,
+                        Ended::Idle | Ended::Closed => break false,
                         Ended::Lost => {
                             ctx.forget(&id, &own);
                             return;
                         }
-                        Ended::Drained => {
-                            island.close().await;
-                            island.release().await;
-                            // Ending the task closes the channel: the connections close
-                            // with 4003, and their clients reconnect elsewhere.
-                            ctx.forget(&id, &own);
-                            return;
-                        }
+                        Ended::Drained => break true,
                     }
-                }
+                };
                 island.close().await;
+                if drained {
+                    island.release().await;
+                    // Ending the task closes the channel: the connections close with
+                    // 4003, and their clients reconnect elsewhere.
+                    ctx.forget(&id, &own);
+                }
             });
             if let Err(panic) = run.catch_unwind().await {
                 let why = panic
@@ -308,11 +307,6 @@ impl Ctx {
         }
     }
 
-    /// Sessions running now.
-    pub(crate) fn session_count(&self) -> usize {
-        self.sessions().by_id.len()
-    }
-
     /// Whether the reflector is stopping ([`Ctx::drain`]).
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
@@ -330,6 +324,10 @@ impl Ctx {
             .values()
             .map(|e| e.handle.clone())
             .collect();
+        tracing::info!(
+            sessions = handles.len(),
+            "stopping: ending the sessions and asking their clients to reconnect"
+        );
         for h in &handles {
             h.send(Command::Drain);
         }

@@ -112,11 +112,6 @@ impl Reflector {
         self.ctx.drain(within).await
     }
 
-    /// Sessions running on this reflector now.
-    pub fn session_count(&self) -> usize {
-        self.ctx.session_count()
-    }
-
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.ctx.metrics)
     }

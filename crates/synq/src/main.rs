@@ -408,8 +408,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // Sessions are handed over, not dropped: in a cluster another node takes them
             // at once (their leases are given up), and clients reconnect without waiting
             // for a lease to lapse.
-            let sessions = reflector.session_count();
-            tracing::info!(signal, sessions, "stopping: ending the sessions and asking their clients to reconnect");
+            tracing::info!(signal, "stopping");
             let within = Duration::from_secs(args.drain_timeout_secs);
             match reflector.drain(within).await {
                 0 => tracing::info!("stopped"),
